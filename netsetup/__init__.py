@@ -1,0 +1,1 @@
+"""twindns network state: interface, addresses, NOTRACK/ACCEPT rules."""

@@ -1,0 +1,79 @@
+"""Fixtures shared by every test directory.
+
+Tests that need root and network namespaces use the `netns` fixture (or the
+`netns` marker). Without root they skip, unless TWINDNS_REQUIRE_NETNS=1 (CI),
+where a skip would hide a missing feature, so they fail instead.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers.netns import Netns  # noqa: E402
+from helpers import unbound as unbound_mod  # noqa: E402
+
+REQUIRED_TOOLS = ("ip", "unbound", "unbound-control", "dnsperf", "dig", "conntrack",
+                  "iptables-legacy", "iptables-nft", "nft")
+
+
+def _netns_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root for network namespaces"
+    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
+    if missing:
+        return f"missing tools: {', '.join(missing)}"
+    return None
+
+
+def require_netns() -> None:
+    """Skip (or fail, under TWINDNS_REQUIRE_NETNS=1) when netns tests cannot run."""
+    why = _netns_unavailable()
+    if why is None:
+        return
+    if os.environ.get("TWINDNS_REQUIRE_NETNS") == "1":
+        pytest.fail(f"netns test cannot run: {why} (TWINDNS_REQUIRE_NETNS=1)")
+    pytest.skip(why)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "netns" in item.keywords or "chaos" in item.keywords:
+            item.add_marker(pytest.mark.usefixtures("_netns_required"))
+
+
+@pytest.fixture
+def _netns_required():
+    require_netns()
+
+
+@pytest.fixture
+def netns():
+    """A fresh network namespace, removed with everything inside it afterwards."""
+    require_netns()
+    ns = Netns()
+    try:
+        yield ns
+    finally:
+        ns.close()
+
+
+@pytest.fixture
+def upstream(netns, tmp_path):
+    """unbound on 127.0.0.2:53 inside the test's namespace, serving helpers.unbound's zones."""
+    u = unbound_mod.Unbound(tmp_path / "unbound", addr="127.0.0.2", port=53, netns=netns)
+    try:
+        yield u
+    finally:
+        u.stop()
+
+
+@pytest.fixture
+def python_exe() -> str:
+    return sys.executable

@@ -1,0 +1,1 @@
+"""Shared test machinery: network namespaces, a real unbound upstream, dnsperf."""
