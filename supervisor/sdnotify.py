@@ -1,0 +1,130 @@
+"""sd_notify(3) for the supervisor: tell systemd we are ready, alive,
+reloading or stopping, over the datagram socket named by $NOTIFY_SOCKET.
+
+Without $NOTIFY_SOCKET (not under systemd, or Type= is not notify) every
+call is a no-op, so the arbiter calls these unconditionally:
+
+    notifier = Notifier.from_environ()
+    notifier.status("starting workers")
+    notifier.ready()                       # once both workers answered their probe
+    interval = notifier.watchdog_interval()  # seconds or None
+    ... every interval / 2 from the main loop: notifier.watchdog()
+    notifier.reloading(); ...; notifier.ready()   # around a rolling restart
+    notifier.stopping()
+
+The environment is left as it is: after `twindns upgrade` the re-executed
+supervisor (same pid) needs it again. Workers must not inherit it: spawn
+them with CHILD_ENV_DROP removed from their environment.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Mapping
+
+CHILD_ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+log = logging.getLogger("twindns.sdnotify")
+
+
+class NotifySocketError(ValueError):
+    """$NOTIFY_SOCKET names no usable unix socket address."""
+
+
+def socket_address(value: str) -> str | bytes:
+    """The address to sendto(): a path, or an abstract name for "@name"."""
+    if value.startswith("@"):
+        return b"\0" + value[1:].encode()
+    if value.startswith("/"):
+        return value
+    raise NotifySocketError(f"NOTIFY_SOCKET={value!r}: expected an absolute path or @abstract name")
+
+
+class Notifier:
+    """Sends state lines to systemd; silent when there is no notify socket."""
+
+    def __init__(self, address: str | bytes | None, watchdog_usec: int | None = None) -> None:
+        self._address = address
+        self._watchdog_usec = watchdog_usec
+        self._sock: socket.socket | None = None
+        if address is not None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] = os.environ, pid: int | None = None) -> "Notifier":
+        """A notifier for $NOTIFY_SOCKET; the watchdog applies only if
+        $WATCHDOG_PID is unset or names this process (`pid`, default ours)."""
+        raw = environ.get("NOTIFY_SOCKET")
+        address = socket_address(raw) if raw else None
+        return cls(address, _watchdog_usec(environ, os.getpid() if pid is None else pid))
+
+    @property
+    def enabled(self) -> bool:
+        return self._sock is not None
+
+    def watchdog_interval(self) -> float | None:
+        """WatchdogSec in seconds (ping at half of it), or None when off."""
+        if self._sock is None or not self._watchdog_usec:
+            return None
+        return self._watchdog_usec / 1_000_000
+
+    def notify(self, *lines: str) -> bool:
+        """Send one datagram of `KEY=value` lines; False if it could not be sent."""
+        if self._sock is None:
+            return False
+        data = "\n".join(lines).encode()
+        try:
+            self._sock.sendto(data, self._address)
+            return True
+        except OSError as exc:
+            # systemd gone or socket full: never let that take the service down.
+            log.warning("sd_notify failed: %s", exc)
+            return False
+
+    def ready(self, status: str | None = None) -> bool:
+        lines = ["READY=1"] + ([f"STATUS={_one_line(status)}"] if status else [])
+        return self.notify(*lines)
+
+    def status(self, text: str) -> bool:
+        return self.notify(f"STATUS={_one_line(text)}")
+
+    def watchdog(self) -> bool:
+        return self.notify("WATCHDOG=1")
+
+    def reloading(self, status: str | None = None) -> bool:
+        # systemd >= 253 wants the CLOCK_MONOTONIC time of the reload start;
+        # older versions ignore the extra field.
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        lines = ["RELOADING=1", f"MONOTONIC_USEC={usec}"]
+        return self.notify(*lines, *([f"STATUS={_one_line(status)}"] if status else []))
+
+    def stopping(self, status: str | None = None) -> bool:
+        return self.notify("STOPPING=1", *([f"STATUS={_one_line(status)}"] if status else []))
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\n", " ")
+
+
+def _watchdog_usec(environ: Mapping[str, str], pid: int) -> int | None:
+    try:
+        usec = int(environ.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    if usec <= 0:
+        return None
+    owner = environ.get("WATCHDOG_PID")
+    if owner:
+        try:
+            if int(owner) != pid:
+                return None
+        except ValueError:
+            return None
+    return usec

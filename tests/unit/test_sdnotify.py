@@ -1,0 +1,97 @@
+"""sd_notify over a real unix datagram socket standing in for systemd's."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+
+from supervisor.sdnotify import Notifier, NotifySocketError, socket_address
+
+
+@pytest.fixture
+def systemd_socket(tmp_path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify")
+    sock.bind(path)
+    sock.settimeout(2)
+    yield path, sock
+    sock.close()
+
+
+def received(sock) -> dict[str, str]:
+    data = sock.recv(4096).decode()
+    return dict(line.split("=", 1) for line in data.split("\n"))
+
+
+def test_ready_status_watchdog_stopping_reach_the_socket(systemd_socket):
+    path, sock = systemd_socket
+    n = Notifier.from_environ({"NOTIFY_SOCKET": path})
+    assert n.enabled
+    n.status("starting workers")
+    assert received(sock) == {"STATUS": "starting workers"}
+    n.ready("2 workers ready")
+    assert received(sock) == {"READY": "1", "STATUS": "2 workers ready"}
+    n.watchdog()
+    assert received(sock) == {"WATCHDOG": "1"}
+    n.stopping()
+    assert received(sock) == {"STOPPING": "1"}
+
+
+def test_reloading_carries_monotonic_usec(systemd_socket):
+    path, sock = systemd_socket
+    n = Notifier.from_environ({"NOTIFY_SOCKET": path})
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    n.reloading("rolling restart")
+    msg = received(sock)
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert msg["RELOADING"] == "1"
+    assert before <= int(msg["MONOTONIC_USEC"]) <= after
+    assert msg["STATUS"] == "rolling restart"
+
+
+def test_abstract_namespace_socket():
+    name = f"twindns-test-{os.getpid()}-{time.monotonic_ns()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(b"\0" + name.encode())
+    sock.settimeout(2)
+    try:
+        Notifier.from_environ({"NOTIFY_SOCKET": "@" + name}).ready()
+        assert received(sock) == {"READY": "1"}
+    finally:
+        sock.close()
+
+
+def test_no_socket_is_a_silent_noop():
+    n = Notifier.from_environ({})
+    assert not n.enabled
+    assert n.ready() is False
+    assert n.watchdog_interval() is None
+
+
+def test_multiline_status_stays_one_field(systemd_socket):
+    path, sock = systemd_socket
+    Notifier.from_environ({"NOTIFY_SOCKET": path}).status("a\nREADY=1")
+    assert received(sock) == {"STATUS": "a READY=1"}
+
+
+def test_vanished_socket_does_not_raise(tmp_path):
+    n = Notifier.from_environ({"NOTIFY_SOCKET": str(tmp_path / "gone")})
+    assert n.ready() is False
+
+
+def test_watchdog_interval_from_environment():
+    env = {"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "30000000"}
+    assert Notifier.from_environ(env).watchdog_interval() == 30.0
+    assert Notifier.from_environ({**env, "WATCHDOG_PID": str(os.getpid())}).watchdog_interval() == 30.0
+    # the watchdog is meant for another process (we are a child of the main one)
+    assert Notifier.from_environ({**env, "WATCHDOG_PID": "1"}).watchdog_interval() is None
+    assert Notifier.from_environ({**env, "WATCHDOG_USEC": "0"}).watchdog_interval() is None
+    assert Notifier.from_environ({**env, "WATCHDOG_USEC": "soon"}).watchdog_interval() is None
+
+
+def test_relative_notify_socket_is_refused():
+    assert socket_address("@x") == b"\0x"
+    with pytest.raises(NotifySocketError, match="NOTIFY_SOCKET"):
+        Notifier.from_environ({"NOTIFY_SOCKET": "relative/path"})
