@@ -1,0 +1,128 @@
+"""The listening sockets of one worker generation, made by the supervisor.
+
+Per listen address: one UDP and one TCP socket with SO_REUSEPORT, so every
+generation joins the same reuseport group (all are created by this one uid).
+The supervisor passes them to the worker and keeps these objects as its
+duplicates; `steer_away()` connect()s the UDP ones to their own address so
+the kernel stops choosing them for new datagrams while what is queued stays
+readable (DESIGN.md, "Steering away").
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import socket
+from dataclasses import dataclass, field
+
+from supervisor.config import Endpoint
+
+log = logging.getLogger("twindns.sockets")
+
+UDP_RCVBUF = 4 * 1024 * 1024
+TCP_BACKLOG = 1024
+STEERING_MIN_KERNEL = (5, 9)
+TCP_MIGRATE_SYSCTL = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+class SocketSetupError(OSError):
+    """A listen socket could not be created or bound."""
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _reuseport_socket(ep: Endpoint, kind: socket.SocketKind) -> socket.socket:
+    s = socket.socket(_family(ep.host), kind)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if kind == socket.SOCK_DGRAM:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, UDP_RCVBUF)
+            except PermissionError:   # not root (development): take what rmem_max allows
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+        s.bind((ep.host, ep.port))
+        if kind == socket.SOCK_STREAM:
+            s.listen(TCP_BACKLOG)
+        s.setblocking(False)
+        return s
+    except OSError as e:
+        s.close()
+        proto = "UDP" if kind == socket.SOCK_DGRAM else "TCP"
+        raise SocketSetupError(e.errno, f"cannot bind {proto} {ep}: {e.strerror}") from None
+
+
+@dataclass
+class SocketSet:
+    """One generation's sockets (the supervisor's duplicates)."""
+    udp: list[socket.socket] = field(default_factory=list)
+    tcp: list[socket.socket] = field(default_factory=list)
+    steered: bool = False
+
+    @classmethod
+    def open(cls, endpoints: tuple[Endpoint, ...]) -> "SocketSet":
+        made = cls()
+        try:
+            for ep in endpoints:
+                made.udp.append(_reuseport_socket(ep, socket.SOCK_DGRAM))
+                made.tcp.append(_reuseport_socket(ep, socket.SOCK_STREAM))
+        except SocketSetupError:
+            made.close()
+            raise
+        return made
+
+    @classmethod
+    def adopt(cls, udp_fds: list[int], tcp_fds: list[int], steered: bool) -> "SocketSet":
+        """Wrap fds inherited across a supervisor re-exec."""
+        return cls([socket.socket(fileno=fd) for fd in udp_fds],
+                   [socket.socket(fileno=fd) for fd in tcp_fds], steered)
+
+    def udp_fds(self) -> list[int]:
+        return [s.fileno() for s in self.udp if s.fileno() >= 0]
+
+    def tcp_fds(self) -> list[int]:
+        return [s.fileno() for s in self.tcp if s.fileno() >= 0]
+
+    def steer_away(self) -> None:
+        """Take the UDP sockets out of reuseport selection; queued datagrams stay."""
+        for s in self.udp:
+            if s.fileno() >= 0:
+                s.connect(s.getsockname())
+        self.steered = True
+
+    def close_tcp(self) -> None:
+        """Drop our TCP listeners so the kernel stops picking them once the worker closes its copies."""
+        for s in self.tcp:
+            s.close()
+
+    def close(self) -> None:
+        for s in self.udp + self.tcp:
+            s.close()
+
+
+def kernel_release() -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", platform.release())
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def check_kernel() -> str | None:
+    """A warning when this kernel cannot steer by connect() correctly, else None."""
+    if kernel_release() < STEERING_MIN_KERNEL:
+        return (f"kernel {platform.release()} is older than 5.9: after a worker is steered away, "
+                "all traffic may go to one socket; Linux >= 5.10 is supported")
+    return None
+
+
+def enable_tcp_migrate() -> bool:
+    """net.ipv4.tcp_migrate_req=1: a closing listener hands its pending connections to a peer."""
+    try:
+        with open(TCP_MIGRATE_SYSCTL, "w") as f:
+            f.write("1\n")
+        return True
+    except OSError as e:
+        log.warning("cannot set net.ipv4.tcp_migrate_req=1 (%s); TCP connections not yet "
+                    "accepted by a draining worker may be reset", os.strerror(e.errno or 0))
+        return False

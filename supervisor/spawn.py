@@ -1,0 +1,157 @@
+"""Start one worker: `python -m worker --supervised ...` exec'd directly as
+the unprivileged user, with its sockets, a config pipe, a probe socketpair
+and a control socketpair as inherited fds (docs/internals.md).
+
+The worker needs no privilege: the supervisor already bound the sockets.
+It is started with user=/group=/extra_groups=[] (setuid before exec drops
+every capability) and we check /proc/PID/status says CapEff is 0.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import pwd
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from supervisor.sockets import SocketSet
+
+log = logging.getLogger("twindns.spawn")
+
+FALLBACK_USER = "nobody"
+# The worker must not talk to systemd or inherit socket activation meant for us.
+SCRUBBED_ENV = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+class SpawnError(RuntimeError):
+    """A worker process could not be started, or started with privileges."""
+
+
+@dataclass(frozen=True)
+class RunAs:
+    name: str
+    uid: int
+    gid: int
+
+
+def resolve_user(name: str) -> tuple[RunAs | None, str | None]:
+    """The account workers run as and a warning to log, if any. None: keep our
+    own ids (only when not root, i.e. development)."""
+    if os.geteuid() != 0:
+        return None, f"not running as root: workers run as uid {os.geteuid()}, not as {name!r}"
+    for candidate in (name, FALLBACK_USER):
+        try:
+            pw = pwd.getpwnam(candidate)
+        except KeyError:
+            continue
+        if pw.pw_uid == 0:
+            raise SpawnError(f"user {candidate!r} is uid 0: workers must not run as root")
+        warning = None if candidate == name else f"user {name!r} does not exist; workers run as {FALLBACK_USER!r}"
+        return RunAs(candidate, pw.pw_uid, pw.pw_gid), warning
+    raise SpawnError(f"neither user {name!r} nor {FALLBACK_USER!r} exists")
+
+
+@dataclass
+class WorkerHandles:
+    """The supervisor's side of one worker: its process and our ends of its fds."""
+    proc: subprocess.Popen | None      # None for a worker adopted across a re-exec
+    pid: int
+    pidfd: int
+    sockets: SocketSet
+    adopted: SocketSet | None          # a crashed predecessor's sockets it drains
+    control: socket.socket
+    probe: socket.socket
+
+    def fd_numbers(self) -> dict:
+        return {"pidfd": self.pidfd, "udp": self.sockets.udp_fds(), "tcp": self.sockets.tcp_fds(),
+                "adopted_udp": self.adopted.udp_fds() if self.adopted else [],
+                "steered": self.sockets.steered,
+                "control": self.control.fileno(), "probe": self.probe.fileno()}
+
+    def release_adopted(self) -> None:
+        if self.adopted is not None:
+            self.adopted.close()
+            self.adopted = None
+
+    def close(self) -> None:
+        """Close every fd we hold for this worker (it has exited)."""
+        self.sockets.close()
+        self.release_adopted()
+        self.control.close()
+        self.probe.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+def _config_pipe(raw: bytes) -> int:
+    r, w = os.pipe()
+    try:
+        if len(raw) > 65536:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, len(raw))
+        os.write(w, raw)   # fits in the pipe buffer, so this never blocks
+    finally:
+        os.close(w)
+    return r
+
+
+def worker_argv(slot: str, generation: int, config_fd: int, sockets: SocketSet,
+                adopted: SocketSet | None, control_fd: int, probe_fd: int) -> list[str]:
+    argv = [sys.executable, "-m", "worker", "--supervised", "--config-fd", str(config_fd)]
+    for fd in sockets.udp_fds():
+        argv += ["--udp-fd", str(fd)]
+    for fd in sockets.tcp_fds():
+        argv += ["--tcp-fd", str(fd)]
+    for fd in (adopted.udp_fds() if adopted else []):
+        argv += ["--adopt-udp-fd", str(fd)]
+    argv += ["--control-fd", str(control_fd), "--probe-fd", str(probe_fd),
+             "--slot", slot, "--generation", str(generation)]
+    return argv
+
+
+def effective_caps(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    raise SpawnError(f"no CapEff line for pid {pid}")
+
+
+def spawn(slot: str, generation: int, raw_config: bytes, sockets: SocketSet,
+          adopted: SocketSet | None, run_as: RunAs | None) -> WorkerHandles:
+    probe_ours, probe_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ctl_ours, ctl_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    config_fd = _config_pipe(raw_config)
+    theirs = [config_fd, ctl_theirs.fileno(), probe_theirs.fileno(),
+              *sockets.udp_fds(), *sockets.tcp_fds(), *(adopted.udp_fds() if adopted else [])]
+    argv = worker_argv(slot, generation, config_fd, sockets, adopted, ctl_theirs.fileno(), probe_theirs.fileno())
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    ids = {} if run_as is None else {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+    try:
+        proc = subprocess.Popen(argv, pass_fds=theirs, stdin=subprocess.DEVNULL, cwd="/", env=env,
+                                close_fds=True, **ids)
+    except OSError as e:
+        for s in (probe_ours, ctl_ours):
+            s.close()
+        raise SpawnError(f"cannot start worker {slot}: {e}") from None
+    finally:
+        os.close(config_fd)
+        probe_theirs.close()
+        ctl_theirs.close()
+    handles = WorkerHandles(proc, proc.pid, os.pidfd_open(proc.pid), sockets, adopted, ctl_ours, probe_ours)
+    for s in (ctl_ours, probe_ours):
+        s.setblocking(False)
+    try:
+        caps = effective_caps(proc.pid)
+    except (OSError, SpawnError):
+        caps = 0   # it already exited; the exit path reports it
+    if caps != 0 and run_as is not None:
+        proc.kill()
+        proc.wait()
+        for fd in (handles.pidfd, ctl_ours.detach(), probe_ours.detach()):
+            os.close(fd)
+        raise SpawnError(f"worker {slot} pid {proc.pid} has capabilities (CapEff {caps:x}); killed")
+    return handles

@@ -1,0 +1,28 @@
+"""States of a worker and causes of a restart. Imports nothing, so anything
+(status rendering, tests, snapshots) can use them cheaply."""
+from enum import Enum
+
+
+class SlotState(Enum):
+    STARTING = "starting"   # spawned, not yet answered a probe
+    READY = "ready"         # answered a probe; serving
+    DRAINING = "draining"   # told to drain (or steered away); finishing queued work
+    STOPPED = "stopped"     # exited on request
+    FAILED = "failed"       # exited unexpectedly, was killed as hung, or never became ready
+
+
+class RestartCause(Enum):
+    ROLLING = "rolling"     # twindns restart / reload / upgrade
+    CRASH = "crash"         # unexpected exit
+    HANG = "hang"           # probe_failures probes missed, then SIGKILL
+    BOOT = "boot"           # never became ready within ready_timeout, or exit 3
+
+
+# Allowed transitions: source state -> states it may move to.
+TRANSITIONS = {
+    SlotState.STARTING: frozenset({SlotState.READY, SlotState.FAILED, SlotState.DRAINING}),
+    SlotState.READY: frozenset({SlotState.DRAINING, SlotState.FAILED}),
+    SlotState.DRAINING: frozenset({SlotState.STOPPED, SlotState.FAILED}),
+    SlotState.STOPPED: frozenset(),
+    SlotState.FAILED: frozenset(),
+}
