@@ -1,0 +1,168 @@
+"""Forwarding cache misses to the upstream servers of the query's zone.
+
+The zone is the longest configured suffix of the query name. Its servers are
+tried in order, with servers that failed recently moved to the back. The
+zone's timeout is shared out: the first server gets timeout/n seconds before
+the second is asked as well, and so on, and any of the servers asked may
+still answer until the zone's timeout runs out. A refused or unreachable
+server hands over at once. So the client gets an answer or an UpstreamError
+(its SERVFAIL) within `timeout`, never silence.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import dns.flags
+import dns.message
+import dns.name
+
+from worker.config import UpstreamZone, format_server
+from worker.upstream_query import UpstreamQuery
+from worker.upstream_stats import ServerStats
+from worker.upstream_tcp import TcpUpstream
+from worker import upstream_udp
+
+# How long a server that failed stays at the back of its zone's order.
+DEMOTE_SECONDS = 30.0
+
+
+class UpstreamError(Exception):
+    """No upstream server gave a usable answer in time."""
+
+
+@dataclass
+class _Server:
+    """One upstream server: its counters, its TCP connection, when it last failed."""
+    address: tuple[str, int]
+    stats: ServerStats
+    tcp: TcpUpstream
+    failed_at: float | None = None
+
+    def demoted(self, now: float) -> bool:
+        return self.failed_at is not None and now - self.failed_at < DEMOTE_SECONDS
+
+    def failed(self) -> None:
+        self.stats.errors += 1
+        self.failed_at = time.monotonic()
+
+
+@dataclass
+class _Attempt:
+    """One server being asked, and when the next server should be asked too."""
+    server: _Server
+    hand_over_at: float
+    task: asyncio.Task = field(repr=False)
+
+
+class Forwarder:
+    """Sends queries to the configured upstreams and returns their answers."""
+
+    def __init__(self, zones: Sequence[UpstreamZone]) -> None:
+        self._zones = {dns.name.from_text(z.zone): z for z in zones}
+        self._servers: dict[tuple[str, int], _Server] = {}
+        for zone in zones:
+            for address in zone.servers:
+                if address not in self._servers:
+                    stats = ServerStats(format_server(address))
+                    self._servers[address] = _Server(address, stats,
+                                                     TcpUpstream(address, stats.count_rejected))
+
+    def zone_for(self, name: dns.name.Name) -> UpstreamZone:
+        """The zone with the longest suffix match of `name`."""
+        while True:
+            zone = self._zones.get(name)
+            if zone is not None:
+                return zone
+            if name == dns.name.root or name == dns.name.empty:
+                raise UpstreamError(f"no upstream configured for {name}")
+            name = name.parent()
+
+    async def forward(self, query: dns.message.Message) -> bytes:
+        """Pick the zone by longest match of query.question[0].name, try its
+        servers with failover, over UDP (TC=1 retried over TCP) or TCP when
+        force_tcp, with a random ID per attempt, accepting only answers from
+        the queried address/port with matching ID and question; return the
+        response wire. Raises UpstreamError when nothing usable arrived
+        within the zone's timeout."""
+        outgoing = UpstreamQuery.from_message(query)
+        zone = self.zone_for(outgoing.name)
+        deadline = time.monotonic() + zone.timeout
+        now = time.monotonic()
+        # sorted() is stable: healthy servers keep their configured order.
+        waiting = sorted((self._servers[a] for a in zone.servers),
+                         key=lambda s: (s.demoted(now), s.failed_at or 0.0))
+        attempts: list[_Attempt] = []
+        try:
+            return await self._race(outgoing, zone, waiting, attempts, deadline)
+        finally:
+            self._settle(attempts)
+
+    async def _race(self, query: UpstreamQuery, zone: UpstreamZone, waiting: list[_Server],
+                    attempts: list[_Attempt], deadline: float) -> bytes:
+        running: set[asyncio.Task] = set()
+        hand_over_at = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise UpstreamError(f"no answer for {query.name} from zone {zone.zone} "
+                                    f"servers within {zone.timeout}s")
+            if waiting and (now >= hand_over_at or not running):
+                server = waiting.pop(0)
+                hand_over_at = now + (deadline - now) / (len(waiting) + 1)
+                task = asyncio.get_running_loop().create_task(
+                    self._ask(server, query, zone.force_tcp))
+                attempts.append(_Attempt(server, hand_over_at, task))
+                running.add(task)
+                continue
+            if not running:
+                raise UpstreamError(f"every server of zone {zone.zone} failed for {query.name}")
+            wake = min(deadline, hand_over_at) if waiting else deadline
+            done, _ = await asyncio.wait(running, timeout=max(0.0, wake - now),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                running.discard(task)
+                if task.exception() is None:
+                    return task.result()
+                # This server failed: ask the next one now.
+                hand_over_at = time.monotonic()
+
+    async def _ask(self, server: _Server, query: UpstreamQuery, force_tcp: bool) -> bytes:
+        server.stats.queries += 1
+        started = time.monotonic()
+        try:
+            if force_tcp:
+                wire, _ = await server.tcp.exchange(query)
+            else:
+                wire, reply = await upstream_udp.exchange(query, server.address,
+                                                          server.stats.count_rejected)
+                if reply.flags & dns.flags.TC:
+                    wire, _ = await server.tcp.exchange(query)
+        except OSError:
+            server.failed()
+            raise
+        server.stats.answered(time.monotonic() - started)
+        server.failed_at = None
+        return wire
+
+    def _settle(self, attempts: list[_Attempt]) -> None:
+        """Cancel the attempts still running; those that had their share of
+        the time without answering count as failures of their server."""
+        now = time.monotonic()
+        for attempt in attempts:
+            if attempt.task.done():
+                if not attempt.task.cancelled():
+                    attempt.task.exception()  # retrieved: failures were counted in _ask
+                continue
+            attempt.task.cancel()
+            if now >= attempt.hand_over_at:
+                attempt.server.failed()
+
+    def stats(self) -> list[dict]:
+        """The "upstream" list of STATS (docs/internals.md), one entry per server."""
+        return [s.stats.as_dict() for s in self._servers.values()]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.tcp.close() for s in self._servers.values()))

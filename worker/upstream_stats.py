@@ -1,0 +1,31 @@
+"""Per-server upstream counters, in the shape of STATS["upstream"]
+(docs/internals.md)."""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+# Upper bounds (seconds) of the latency histogram; one more count is +Inf.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+@dataclass
+class ServerStats:
+    server: str                    # "ip:port" / "[v6]:port"
+    queries: int = 0               # queries sent
+    errors: int = 0                # sent queries that got no usable answer
+    rejected: int = 0              # messages ignored as not answering our query
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+
+    def answered(self, seconds: float) -> None:
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def count_rejected(self) -> None:
+        self.rejected += 1
+
+    def as_dict(self) -> dict:
+        return {"server": self.server, "queries": self.queries, "errors": self.errors,
+                "rejected": self.rejected, "latency_buckets": list(LATENCY_BUCKETS),
+                "latency_counts": list(self.latency_counts), "latency_sum": self.latency_sum}
