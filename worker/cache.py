@@ -1,0 +1,158 @@
+"""The answer cache: stored wire responses, their lifetimes and eviction.
+
+An `Entry` keeps the upstream response as wire bytes with the offsets of every
+TTL field, so a hit only patches integers into a copy (once per second of age,
+not per query) and splices in the client's ID and question.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from worker import wire
+from worker.config import CacheConfig, HeaderRule
+
+_FLAG_BITS = {"aa": (2, wire.FLAG_AA), "rd": (2, wire.FLAG_RD), "ra": (3, wire.FLAG_RA)}
+
+
+class Entry:
+    """One cached response and its pre-rendered forms for the current age."""
+
+    __slots__ = ("template", "ttl_offsets", "ttls", "stored_at", "expires", "rcode",
+                 "mirror_rd", "do", "age", "plain", "with_opt", "referenced", "ar_plus_one")
+
+    def __init__(self, template: bytes, ttl_offsets: tuple[int, ...], ttls: tuple[int, ...],
+                 stored_at: float, lifetime: float, rcode: int, mirror_rd: bool, do: bool) -> None:
+        self.template = template
+        self.ttl_offsets = ttl_offsets
+        self.ttls = ttls
+        self.stored_at = stored_at
+        self.expires = stored_at + lifetime
+        self.rcode = rcode
+        self.mirror_rd = mirror_rd
+        self.do = do
+        self.referenced = False
+        self.ar_plus_one = wire.U16.pack(wire.U16.unpack_from(template, 10)[0] + 1)
+        self.age = -1
+        self.render(0)
+
+    def render(self, age: int) -> None:
+        """Pre-render both forms (without and with OPT) with TTLs lowered by `age` seconds."""
+        buf = bytearray(self.template)
+        pack = wire.U32.pack_into
+        for off, ttl in zip(self.ttl_offsets, self.ttls):
+            pack(buf, off, ttl - age if ttl > age else 0)
+        self.plain = bytes(buf)
+        self.with_opt = b"".join((self.plain[:10], self.ar_plus_one, self.plain[12:], wire.opt_record(self.do)))
+        self.age = age
+
+    def truncated(self, qname_end: int, has_opt: bool) -> bytes:
+        """TC=1 form: header and question only (plus OPT), for a client whose
+        UDP payload size is too small for the answer."""
+        t = self.template
+        question_end = qname_end + 4
+        head = bytes((t[2] | wire.FLAG_TC, t[3])) + b"\x00\x01\x00\x00\x00\x00"
+        if has_opt:
+            return t[:2] + head + b"\x00\x01" + t[12:question_end] + wire.opt_record(self.do)
+        return t[:2] + head + b"\x00\x00" + t[12:question_end]
+
+
+class Cache:
+    """A bounded map from query key to Entry. Eviction is CLOCK (second chance)
+    over insertion order: O(1) amortised, and a hit only sets a flag instead of
+    reordering."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.entries: OrderedDict[bytes, Entry] = OrderedDict()
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, key: bytes, now: float) -> Entry | None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        if now >= entry.expires:
+            del self.entries[key]
+            return None
+        entry.referenced = True
+        return entry
+
+    def put(self, key: bytes, entry: Entry) -> None:
+        entries = self.entries
+        entries.pop(key, None)
+        # Second chance is bounded: each pass clears a flag, so at most
+        # len(entries) reinsertions happen before an unreferenced one is found.
+        while len(entries) >= self.capacity > 0:
+            old_key, old = entries.popitem(last=False)
+            if old.referenced:
+                old.referenced = False
+                entries[old_key] = old
+            else:
+                self.evictions += 1
+        if self.capacity > 0:
+            entries[key] = entry
+
+
+def _flags(template: bytearray, rule: HeaderRule | None) -> bool:
+    """Apply the zone's [[header]] rule; answers from a cache are not
+    authoritative unless a rule says so. Returns whether RD mirrors the client."""
+    template[2] &= ~wire.FLAG_AA & 0xFF
+    if rule is None:
+        return True
+    for name in rule.set:
+        byte, bit = _FLAG_BITS[name]
+        template[byte] |= bit
+    for name in rule.clear:
+        byte, bit = _FLAG_BITS[name]
+        template[byte] &= ~bit & 0xFF
+    return "rd" not in rule.set and "rd" not in rule.clear
+
+
+def lifetime_and_ttls(resp: wire.Response, data: bytes, policy: CacheConfig) -> tuple[float, list[int]]:
+    """How long to cache this response and the TTL to show for each record.
+
+    Positive answers: every TTL clamped to [min_ttl, max_ttl], lifetime the
+    smallest. Negative answers (RFC 2308): min(SOA TTL, SOA MINIMUM,
+    negative_max_ttl), shown as the SOA's TTL. SERVFAIL/REFUSED: servfail_ttl.
+    Anything else, or a negative answer without SOA: not cached (lifetime 0).
+    """
+    records = [r for r in resp.records if r.rtype != wire.TYPE_OPT]
+    if resp.rcode in (wire.RCODE_SERVFAIL, wire.RCODE_REFUSED):
+        return float(policy.servfail_ttl), [min(r.ttl, policy.servfail_ttl) for r in records]
+    answers = [r for r in records if r.section == 0]
+    negative = resp.rcode == wire.RCODE_NXDOMAIN or (resp.rcode == wire.RCODE_NOERROR and not answers)
+    if resp.rcode not in (wire.RCODE_NOERROR, wire.RCODE_NXDOMAIN) or resp.flags & (wire.FLAG_TC << 8):
+        return 0.0, [r.ttl for r in records]
+    if negative:
+        soa = next((r for r in records if r.section == 1 and r.rtype == wire.TYPE_SOA), None)
+        if soa is None:
+            return 0.0, [r.ttl for r in records]
+        lifetime = min(soa.ttl, wire.soa_minimum(data, soa), policy.negative_max_ttl)
+        return float(lifetime), [min(r.ttl, lifetime) for r in records]
+    ttls = [min(max(r.ttl, policy.min_ttl), policy.max_ttl) for r in records]
+    return float(min(ttls)), ttls
+
+
+def entry_from_response(data: bytes, now: float, policy: CacheConfig,
+                        rule: HeaderRule | None, do: bool) -> Entry:
+    """An Entry for upstream response `data` (raises wire.WireError). Its
+    lifetime is 0 when it must not be cached; the caller checks `expires`."""
+    resp = wire.parse_response(data)
+    records = list(resp.records)
+    opts = [r for r in records if r.rtype == wire.TYPE_OPT]
+    template = bytearray(data)
+    if opts:
+        # Replies get our own OPT per client; the upstream's is dropped. It is
+        # the last record in practice; only then can it be cut without
+        # breaking a compression pointer that might point into it.
+        if len(opts) > 1 or opts[0] is not records[-1]:
+            raise wire.WireError("OPT record is not the last record")
+        del template[opts[0].start:]
+        wire.U16.pack_into(template, 10, wire.U16.unpack_from(template, 10)[0] - 1)
+        records.pop()
+    lifetime, ttls = lifetime_and_ttls(resp, data, policy)
+    mirror_rd = _flags(template, rule)
+    return Entry(bytes(template), tuple(r.ttl_offset for r in records), tuple(ttls),
+                 now, lifetime, resp.rcode, mirror_rd, do)

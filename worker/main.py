@@ -1,0 +1,126 @@
+"""`python -m worker`: the command line (docs/internals.md, "Worker command
+line"). Standalone mode binds its own sockets, supervised mode receives them
+as inherited fds; both then hand over to service.Service."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from dataclasses import replace
+
+import uvloop
+
+from worker import version
+from worker.config import EX_CONFIG, ConfigError, WorkerConfig, check_config_main, \
+    default_config, load_bytes, load_file, parse_server
+from worker.server import TcpLimits
+from worker.service import Identity, Options, Service, Sockets
+
+EX_BOOT = 3
+UDP_RCVBUF = 4 * 1024 * 1024
+TCP_BACKLOG = 1024
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m worker", description="twindns cache worker")
+    p.add_argument("--listen", action="append", default=[], metavar="IP:PORT",
+                   help="serve UDP and TCP here (standalone); our own address for --check-config")
+    p.add_argument("--upstream", action="append", default=[], metavar="IP[:PORT]",
+                   help="replaces the servers of upstream zone '.'")
+    p.add_argument("--force-tcp", action="store_true", help="zone '.' upstream queries over TCP")
+    p.add_argument("--config", metavar="FILE", help="twindns TOML file (its worker sections)")
+    p.add_argument("--check-config", metavar="FILE", help="validate FILE and exit (0 ok, 78 invalid)")
+    p.add_argument("--no-metrics", action="store_true", help="do not count per query (to measure their cost)")
+    p.add_argument("--tcp-idle-timeout", type=float, default=TcpLimits.idle_timeout, metavar="SECONDS")
+    p.add_argument("--tcp-max-connections", type=int, default=TcpLimits.max_connections, metavar="N")
+    sup = p.add_argument_group("supervised mode (spawned by the supervisor)")
+    sup.add_argument("--supervised", action="store_true")
+    sup.add_argument("--config-fd", type=int, metavar="FD")
+    sup.add_argument("--udp-fd", type=int, action="append", default=[], metavar="FD")
+    sup.add_argument("--tcp-fd", type=int, action="append", default=[], metavar="FD")
+    sup.add_argument("--adopt-udp-fd", type=int, action="append", default=[], metavar="FD")
+    sup.add_argument("--control-fd", type=int, metavar="FD")
+    sup.add_argument("--probe-fd", type=int, metavar="FD")
+    sup.add_argument("--slot", default="-")
+    sup.add_argument("--generation", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"worker[{os.getpid()}] %(levelname)s %(message)s")
+    if args.check_config:
+        return check_config_main(args.check_config, args.listen)
+    if args.supervised:
+        missing = [f"--{n}" for n in ("config-fd", "control-fd", "probe-fd")
+                   if getattr(args, n.replace("-", "_")) is None]
+        if missing or not (args.udp_fd or args.tcp_fd):
+            parser.error(f"--supervised needs {', '.join(missing) or '--udp-fd/--tcp-fd'}")
+    elif not args.listen:
+        parser.error("--listen IP:PORT is required (or --supervised)")
+    try:
+        config = _config(args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return EX_CONFIG
+    try:
+        sockets = _inherited(args) if args.supervised else _bind(args.listen)
+    except (OSError, ValueError) as e:
+        print(f"cannot start serving: {e}", file=sys.stderr)
+        return EX_BOOT
+    identity = Identity(args.slot, args.generation, version())
+    options = Options(per_query_stats=not args.no_metrics,
+                      tcp=TcpLimits(idle_timeout=args.tcp_idle_timeout,
+                                    max_connections=args.tcp_max_connections))
+    return uvloop.run(Service(config, sockets, identity, options).run())
+
+
+def _config(args) -> WorkerConfig:
+    roots = args.upstream or None
+    if args.supervised:
+        with os.fdopen(args.config_fd, "rb") as pipe:
+            data = pipe.read()
+        config = load_bytes(data, "config (from the supervisor)", args.listen, root_servers=roots)
+    elif args.config:
+        config = load_file(args.config, args.listen, root_servers=roots)
+    else:
+        config = default_config(args.listen, root_servers=roots)
+    if args.force_tcp:
+        config = replace(config, upstreams=tuple(replace(z, force_tcp=True) if z.zone == "." else z
+                                                 for z in config.upstreams))
+    return config
+
+
+def _bind(listen: list[str]) -> Sockets:
+    """Standalone: our own SO_REUSEPORT sockets, as the supervisor would make them."""
+    udp, tcp = [], []
+    for text in listen:
+        ip, port = parse_server(text)
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        for kind, out in ((socket.SOCK_DGRAM, udp), (socket.SOCK_STREAM, tcp)):
+            sock = socket.socket(family, kind)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if kind == socket.SOCK_DGRAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+            sock.bind((ip, port))
+            if kind == socket.SOCK_STREAM:
+                sock.listen(TCP_BACKLOG)
+            sock.setblocking(False)
+            out.append(sock)
+    return Sockets(udp, tcp)
+
+
+def _inherited(args) -> Sockets:
+    """Supervised: the sockets arrive as fds; the worker never binds."""
+    def adopt(fd: int) -> socket.socket:
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        return sock
+    return Sockets(udp=[adopt(fd) for fd in args.udp_fd], tcp=[adopt(fd) for fd in args.tcp_fd],
+                   adopt_udp=[adopt(fd) for fd in args.adopt_udp_fd],
+                   probe=adopt(args.probe_fd), control=adopt(args.control_fd))

@@ -1,0 +1,232 @@
+"""Serving sockets: UDP (a raw non-blocking receive loop on the event loop),
+TCP (length-prefixed, pipelined) and the supervisor's probe datagrams."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass
+
+from worker import wire
+from worker.answer import Answerer
+
+# Datagrams handled per wake-up before other sockets get their turn.
+UDP_BATCH = 64
+UDP_RECV_SIZE = 65535
+
+
+class UdpServer:
+    """Answers the datagrams of one bound UDP socket."""
+
+    def __init__(self, sock: socket.socket, answerer: Answerer) -> None:
+        self.sock = sock
+        self.answerer = answerer
+        self.inflight = 0
+        self.loop = asyncio.get_running_loop()
+
+    def start(self) -> None:
+        self.loop.add_reader(self.sock.fileno(), self.read_batch)
+
+    def read_batch(self) -> bool:
+        """Answer up to UDP_BATCH queued datagrams; True when the queue is empty."""
+        recv, sendto, answer = self.sock.recvfrom, self.sock.sendto, self.answerer.answer
+        later = self._send_later
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = recv(UDP_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                continue    # e.g. a queued ICMP error; the next datagram is fine
+            reply = answer(data, True, later, addr)
+            if reply:
+                try:
+                    sendto(reply, addr)
+                except OSError:
+                    pass    # full send buffer or unreachable client: UDP may drop
+            elif reply is not None:
+                self.inflight += 1
+        return False
+
+    def _send_later(self, reply: bytes, addr) -> None:
+        self.inflight -= 1
+        try:
+            self.sock.sendto(reply, addr)
+        except OSError:
+            pass
+
+    def steer_away(self) -> None:
+        """connect() to our own address: the kernel stops giving this socket
+        new datagrams (it leaves the reuseport group) and keeps the queued ones."""
+        self.sock.connect(self.sock.getsockname())
+
+    def drain_queue(self) -> None:
+        """Answer everything already queued (after steer_away nothing new comes)."""
+        while not self.read_batch():
+            pass
+
+    def stop(self) -> None:
+        if self.sock.fileno() >= 0:
+            self.loop.remove_reader(self.sock.fileno())
+
+    def close(self) -> None:
+        self.stop()
+        self.sock.close()
+
+
+class ProbeServer(UdpServer):
+    """The probe channel: an AF_UNIX datagram socketpair end, answered through
+    the same answer() path as UDP clients (replies go to the peer)."""
+
+    def read_batch(self) -> bool:
+        for _ in range(UDP_BATCH):
+            try:
+                data = self.sock.recv(UDP_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                return True
+            reply = self.answerer.answer(data, True, self._send_later, None)
+            if reply:
+                self._send(reply)
+            elif reply is not None:
+                self.inflight += 1
+        return False
+
+    def _send_later(self, reply: bytes, _addr) -> None:
+        self.inflight -= 1
+        self._send(reply)
+
+    def _send(self, reply: bytes) -> None:
+        try:
+            self.sock.send(reply)
+        except OSError:
+            pass
+
+
+@dataclass(frozen=True)
+class TcpLimits:
+    idle_timeout: float = 10.0        # RFC 7766 suggests seconds, not minutes
+    max_connections: int = 512
+    max_query: int = 4096             # a longer query is not a query we serve
+
+
+class TcpServer:
+    """One listening TCP socket and its open connections."""
+
+    def __init__(self, sock: socket.socket, answerer: Answerer, limits: TcpLimits) -> None:
+        self.sock = sock
+        self.answerer = answerer
+        self.limits = limits
+        self.connections: set[TcpConnection] = set()
+        self.refused = 0
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.get_running_loop().create_server(
+            lambda: TcpConnection(self), sock=self.sock, backlog=1024)
+
+    def close_listener(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def finish(self, deadline: float) -> None:
+        """Close connections as their pending answers are sent; abort what is
+        left at `deadline` (time.monotonic())."""
+        for conn in list(self.connections):
+            conn.finish_when_idle()
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            conn.transport.abort()
+
+
+class TcpConnection(asyncio.Protocol):
+    """A client connection: length-prefixed queries, answered as they complete."""
+
+    def __init__(self, server: TcpServer) -> None:
+        self.server = server
+        self.buf = bytearray()
+        self.pending = 0
+        self.closing = False
+        self.transport: asyncio.Transport | None = None
+        self.last_active = time.monotonic()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        if len(self.server.connections) >= self.server.limits.max_connections:
+            self.server.refused += 1
+            transport.abort()
+            return
+        self.server.connections.add(self)
+        self.timer = asyncio.get_running_loop().call_later(self.server.limits.idle_timeout, self._check_idle)
+
+    def connection_lost(self, exc) -> None:
+        self.server.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def pause_writing(self) -> None:
+        # A client that does not read its answers stops being read from.
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.last_active = time.monotonic()
+        buf = self.buf
+        buf += data
+        answer = self.server.answerer.answer
+        while len(buf) >= 2:
+            length = buf[0] << 8 | buf[1]
+            if length > self.server.limits.max_query:
+                self._oversized(length)
+                return
+            if len(buf) < 2 + length:
+                return
+            query = bytes(buf[2:2 + length])
+            del buf[:2 + length]
+            reply = answer(query, False, self._send_later, None)
+            if reply:
+                self._write(reply)
+            elif reply is not None:
+                self.pending += 1
+
+    def _oversized(self, length: int) -> None:
+        """A length beyond any query: FORMERR once the header is here (the
+        framing cannot be trusted after it), then close."""
+        if len(self.buf) < 14:
+            return
+        self.server.answerer.stats.malformed += 1
+        self.server.answerer.stats.formerr += 1
+        self._write(wire.error_reply(bytes(self.buf[2:14]), wire.RCODE_FORMERR))
+        self.closing = True
+        self.transport.close()
+
+    def _write(self, reply: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(wire.U16.pack(len(reply)) + reply)
+
+    def _send_later(self, reply: bytes, _dest) -> None:
+        self.pending -= 1
+        self._write(reply)
+        if self.closing and self.pending == 0:
+            self.transport.close()
+
+    def finish_when_idle(self) -> None:
+        self.closing = True
+        if self.pending == 0:
+            self.transport.close()
+
+    def _check_idle(self) -> None:
+        idle = time.monotonic() - self.last_active
+        limit = self.server.limits.idle_timeout
+        if self.pending == 0 and idle >= limit:
+            self.transport.close()
+            return
+        self.timer = asyncio.get_running_loop().call_later(max(limit - idle, 0.05) if self.pending == 0 else limit,
+                                                           self._check_idle)

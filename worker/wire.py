@@ -1,0 +1,275 @@
+"""DNS wire format by hand, for the hit path and for storing answers.
+
+Everything here is bounded: names are walked label by label with the RFC 1035
+limits (63-byte labels, 255-byte names), compression pointers may only point
+backwards (so a loop is impossible), and every read checks the buffer length.
+dnspython is kept for the miss path; parsing a full message per cache hit would
+cost more than the rest of the hit path together.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import NamedTuple
+
+HEADER = struct.Struct(">HBBHHHH")
+U16 = struct.Struct(">H")
+U32 = struct.Struct(">I")
+RR_FIXED = struct.Struct(">HHIH")      # type, class, ttl, rdlength
+
+TYPE_SOA = 6
+TYPE_OPT = 41
+TYPE_TXT = 16
+CLASS_IN = 1
+CLASS_CH = 3
+
+RCODE_NOERROR = 0
+RCODE_FORMERR = 1
+RCODE_SERVFAIL = 2
+RCODE_NXDOMAIN = 3
+RCODE_NOTIMP = 4
+RCODE_REFUSED = 5
+
+FLAG_QR = 0x80       # in header byte 2
+FLAG_AA = 0x04
+FLAG_TC = 0x02
+FLAG_RD = 0x01
+FLAG_RA = 0x80       # in header byte 3
+FLAG_CD = 0x10
+EDNS_DO = 0x8000
+
+_KEY_FLAGS = (b"\x00", b"\x01", b"\x02", b"\x03")   # indexed by DO << 1 | CD
+
+MAX_NAME = 255
+MAX_LABEL = 63
+CLASSIC_UDP_PAYLOAD = 512
+OUR_UDP_PAYLOAD = 1232   # the DNS flag day 2020 value, also what we ask upstreams for
+
+
+class WireError(ValueError):
+    """A DNS message could not be parsed."""
+
+
+class ShortMessage(WireError):
+    """The message ends before a field it announces."""
+
+
+class BadName(WireError):
+    """A domain name breaks the label, length or compression rules."""
+
+
+class BadQuery(WireError):
+    """A query is well formed DNS but not a query we can answer."""
+
+
+def skip_name(data: bytes, off: int) -> int:
+    """Offset just past the name at `off`; a compression pointer ends the
+    name and must point before the name's start."""
+    start, total, end = off, 0, len(data)
+    while True:
+        if off >= end:
+            raise ShortMessage("name runs past the end")
+        length = data[off]
+        if length == 0:
+            return off + 1
+        if length >= 0xC0:
+            if off + 1 >= end:
+                raise ShortMessage("pointer runs past the end")
+            if ((length & 0x3F) << 8 | data[off + 1]) >= start:
+                raise BadName("compression pointer does not point backwards")
+            return off + 2
+        if length > MAX_LABEL:
+            raise BadName(f"label type 0x{length:02x} unsupported")
+        total += length + 1
+        if total >= MAX_NAME:
+            raise BadName("name longer than 255 bytes")
+        off += length + 1
+
+
+def read_name(data: bytes, off: int) -> tuple[bytes, int]:
+    """(uncompressed lower-case name wire, offset past the name at `off`).
+    Each pointer must point strictly before the label that holds it, so the
+    walk always moves backwards and ends."""
+    out = bytearray()
+    after = -1
+    end = len(data)
+    while True:
+        if off >= end:
+            raise ShortMessage("name runs past the end")
+        length = data[off]
+        if length == 0:
+            out.append(0)
+            return bytes(out).lower(), (off + 1 if after < 0 else after)
+        if length >= 0xC0:
+            if off + 1 >= end:
+                raise ShortMessage("pointer runs past the end")
+            target = (length & 0x3F) << 8 | data[off + 1]
+            if target >= off:
+                raise BadName("compression pointer does not point backwards")
+            if after < 0:
+                after = off + 2
+            off = target
+            continue
+        if length > MAX_LABEL:
+            raise BadName(f"label type 0x{length:02x} unsupported")
+        if off + 1 + length > end:
+            raise ShortMessage("label runs past the end")
+        out += data[off:off + 1 + length]
+        if len(out) >= MAX_NAME:
+            raise BadName("name longer than 255 bytes")
+        off += length + 1
+
+
+class Question(NamedTuple):
+    """What the hit path needs from a query: the cache key and how to answer.
+    (A NamedTuple: it is built once per query, and that is the cheapest.)"""
+    key: bytes          # lower-cased qname wire + qtype + qclass + (DO<<1 | CD)
+    qname_end: int      # offset just past the question's name
+    qtype: int
+    qclass: int
+    has_opt: bool
+    payload: int        # the client's UDP payload size (512 without OPT)
+    do: bool
+    cd: bool
+
+
+def parse_query(data: bytes) -> Question:
+    """Header and question of a query; raises WireError (FORMERR) or BadQuery."""
+    if len(data) < 12:
+        raise ShortMessage("shorter than a DNS header")
+    _id, b2, b3, qd, an, ns, ar = HEADER.unpack_from(data)
+    if b2 & 0x78:
+        raise BadQuery("opcode is not QUERY")
+    if qd != 1:
+        raise WireError(f"qdcount is {qd}, expected 1")
+    off = 12
+    end = len(data)
+    while True:
+        if off >= end:
+            raise ShortMessage("question name runs past the end")
+        length = data[off]
+        if length == 0:
+            break
+        if length > MAX_LABEL:
+            raise BadName("compression or label type in the question name")
+        off += length + 1
+        if off - 12 >= MAX_NAME:
+            raise BadName("name longer than 255 bytes")
+    qend = off + 1
+    if qend + 4 > end:
+        raise ShortMessage("question runs past the end")
+    qtype, qclass = struct.unpack_from(">HH", data, qend)
+    cd = bool(b3 & FLAG_CD)
+    has_opt, payload, do = False, CLASSIC_UDP_PAYLOAD, False
+    if ar or an or ns:
+        has_opt, payload, do = _find_opt(data, qend + 4, an + ns, ar)
+    key = data[12:qend].lower() + data[qend:qend + 4] + _KEY_FLAGS[do << 1 | cd]
+    return Question(key, qend, qtype, qclass, has_opt, payload, do, cd)
+
+
+def _find_opt(data: bytes, off: int, skip: int, additional: int) -> tuple[bool, int, bool]:
+    for _ in range(skip):
+        off = _skip_rr(data, off)
+    found = None
+    for _ in range(additional):
+        start = skip_name(data, off)
+        if start + 10 > len(data):
+            raise ShortMessage("record runs past the end")
+        rtype, rclass, ttl, rdlen = RR_FIXED.unpack_from(data, start)
+        if rtype == TYPE_OPT:
+            if found is not None:
+                raise WireError("more than one OPT record")
+            if data[off] != 0:
+                raise WireError("OPT owner is not the root")
+            found = (max(rclass, CLASSIC_UDP_PAYLOAD), bool(ttl & EDNS_DO))
+        off = start + 10 + rdlen
+        if off > len(data):
+            raise ShortMessage("rdata runs past the end")
+    if found is None:
+        return False, CLASSIC_UDP_PAYLOAD, False
+    return True, found[0], found[1]
+
+
+def _skip_rr(data: bytes, off: int) -> int:
+    off = skip_name(data, off)
+    if off + 10 > len(data):
+        raise ShortMessage("record runs past the end")
+    off += 10 + U16.unpack_from(data, off + 8)[0]
+    if off > len(data):
+        raise ShortMessage("rdata runs past the end")
+    return off
+
+
+def error_reply(data: bytes, rcode: int, question_end: int = 0) -> bytes | None:
+    """A reply carrying only the header (and the question when `question_end`
+    says where it ends) with `rcode`; None when not even the ID is readable."""
+    if len(data) < 12:
+        return None
+    flags = bytes((FLAG_QR | (data[2] & 0x79), FLAG_RA | (data[3] & FLAG_CD) | rcode))
+    if question_end:
+        return data[:2] + flags + b"\x00\x01\x00\x00\x00\x00\x00\x00" + data[12:question_end + 4]
+    return data[:2] + flags + b"\x00" * 8
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Where one resource record sits in a message (for TTL patching)."""
+    section: int         # 0 answer, 1 authority, 2 additional
+    rtype: int
+    start: int           # offset of the owner name
+    ttl_offset: int
+    ttl: int
+    end: int             # offset past the rdata
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A parsed upstream response: its header and where its records are."""
+    flags: int
+    rcode: int
+    qname: bytes         # lower-cased
+    qtype: int
+    qclass: int
+    question_end: int    # offset past qtype/qclass
+    records: tuple[Record, ...]
+
+
+def parse_response(data: bytes) -> Response:
+    """Walk a whole response, bounded; raises WireError."""
+    if len(data) < 12:
+        raise ShortMessage("shorter than a DNS header")
+    _id, b2, b3, qd, an, ns, ar = HEADER.unpack_from(data)
+    if qd != 1:
+        raise WireError(f"qdcount is {qd}, expected 1")
+    qname, off = read_name(data, 12)
+    if off + 4 > len(data):
+        raise ShortMessage("question runs past the end")
+    qtype, qclass = struct.unpack_from(">HH", data, off)
+    question_end = off + 4
+    off = question_end
+    records = []
+    for section, count in enumerate((an, ns, ar)):
+        for _ in range(count):
+            start = off
+            off = skip_name(data, off)
+            if off + 10 > len(data):
+                raise ShortMessage("record runs past the end")
+            rtype, _cls, ttl, rdlen = RR_FIXED.unpack_from(data, off)
+            end = off + 10 + rdlen
+            if end > len(data):
+                raise ShortMessage("rdata runs past the end")
+            records.append(Record(section, rtype, start, off + 4, ttl, end))
+            off = end
+    return Response(b2 << 8 | b3, b3 & 0x0F, qname, qtype, qclass, question_end, tuple(records))
+
+
+def soa_minimum(data: bytes, rec: Record) -> int:
+    """The MINIMUM field of the SOA record `rec` (the last 4 bytes of its rdata)."""
+    if rec.end - 4 < rec.ttl_offset + 6:
+        raise ShortMessage("SOA rdata too short")
+    return U32.unpack_from(data, rec.end - 4)[0]
+
+
+def opt_record(do: bool) -> bytes:
+    """Our OPT pseudo-record: root owner, our payload size, DO echoed."""
+    return b"\x00" + RR_FIXED.pack(TYPE_OPT, OUR_UDP_PAYLOAD, EDNS_DO if do else 0, 0)
