@@ -163,7 +163,7 @@ class Plan:
     problems: tuple[str, ...]
 
     def changes(self) -> list[str]:
-        return [f"deleted {r}" for r in self.delete] + [f"added {r}" for r in self.add]
+        return [f"removed rule: {r}" for r in self.delete] + [f"added rule: {r}" for r in self.add]
 
 
 def plan(desired: list[Rule], current: list[Rule]) -> Plan:

@@ -1,0 +1,58 @@
+"""ensure / verify / teardown: the three things callers do with the node's network state."""
+from __future__ import annotations
+
+from netsetup.backend import select
+from netsetup.caps import require_net_admin
+from netsetup.link import ensure_link, link_problems, teardown_link
+from netsetup.rules import desired_rules, plan
+from netsetup.spec import NetSpec, Report
+from netsetup.sysctl import ensure_tcp_migrate_req, tcp_migrate_req_problems
+
+FAMILIES = (4, 6)
+
+
+def _desired(spec: NetSpec, family: int):
+    return desired_rules(spec.addresses_of(family), spec.port, spec.health_ports)
+
+
+def ensure(spec: NetSpec) -> Report:
+    """Put the spec's interface, addresses, sysctl and rules in place; idempotent.
+    Families without listen IPs get their stale rules of ours removed."""
+    require_net_admin("ensure")
+    # Chosen before any change, so an unusable backend leaves nothing half done.
+    backend = select(spec.backend) if spec.manage_firewall else None
+    changes: list[str] = []
+    if spec.manage_interface:
+        changes += ensure_link(spec)
+    changes += ensure_tcp_migrate_req()
+    if backend is not None:
+        for family in FAMILIES:
+            changes += backend.sync(family, _desired(spec, family)).changes()
+    return Report(backend.name if backend else None, changes)
+
+
+def verify(spec: NetSpec) -> Report:
+    """Read the kernel back; ok is False and problems say why when anything differs from the spec."""
+    require_net_admin("verify")
+    backend = select(spec.backend) if spec.manage_firewall else None
+    problems: list[str] = []
+    if spec.manage_interface:
+        problems += link_problems(spec)
+    problems += tcp_migrate_req_problems()
+    if backend is not None:
+        for family in FAMILIES:
+            problems += plan(_desired(spec, family), backend.read(family)).problems
+    return Report(backend.name if backend else None, [], not problems, problems)
+
+
+def teardown(spec: NetSpec) -> Report:
+    """Remove every rule, address and interface of ours, including a killed run's; nothing else."""
+    require_net_admin("teardown")
+    backend = select(spec.backend) if spec.manage_firewall else None
+    changes: list[str] = []
+    if backend is not None:
+        for family in FAMILIES:
+            changes += backend.sync(family, []).changes()
+    if spec.manage_interface:
+        changes += teardown_link(spec)
+    return Report(backend.name if backend else None, changes)
