@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily,
                                             HistogramMetricFamily, InfoMetricFamily, Metric)
 
@@ -40,6 +39,9 @@ _SCALARS = (
     ("malformed", "malformed_queries", "Datagrams dropped because no DNS header could be read."),
     ("formerr", "formerr_responses", "Malformed queries answered with FORMERR."),
 )
+# The classic text format generate_latest() writes, which every Prometheus
+# version scrapes (newer clients announce it as 1.0.0, unknown to older scrapers).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_ROWS = 10_000          # bounds what one STATS message may make us store
 
 
@@ -224,7 +226,7 @@ class MetricsAggregator:
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE
 
 
 class _Collector:
