@@ -29,7 +29,7 @@ class NetSpec:
 
     addresses: tuple[str, ...] = ("169.254.20.10",)
     port: int = 53
-    health_ports: tuple[int, ...] = (8080,)
+    health_ports: tuple[int, ...] = (8080, 9253)
     interface: str = "nodelocaldns"
     manage_interface: bool = True
     manage_firewall: bool = True
