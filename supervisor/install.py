@@ -1,0 +1,213 @@
+"""`twindns install [--root DIR] [--now]` and `twindns uninstall [--root DIR]`.
+
+install:   the unit (ExecStart pointing at this installation's `twindns`),
+           the system user workers run as, the default config when there is
+           none (an existing one is never touched), daemon-reload + enable
+           (+ start with --now).
+uninstall: stop + disable (the supervisor drains and removes its network
+           state on stop), `twindns net teardown` in case it did not, the
+           unit removed. The config and the user stay: the config is the
+           operator's, and files may still be owned by the user; removing
+           them is one `rm` and one `userdel` away, and we say so.
+
+Both are idempotent and print one line per step. systemctl is only asked
+to act on a live system when DIR is / and systemd is PID 1; otherwise (an
+image tree, a container, CI) files go under DIR, enabling is done offline
+with `systemctl --root DIR`, and the skipped steps are named.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+from supervisor.config import EMBEDDED_CONFIG, SYSTEM_CONFIG
+
+UNIT_NAME = "twindns.service"
+UNIT_DIR = "etc/systemd/system"
+USER = "twindns"
+# The path the canonical unit names; replaced by where this installation lives.
+CANONICAL_EXECUTABLE = "/usr/local/bin/twindns"
+
+
+class InstallError(RuntimeError):
+    """A step of install/uninstall could not be done."""
+
+
+def packaged_unit() -> str:
+    """The unit file shipped in the package (a copy of systemd/twindns.service)."""
+    return resources.files("supervisor").joinpath(UNIT_NAME).read_text()
+
+
+def twindns_command() -> str:
+    """How systemd should start this installation of twindns."""
+    script = Path(sys.executable).parent / "twindns"
+    if script.is_file() and os.access(script, os.X_OK):
+        return str(script)
+    found = shutil.which("twindns")
+    return found if found else f"{sys.executable} -m supervisor"
+
+
+def unit_text(command: str) -> str:
+    """The packaged unit with ExecStart/ExecReload pointing at `command`."""
+    if any(c in command for c in "\"'\\\n%$"):
+        raise InstallError(f"cannot put {command!r} into a unit file: quote characters or % in the path")
+    return packaged_unit().replace(CANONICAL_EXECUTABLE + " ", command + " ")
+
+
+def systemd_is_running(root: Path) -> bool:
+    """sd_booted(3): systemd manages this host, and DIR is this host."""
+    return root == Path("/") and os.path.isdir("/run/systemd/system")
+
+
+def under(root: Path, path: str) -> Path:
+    return root / path.lstrip("/")
+
+
+# -- steps -----------------------------------------------------------------------
+def write_if_changed(path: Path, text: str, mode: int = 0o644) -> bool:
+    """Atomically write `text` unless it is already there; True if written."""
+    if path.is_file() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    return True
+
+
+def user_exists(root: Path, name: str = USER) -> bool:
+    if root == Path("/"):
+        try:
+            pwd.getpwnam(name)
+            return True
+        except KeyError:
+            return False
+    passwd = root / "etc/passwd"
+    return passwd.is_file() and any(line.split(":", 1)[0] == name
+                                    for line in passwd.read_text().splitlines())
+
+
+def ensure_user(root: Path) -> str:
+    if user_exists(root):
+        return f"user {USER}: exists"
+    if root != Path("/") and not (root / "etc/passwd").is_file():
+        return (f"user {USER}: skipped, {root}/etc/passwd does not exist "
+                f"(create it in the image, or workers fall back to nobody)")
+    argv = ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+            "--shell", "/usr/sbin/nologin", "--user-group", "--comment", "twindns DNS cache worker"]
+    if root != Path("/"):
+        argv += ["--root", str(root)]
+    run(argv + [USER])
+    return f"user {USER}: created"
+
+
+def ensure_config(root: Path) -> str:
+    path = under(root, SYSTEM_CONFIG)
+    if path.exists():
+        return f"config {path}: kept as it is"
+    write_if_changed(path, Path(EMBEDDED_CONFIG).read_text())
+    return f"config {path}: written (the defaults; edit, then `twindns reload`)"
+
+
+def run(argv: list[str]) -> None:
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise InstallError(f"{argv[0]} not found") from None
+    except subprocess.TimeoutExpired:
+        raise InstallError(f"{' '.join(argv)}: no answer in 120 s") from None
+    if p.returncode != 0:
+        raise InstallError(f"{' '.join(argv)} failed ({p.returncode}): {p.stderr.strip()}")
+
+
+def systemctl(root: Path, *args: str) -> None:
+    offline = [] if systemd_is_running(root) else ["--root", str(root)]
+    run(["systemctl", *offline, *args])
+
+
+# -- commands --------------------------------------------------------------------
+def install(root: Path, now: bool, say=print) -> None:
+    command = twindns_command()
+    unit = under(root, UNIT_DIR) / UNIT_NAME
+    changed = write_if_changed(unit, unit_text(command))
+    say(f"unit {unit}: {'written' if changed else 'unchanged'} (ExecStart={command} run)")
+    if command.startswith(("/root/", "/home/")):
+        say(f"warning: {command} is under /root or /home, which the unit hides (ProtectHome=yes); "
+            "install twindns system-wide for the service to start")
+    say(ensure_user(root))
+    say(ensure_config(root))
+    live = systemd_is_running(root)
+    if live:
+        systemctl(root, "daemon-reload")
+    systemctl(root, "enable", UNIT_NAME)
+    say(f"enabled {UNIT_NAME}" + ("" if live else f" (offline, in {root})"))
+    if live and now:
+        systemctl(root, "start", UNIT_NAME)
+        say(f"started {UNIT_NAME}")
+    elif not live:
+        say(_not_live(root, "daemon-reload" + (" and start" if now else "")))
+
+
+def uninstall(root: Path, say=print) -> None:
+    live = systemd_is_running(root)
+    unit = under(root, UNIT_DIR) / UNIT_NAME
+    if unit.exists():
+        # stop first: the supervisor drains its workers and tears down on SIGTERM
+        systemctl(root, "disable", *(["--now"] if live else []), UNIT_NAME)
+        say(f"disabled {UNIT_NAME}" + (" and stopped it" if live else f" (offline, in {root})"))
+    if root == Path("/"):
+        say(teardown_network())
+    else:
+        say(f"network teardown: skipped, {root} is an image tree, not this host's network")
+    if unit.exists():
+        unit.unlink()
+        say(f"unit {unit}: removed")
+    else:
+        say(f"unit {unit}: not installed")
+    if live:
+        systemctl(root, "daemon-reload")
+    else:
+        say(_not_live(root, "stop and daemon-reload"))
+    config = under(root, SYSTEM_CONFIG)
+    if config.exists():
+        say(f"kept {config} and user {USER}: remove them with `rm {config}` and `userdel {USER}`")
+
+
+def teardown_network() -> str:
+    """Remove our interface and rules even if the supervisor could not."""
+    argv = [sys.executable, "-m", "supervisor", "net", "teardown"]
+    if os.path.exists(SYSTEM_CONFIG):
+        argv += ["--config", SYSTEM_CONFIG]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    if p.returncode != 0:
+        raise InstallError(f"network teardown failed: {(p.stderr or p.stdout).strip()}")
+    return "network teardown: done"
+
+
+def _not_live(root: Path, what: str) -> str:
+    if root != Path("/"):
+        return f"systemctl {what}: skipped, --root {root} is not the running system"
+    comm = Path("/proc/1/comm").read_text().strip() if Path("/proc/1/comm").exists() else "?"
+    return f"systemctl {what}: skipped, systemd is not running here (PID 1 is {comm})"
+
+
+def main(args) -> int:
+    root = Path(args.root).resolve()
+    if not root.is_dir():
+        print(f"twindns {args.command}: --root {args.root}: not a directory", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "install":
+            install(root, args.now)
+        else:
+            uninstall(root)
+    except (InstallError, OSError) as exc:
+        print(f"twindns {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
