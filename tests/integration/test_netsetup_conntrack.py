@@ -21,8 +21,9 @@ from helpers.unbound import Unbound
 
 pytestmark = pytest.mark.netns
 
-LISTEN = "169.254.20.10"
-SERVER_VETH, CLIENT_VETH = "169.254.100.1", "169.254.100.2"  # the control: no rules for it
+# family: (listen IP, server veth = the control, client veth, veth prefix length)
+ADDRS = {4: ("169.254.20.10", "169.254.100.1", "169.254.100.2", 24),
+         6: ("fd00::10", "fd01::1", "fd01::2", 64)}
 
 
 def _dig(ns, server: str, tcp: bool) -> str:
@@ -30,35 +31,50 @@ def _dig(ns, server: str, tcp: bool) -> str:
     return ns.run(argv).stdout.strip()
 
 
-def _entries(ns) -> list[str]:
-    out = ns.run(["conntrack", "-L"])
+def _entries(ns, family: int) -> list[str]:
+    out = ns.run(["conntrack", "-L", "-f", "ipv6" if family == 6 else "ipv4"])
     return [l for l in out.stdout.splitlines() if "src=" in l]
 
 
+def _veth(server, client, family: int) -> None:
+    listen, server_ip, client_ip, plen = ADDRS[family]
+    if family == 4:
+        VethPair(server, server_ip, client, client_ip, prefix=plen)
+        client.run(["ip", "route", "add", f"{listen}/32", "via", server_ip])
+        return
+    pair = VethPair(server, "169.254.100.1", client, "169.254.100.2")
+    server.run(["ip", "addr", "add", f"{server_ip}/{plen}", "dev", pair.a_if, "nodad"])
+    client.run(["ip", "addr", "add", f"{client_ip}/{plen}", "dev", pair.b_if, "nodad"])
+    client.run(["ip", "-6", "route", "add", f"{listen}/128", "via", server_ip])
+
+
+@pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_no_conntrack_entries_for_dns_to_the_listen_ip(netns, tmp_path, backend):
-    iptables(netns, backend, 4, "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
-    report = api(netns, "ensure", {"addresses": [LISTEN], "health_ports": [8080], "backend": backend})
+def test_no_conntrack_entries_for_dns_to_the_listen_ip(netns, tmp_path, backend, family):
+    listen, control, client_ip, _ = ADDRS[family]
+    iptables(netns, backend, family, "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+    report = api(netns, "ensure", {"addresses": [listen], "health_ports": [8080], "backend": backend})
     assert report["backend"] == backend
     with Netns() as client:
-        VethPair(netns, SERVER_VETH, client, CLIENT_VETH)
-        client.run(["ip", "route", "add", f"{LISTEN}/32", "via", SERVER_VETH])
-        dns = Unbound(tmp_path / "unbound", addr=LISTEN, netns=netns, extra=[f"interface: {SERVER_VETH}@53"])
+        _veth(netns, client, family)
+        dns = Unbound(tmp_path / "unbound", addr=listen, netns=netns,
+                      extra=[f"interface: {control}@53", "do-ip6: yes"])
         try:
             netns.run(["conntrack", "-F"], check=False)
+            netns.run(["conntrack", "-F", "-f", "ipv6"], check=False)
             for ns in (client, netns):
                 for tcp in (False, True):
-                    for server in (LISTEN, SERVER_VETH):
+                    for server in (listen, control):
                         assert _dig(ns, server, tcp) == "192.0.2.10", (ns.name, server, tcp)
-            entries = _entries(netns)
+            entries = _entries(netns, family)
         finally:
             dns.stop()
 
-    # (The bridge's own IGMP reports from the listen IP are tracked; they are not DNS.)
-    ours = [e for e in entries if f"={LISTEN} " in e and e.split()[0] in ("udp", "tcp")]
+    # (The bridge's own IGMP/MLD reports from the listen IP are tracked; they are not DNS.)
+    ours = [e for e in entries if f"={listen} " in e and e.split()[0] in ("udp", "tcp")]
     assert ours == [], "conntrack tracked DNS to the listen IP:\n" + "\n".join(ours)
-    control = [e for e in entries if f"dst={SERVER_VETH} " in e and "dport=53 " in e]
+    to_control = [e for e in entries if f"dst={control} " in e and "dport=53 " in e]
     for proto in ("udp", "tcp"):
-        for src in (CLIENT_VETH, SERVER_VETH):  # over veth, and from the host side (loopback)
-            assert any(e.startswith(proto) and f"src={src} " in e for e in control), \
+        for src in (client_ip, control):  # over veth, and from the host side (loopback)
+            assert any(e.startswith(proto) and f"src={src} " in e for e in to_control), \
                 f"no {proto} entry from {src} for the control address:\n" + "\n".join(entries)
