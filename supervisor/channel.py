@@ -27,7 +27,7 @@ class ControlChannel:
         self.closed = False
         loop.add_reader(sock.fileno(), self._readable)
 
-    async def request(self, op: str, timeout: float, **fields) -> dict:
+    async def request(self, op: str, reply_within: float, **fields) -> dict:
         """Send {"op": op, ...}; return the reply, or raise ChannelClosed / TimeoutError."""
         if self.closed:
             raise ChannelClosed(op)
@@ -36,7 +36,7 @@ class ControlChannel:
         self._waiting[rid] = fut
         try:
             self._sock.send(json.dumps({"id": rid, "op": op, **fields}).encode())
-            return await asyncio.wait_for(fut, timeout)
+            return await asyncio.wait_for(fut, reply_within)
         except (BlockingIOError, OSError) as e:
             raise ChannelClosed(f"{op}: {e}") from None
         finally:

@@ -46,6 +46,7 @@ class Worker:
     probe_misses: int = 0
     last_probe_latency: float | None = None
     stats: dict = field(default_factory=dict)   # last STATS from the control channel
+    final_stats: bool = False                   # stats are the ones it sent on a clean exit
     handles: Any = None                        # supervisor.spawn.WorkerHandles
 
     @property

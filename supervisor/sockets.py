@@ -9,8 +9,6 @@ readable (DESIGN.md, "Steering away").
 """
 from __future__ import annotations
 
-import logging
-import os
 import platform
 import re
 import socket
@@ -18,12 +16,10 @@ from dataclasses import dataclass, field
 
 from supervisor.config import Endpoint
 
-log = logging.getLogger("twindns.sockets")
-
 UDP_RCVBUF = 4 * 1024 * 1024
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)   # Linux value; Python does not export it
 TCP_BACKLOG = 1024
 STEERING_MIN_KERNEL = (5, 9)
-TCP_MIGRATE_SYSCTL = "/proc/sys/net/ipv4/tcp_migrate_req"
 
 
 class SocketSetupError(OSError):
@@ -41,7 +37,7 @@ def _reuseport_socket(ep: Endpoint, kind: socket.SocketKind) -> socket.socket:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if kind == socket.SOCK_DGRAM:
             try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, UDP_RCVBUF)
+                s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, UDP_RCVBUF)
             except PermissionError:   # not root (development): take what rmem_max allows
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
         s.bind((ep.host, ep.port))
@@ -115,14 +111,3 @@ def check_kernel() -> str | None:
                 "all traffic may go to one socket; Linux >= 5.10 is supported")
     return None
 
-
-def enable_tcp_migrate() -> bool:
-    """net.ipv4.tcp_migrate_req=1: a closing listener hands its pending connections to a peer."""
-    try:
-        with open(TCP_MIGRATE_SYSCTL, "w") as f:
-            f.write("1\n")
-        return True
-    except OSError as e:
-        log.warning("cannot set net.ipv4.tcp_migrate_req=1 (%s); TCP connections not yet "
-                    "accepted by a draining worker may be reset", os.strerror(e.errno or 0))
-        return False

@@ -54,6 +54,34 @@ def resolve_user(name: str) -> tuple[RunAs | None, str | None]:
     raise SpawnError(f"neither user {name!r} nor {FALLBACK_USER!r} exists")
 
 
+def _searchable_by(path: str, run_as: RunAs) -> bool:
+    st = os.stat(path)
+    if st.st_uid == run_as.uid:
+        return bool(st.st_mode & 0o100)
+    if st.st_gid == run_as.gid:
+        return bool(st.st_mode & 0o010)
+    return bool(st.st_mode & 0o001)
+
+
+def interpreter_unreachable(run_as: RunAs | None) -> str | None:
+    """Why `run_as` could not start `python -m worker` here (a directory on the
+    way to the interpreter or to our code it may not enter), or None."""
+    if run_as is None:
+        return None
+    import worker
+    for target in (os.path.realpath(sys.executable), os.path.dirname(os.path.realpath(worker.__file__))):
+        parent = os.path.dirname(target)
+        parts = []
+        while parent and parent not in parts:
+            parts.append(parent)
+            parent = os.path.dirname(parent)
+        for directory in reversed(parts):
+            if not _searchable_by(directory, run_as):
+                return (f"user {run_as.name!r} cannot reach {target}: {directory} is not searchable for it; "
+                        "install twindns into a Python that every user can run (e.g. the system python3)")
+    return None
+
+
 @dataclass
 class WorkerHandles:
     """The supervisor's side of one worker: its process and our ends of its fds."""

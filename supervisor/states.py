@@ -26,3 +26,10 @@ TRANSITIONS = {
     SlotState.STOPPED: frozenset(),
     SlotState.FAILED: frozenset(),
 }
+
+
+class SupervisorState(Enum):
+    STARTING = "starting"   # network state and sockets being put in place
+    RUNNING = "running"
+    STOPPING = "stopping"   # draining workers after SIGTERM
+    STOPPED = "stopped"

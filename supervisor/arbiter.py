@@ -1,0 +1,369 @@
+"""`twindns run`: the supervisor's main loop.
+
+One event loop. Signal handlers only enqueue the signal number; the main
+loop does the work: it ticks the worker pool (probes, respawns), resyncs the
+network state, samples health, pings the systemd watchdog, and runs
+restarts / reloads / shutdown as serialised tasks. Slots, sockets, spawning
+and network state each live in their own module; this one coordinates.
+
+`Arbiter(config, snapshot=...)` adopts the workers a previous supervisor image
+left running (`twindns upgrade` re-executes in place); `snapshot()` is the
+plain, JSON-serialisable state it needs.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+
+from supervisor import logs, version
+from supervisor.config import Config, ConfigError, EX_CONFIG, check_with_worker, load, \
+    worker_check_argv, worker_check_message
+from supervisor.control import ControlServer, ControlSocketBusy
+from supervisor.health import HealthJudge, socket_inode, udp_drops
+from supervisor.http import HttpServer, bind_listener, plan, text_response
+from supervisor.metrics import MetricsAggregator
+from supervisor.netstate import NetworkError, NetworkState
+from supervisor.pool import SLOT_NAMES, RestartAborted, WorkerPool
+from supervisor.sdnotify import Notifier
+from supervisor.sockets import check_kernel
+from supervisor.spawn import SpawnError, interpreter_unreachable, resolve_user
+from supervisor.states import SlotState, SupervisorState
+
+log = logging.getLogger("twindns.arbiter")
+
+TICK = 0.05                    # main loop period: bounds how late a probe or respawn can be
+KILL_REAP_WAIT = 2.0
+WORKER_CHECK_TIMEOUT = 30.0
+TERMINATING = (signal.SIGTERM, signal.SIGINT)
+
+
+class Arbiter:
+    def __init__(self, config: Config, config_arg: str | None = None, socket_arg: str | None = None,
+                 snapshot: dict | None = None) -> None:
+        self.config = config
+        self.config_arg = config_arg          # what `reload` re-reads (None: the default lookup)
+        self.socket_arg = socket_arg          # --socket overrides control_socket, also after reloads
+        self.snapshot_in = snapshot
+        self.state = SupervisorState.STARTING
+        self.started_at = time.monotonic()
+        self.network = NetworkState(config)
+        self.metrics = MetricsAggregator(version())
+        self.notifier = Notifier.from_environ()
+        self.judge = HealthJudge(config.supervisor.health_drop_window)
+        self.verdict = None
+        self.pool: WorkerPool | None = None
+        self.control: ControlServer | None = None
+        self.http: list[HttpServer] = []
+        self._signals: asyncio.Queue[int] | None = None
+        self._restart_lock: asyncio.Lock | None = None
+        self._stop_task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._told_ready = False
+        self._next_health = 0.0
+        self._next_watchdog = 0.0
+        self.exit_code = 0
+
+    def change_state(self, target: SupervisorState) -> None:
+        logs.event(log, "supervisor_state", old=self.state.value, new=target.value)
+        self.state = target
+
+    # -- the main loop ----------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._signals = asyncio.Queue()
+        self._restart_lock = asyncio.Lock()
+        for sig in (*TERMINATING, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._signals.put_nowait, sig)
+        warning = check_kernel()
+        if warning:
+            logs.event(log, "kernel_warning", logging.WARNING, detail=warning)
+        try:
+            run_as, user_warning = resolve_user(self.config.user)
+        except SpawnError as e:
+            logs.event(log, "startup_failed", logging.ERROR, error=str(e))
+            return 1
+        if user_warning:
+            logs.event(log, "user_fallback", logging.WARNING, detail=user_warning)
+        unreachable = interpreter_unreachable(run_as)
+        if unreachable:
+            logs.event(log, "startup_failed", logging.ERROR, error=unreachable)
+            return 1
+        try:
+            if not await self._start_services(run_as):
+                return 1
+            self.change_state(SupervisorState.RUNNING)
+            self.notifier.status("starting workers")
+            while self.state is not SupervisorState.STOPPED:
+                try:
+                    signum = await asyncio.wait_for(self._signals.get(), TICK)
+                except TimeoutError:
+                    signum = None
+                if signum is not None:
+                    self._on_signal(signum)
+                self._periodic(time.monotonic())
+        finally:
+            if self.pool is not None and self.pool.alive_count():
+                await self._stop_now()      # only after an unexpected error: no worker outlives us
+            await self._close_services()
+        logs.event(log, "supervisor_exit", code=self.exit_code)
+        return self.exit_code
+
+    async def _start_services(self, run_as) -> bool:
+        try:
+            await self.network.ensure()
+        except NetworkError as e:
+            logs.event(log, "startup_failed", logging.ERROR, error=f"network state: {e}")
+            return False
+        try:
+            self.control = ControlServer({"status": self._op_status, "restart": self._op_restart,
+                                          "reload": self._op_reload, "upgrade": self._op_upgrade})
+            await self.control.start(self.config.control_socket)
+            await self._start_http()
+        except (ControlSocketBusy, OSError) as e:
+            logs.event(log, "startup_failed", logging.ERROR, error=str(e))
+            return False
+        self.pool = WorkerPool(asyncio.get_running_loop(), self.config, run_as, self.metrics, self._on_workers_changed)
+        if self.snapshot_in is not None:
+            self.pool.adopt(self.snapshot_in)
+        self.pool.start_all()
+        return True
+
+    async def _start_http(self) -> None:
+        routes = {"/health": self._health_response, "/metrics": self._metrics_response}
+        for endpoint, paths in plan(self.config.health_listen, self.config.metrics_listen):
+            server = HttpServer({p: routes[p] for p in paths})
+            await server.start(bind_listener(endpoint))
+            self.http.append(server)
+
+    async def _close_services(self) -> None:
+        for server in self.http:
+            await server.close()
+        if self.control is not None:
+            await self.control.close()
+        await self.network.teardown()
+        self.notifier.close()
+
+    def _on_signal(self, signum: int) -> None:
+        logs.event(log, "signal_received", signal=signal.Signals(signum).name)
+        if signum == signal.SIGHUP:
+            self._spawn_task(self._reload(lambda text: logs.event(log, "reload_progress", detail=text)))
+        elif self.state is SupervisorState.STOPPING:
+            logs.event(log, "stopping_at_once", logging.WARNING)
+            if self._stop_task is not None:
+                self._stop_task.cancel()
+            self._spawn_task(self._stop_now())
+        elif self.state is SupervisorState.RUNNING:
+            self.change_state(SupervisorState.STOPPING)
+            self._stop_task = self._spawn_task(self._stop())
+
+    def _periodic(self, now: float) -> None:
+        if self.state is SupervisorState.RUNNING:
+            self.pool.tick(now)
+            if self.network.due(now):
+                self._spawn_task(self._resync())
+        if now >= self._next_health:
+            self._next_health = now + self.config.supervisor.probe_interval
+            self._sample_health(now)
+        interval = self.notifier.watchdog_interval()
+        if interval and now >= self._next_watchdog:
+            self._next_watchdog = now + interval / 2
+            self.notifier.watchdog()
+
+    async def _resync(self) -> None:
+        repairs = self.network.repairs
+        await self.network.ensure()
+        if self.network.repairs != repairs:
+            self.metrics.inc_netsetup_repair()
+
+    def _spawn_task(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("internal error in %s: %r", task.get_coro().__qualname__, exc, exc_info=exc)
+
+    # -- stopping -----------------------------------------------------------
+    async def _stop(self) -> None:
+        self.notifier.stopping("draining workers")
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        try:
+            await self.pool.stop_all()
+        finally:
+            self.change_state(SupervisorState.STOPPED)
+
+    async def _stop_now(self) -> None:
+        self.pool.kill_all()
+        deadline = time.monotonic() + KILL_REAP_WAIT
+        while self.pool.alive_count() and time.monotonic() < deadline:
+            await asyncio.sleep(TICK)
+        self.change_state(SupervisorState.STOPPED)
+
+    # -- restart and reload ---------------------------------------------------
+    async def rolling_restart(self, progress) -> dict:
+        """Replace slot A then slot B; serialised with every other restart or reload."""
+        async with self._restart_lock:
+            return await self._replace_both(progress)
+
+    async def _replace_both(self, progress) -> dict:
+        if self.state is not SupervisorState.RUNNING:
+            return {"ok": False, "error": f"supervisor is {self.state.value}"}
+        self.notifier.reloading("rolling restart")
+        try:
+            for name in SLOT_NAMES:
+                await self.pool.replace(name, progress)
+        except (RestartAborted, SpawnError, OSError) as e:
+            logs.event(log, "restart_aborted", logging.ERROR, error=str(e))
+            return {"ok": False, "error": str(e)}
+        finally:
+            self.notifier.ready(self._status_line())
+        self.metrics.inc_rolling_restart()
+        logs.event(log, "rolling_restart_done")
+        return {"ok": True}
+
+    async def _reload(self, progress) -> dict:
+        try:
+            new = with_socket(load(self.config_arg), self.socket_arg)
+            await self._worker_check(new)
+        except ConfigError as e:
+            logs.event(log, "reload_refused", logging.ERROR, error=str(e))
+            return {"ok": False, "error": str(e)}
+        async with self._restart_lock:
+            await self._apply_config(new)
+            progress(f"config {new.path} accepted")
+            return await self._replace_both(progress)
+
+    async def _apply_config(self, new: Config) -> None:
+        for key in ("control_socket", "health_listen", "metrics_listen"):
+            if getattr(new, key) != getattr(self.config, key):
+                logs.event(log, "reload_deferred", logging.WARNING, key=key,
+                           detail="takes effect when the supervisor is restarted")
+        if new.user != self.config.user:
+            self.pool.run_as, warning = resolve_user(new.user)
+            if warning:
+                logs.event(log, "user_fallback", logging.WARNING, detail=warning)
+        self.config = new
+        self.pool.config = new
+        self.network.config = new
+        await self.network.ensure()
+        logs.setup(new.log_level)
+        logs.event(log, "config_applied", path=new.path)
+
+    async def _worker_check(self, config: Config) -> None:
+        proc = await asyncio.create_subprocess_exec(*worker_check_argv(config), stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.DEVNULL,
+                                                    stderr=asyncio.subprocess.PIPE)
+        try:
+            _, stderr = await asyncio.wait_for(proc.communicate(), WORKER_CHECK_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise ConfigError(f"{config.path}: worker config check did not finish in {WORKER_CHECK_TIMEOUT:g} s")
+        if proc.returncode != 0:
+            raise ConfigError(worker_check_message(config, proc.returncode, stderr.decode(errors="replace")))
+
+    # -- control socket ops ------------------------------------------------
+    async def _op_status(self, request, progress) -> dict:
+        return {"ok": True, **self.status()}
+
+    async def _op_restart(self, request, progress) -> dict:
+        return await self.rolling_restart(progress)
+
+    async def _op_reload(self, request, progress) -> dict:
+        return await self._reload(progress)
+
+    async def _op_upgrade(self, request, progress) -> dict:
+        return {"ok": False, "error": "upgrade is not available in this version"}
+
+    # -- observation ---------------------------------------------------------
+    def _on_workers_changed(self) -> None:
+        ready = self.pool.ready_count()
+        self.metrics.set_workers_ready(ready)
+        if not self._told_ready and ready == len(SLOT_NAMES):
+            self._told_ready = True
+            self.notifier.ready(self._status_line())
+            logs.event(log, "supervisor_ready", workers=ready)
+        else:
+            self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        parts = [f"{s['slot']}:{s['state']}" + (f" gen {s['generation']}" if s["generation"] else "")
+                 for s in self.pool.status()]
+        return f"{self.pool.ready_count()}/{len(SLOT_NAMES)} workers ready ({', '.join(parts)})"
+
+    def _sample_health(self, now: float) -> None:
+        drops = {}
+        if self.pool is not None:
+            for slot in self.pool.slots.values():
+                w = slot.current
+                if w is None or w.handles is None:
+                    continue
+                inodes = [socket_inode(s) for s in w.handles.sockets.udp if s.fileno() >= 0]
+                total = sum(udp_drops(inodes).values())
+                drops[f"{slot.name}{w.generation}"] = total
+                self.metrics.set_dropped(slot.name, w.generation, total)
+        ready = self.pool.ready_count() if self.pool is not None else 0
+        self.verdict = self.judge.observe(now, ready, self.network.problems, drops)
+
+    def _health_response(self):
+        if self.verdict is None:
+            return text_response(503, "starting\n")
+        return text_response(self.verdict.status, self.verdict.body)
+
+    def _metrics_response(self):
+        body, ctype = self.metrics.render()
+        return 200, ctype, body
+
+    def status(self) -> dict:
+        workers = self.pool.status() if self.pool is not None else []
+        ready = sum(1 for w in workers if w["state"] == SlotState.READY.value)
+        network = self.network.status()
+        return {
+            "healthy": ready == len(SLOT_NAMES) and not network["problems"],
+            "ready_workers": ready,
+            "state": self.state.value,
+            "version": version(),
+            "supervisor": {"pid": os.getpid(), "uptime": round(time.monotonic() - self.started_at, 3),
+                           "config": self.config.path},
+            "workers": workers,
+            "network": network,
+            "health": self.verdict.body if self.verdict is not None else "starting\n",
+        }
+
+    def snapshot(self) -> dict:
+        """What a re-executed supervisor needs to adopt the running workers."""
+        return {"pid": os.getpid(), "generation": self.pool.generation,
+                "uptime": time.monotonic() - self.started_at, "config_arg": self.config_arg,
+                "socket_arg": self.socket_arg,
+                "slots": {name: slot.snapshot() for name, slot in self.pool.slots.items()}}
+
+
+def with_socket(config: Config, socket_arg: str | None) -> Config:
+    return config if socket_arg is None else dataclasses.replace(config, control_socket=socket_arg)
+
+
+def run_main(args) -> int:
+    """`twindns run [--config F]`."""
+    import uvloop
+    try:
+        config = load(args.config)
+        check_with_worker(config)
+    except ConfigError as e:
+        print(f"twindns: {e}", file=sys.stderr)
+        return EX_CONFIG
+    config = with_socket(config, args.socket)
+    logs.setup(config.log_level)
+    logs.event(log, "starting", version=version(), config=config.path, pid=os.getpid())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(Arbiter(config, config_arg=args.config, socket_arg=args.socket).run())

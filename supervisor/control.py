@@ -1,0 +1,112 @@
+"""The control socket: AF_UNIX stream at `control_socket`, mode 0660, one JSON
+object per line each way. `{"op": "status"}` is for anyone who can connect;
+mutating ops need uid 0 (SO_PEERCRED). A long op (restart) streams
+`{"progress": "..."}` lines before its final reply (`{"ok": ...}`).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import Awaitable, Callable
+
+log = logging.getLogger("twindns.control")
+
+MAX_REQUEST = 64 * 1024
+READ_TIMEOUT = 10.0
+SOCKET_MODE = 0o660
+MUTATING = frozenset({"restart", "reload", "upgrade"})
+
+Progress = Callable[[str], None]
+Handler = Callable[[dict, Progress], Awaitable[dict]]
+
+
+class ControlSocketBusy(RuntimeError):
+    """Another supervisor already answers on the control socket."""
+
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+def bind_control_socket(path: str) -> socket.socket:
+    """Bind the control socket; refuse if a live supervisor owns it, replace a stale file."""
+    p = Path(path)
+    p.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if p.exists():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            raise ControlSocketBusy(f"{path}: another twindns supervisor is running")
+        except (ConnectionRefusedError, FileNotFoundError):
+            p.unlink(missing_ok=True)
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o117)     # never world-accessible, not even between bind and chmod
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, SOCKET_MODE)
+    sock.listen(16)
+    sock.setblocking(False)
+    return sock
+
+
+class ControlServer:
+    def __init__(self, handlers: dict[str, Handler]) -> None:
+        self._handlers = handlers
+        self._server: asyncio.AbstractServer | None = None
+        self._path: str | None = None
+
+    async def start(self, path: str) -> None:
+        sock = bind_control_socket(path)
+        self._path = path
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._path is not None:
+            Path(self._path).unlink(missing_ok=True)
+            self._path = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        def send(obj: dict) -> None:
+            writer.write(json.dumps(obj).encode() + b"\n")
+
+        try:
+            uid = peer_uid(writer.get_extra_info("socket"))
+            line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
+            if not line:
+                return
+            reply = await self._dispatch(line, uid, lambda text: send({"progress": text}))
+            send(reply)
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError, asyncio.LimitOverrunError, ValueError) as e:
+            log.debug("control connection dropped: %s", e)
+        finally:
+            writer.close()
+
+    async def _dispatch(self, line: bytes, uid: int, progress: Progress) -> dict:
+        if len(line) > MAX_REQUEST:
+            return {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"}
+        try:
+            request = json.loads(line)
+        except ValueError:
+            return {"ok": False, "error": 'not JSON: send one object per line, e.g. {"op": "status"}'}
+        op = request.get("op") if isinstance(request, dict) else None
+        handler = self._handlers.get(op) if isinstance(op, str) else None
+        if handler is None:
+            return {"ok": False, "error": f"unknown op {op!r}; known: {', '.join(sorted(self._handlers))}"}
+        if op in MUTATING and uid != 0:
+            return {"ok": False, "error": f"{op} needs root (uid 0); you are uid {uid}"}
+        return await handler(request, progress)

@@ -1,0 +1,114 @@
+"""The node's network state as the supervisor keeps it: netsetup.ensure() at
+start and every resync_interval (a repair is logged), teardown on stop, and
+what status shows about it. Each netsetup call runs in a child process
+(supervisor/netjob.py explains why), awaited on the supervisor's loop."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+
+from supervisor import logs
+from supervisor.config import Config
+from supervisor.netjob import spec_json
+
+log = logging.getLogger("twindns.netstate")
+
+NETJOB_TIMEOUT = 60.0
+
+
+class NetworkError(RuntimeError):
+    """netsetup could not put the network state in place."""
+
+
+async def run_netjob(operation: str, spec) -> dict:
+    """One netsetup operation in a child; its Report as a dict, or NetworkError."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "supervisor.netjob", operation, spec_json(spec),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), NETJOB_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise NetworkError(f"netsetup {operation} did not finish in {NETJOB_TIMEOUT:g} s") from None
+    try:
+        result = json.loads(out)
+    except ValueError:
+        tail = err.decode(errors="replace").strip().splitlines()
+        raise NetworkError(f"netsetup {operation} failed (exit {proc.returncode}): "
+                           f"{tail[-1] if tail else 'no output'}") from None
+    if "error" in result:
+        raise NetworkError(result["error"])
+    return result
+
+
+class NetworkState:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.backend: str | None = None
+        self.problems: list[str] = []
+        self.last_repair: tuple[float, list[str]] | None = None   # (wall time, changes)
+        self.repairs = 0
+        self.next_resync = 0.0
+        self.ensured = False
+        self.busy = False
+
+    @property
+    def managed(self) -> bool:
+        return self.config.interface.manage or self.config.firewall.manage
+
+    async def ensure(self) -> None:
+        """Put the network state in place; raises NetworkError at start only (later: logged, shown)."""
+        self.next_resync = time.monotonic() + self.config.firewall.resync_interval
+        if not self.managed or self.busy:
+            return
+        self.busy = True
+        try:
+            report = await run_netjob("ensure", self.config.net_spec())
+        except NetworkError as e:
+            if not self.ensured:
+                raise
+            self.problems = [str(e)]
+            logs.event(log, "netsetup_failed", logging.ERROR, error=str(e))
+            return
+        finally:
+            self.busy = False
+        self.backend = report["backend"]
+        self.problems = list(report.get("problems") or [])
+        changes = report.get("changes") or []
+        if changes and self.ensured:
+            self.last_repair = (time.time(), list(changes))
+            self.repairs += 1
+            logs.event(log, "netsetup_repaired", logging.WARNING, changes="; ".join(changes))
+        elif changes:
+            logs.event(log, "netsetup_ensured", changes="; ".join(changes))
+        self.ensured = True
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_resync and not self.busy
+
+    async def teardown(self) -> None:
+        if not self.managed or not self.ensured:
+            return
+        if not self.config.interface.teardown:
+            logs.event(log, "netsetup_kept", reason="interface.teardown = false")
+            return
+        try:
+            report = await run_netjob("teardown", self.config.net_spec())
+            logs.event(log, "netsetup_teardown", changes="; ".join(report.get("changes") or []) or "nothing")
+        except NetworkError as e:
+            logs.event(log, "netsetup_teardown_failed", logging.ERROR, error=str(e))
+
+    def status(self) -> dict:
+        c = self.config
+        return {"interface": c.interface.name if c.interface.manage else None,
+                "addresses": list(c.listen), "port": c.port,
+                "managed": self.managed, "backend": self.backend,
+                "rules_ok": (not self.problems) if c.firewall.manage else None,
+                "problems": list(self.problems),
+                "repairs": self.repairs,
+                "last_repair": ({"at": self.last_repair[0], "changes": self.last_repair[1]}
+                                if self.last_repair else None)}

@@ -1,0 +1,115 @@
+"""Run `twindns run` (the supervisor) inside a test's network namespace and
+talk to it with the real CLI.
+
+Workers run as `nobody`. When the test machine's Python lives below a
+directory `nobody` may not enter (pyenv under /root, mode 0700), the
+supervisor would rightly refuse to start; `reachable_python()` then makes
+that interpreter reachable *inside the test's private mount namespace only*
+(ip netns exec gives every command its own, slave to the host's): a tmpfs
+over the closed directory with the interpreter's tree bind-mounted back.
+The host's filesystem is left as it was.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LISTEN = "169.254.20.10"
+WORKER_USER = "nobody"
+
+
+def _closed_ancestor(path: str) -> tuple[str, str] | None:
+    """(first ancestor others may not search, its child on the way to `path`), or None."""
+    parts = Path(path).parts
+    for i in range(2, len(parts)):
+        d = os.path.join(*parts[:i])
+        if not os.stat(d).st_mode & 0o001:
+            return d, os.path.join(d, parts[i])
+    return None
+
+
+def reachable_python(argv: list[str]) -> list[str]:
+    """`argv` wrapped so an unprivileged user can run sys.executable (see module doc)."""
+    closed = _closed_ancestor(os.path.realpath(sys.executable))
+    if closed is None:
+        return argv
+    parent, child = closed
+    script = ('set -e; t=$(mktemp -d /tmp/twpy.XXXXXX); mount --bind "$1" "$t"; '
+              'mount -t tmpfs -o mode=0755,size=1m tmpfs "$2"; mkdir -p "$1"; '
+              'mount --move "$t" "$1"; rmdir "$t"; shift 2; exec "$@"')
+    return ["sh", "-c", script, "sh", child, parent, *argv]
+
+
+def write_config(path: Path, extra: str = "", supervisor: str = "", top: str = "") -> Path:
+    """A config serving LISTEN:53 and forwarding to the `upstream` fixture."""
+    path.write_text(
+        f'listen = ["{LISTEN}"]\n'
+        f'user = "{WORKER_USER}"\n'
+        f'control_socket = "{path.parent / "control.sock"}"\n'
+        f'health_listen = "{LISTEN}:8080"\n'
+        f'metrics_listen = "{LISTEN}:9253"\n'
+        f"{top}"
+        "[supervisor]\nprobe_interval = 0.5\nprobe_failures = 3\ndrain_timeout = 2.0\n"
+        f"ready_timeout = 10.0\n{supervisor}"
+        '[[upstream]]\nzone = "."\nservers = ["127.0.0.2:53"]\n'
+        f"{extra}")
+    return path
+
+
+class Supervisor:
+    """`twindns run --config F` in `netns`, output in F's directory/run.log."""
+
+    def __init__(self, netns, config: Path, env: dict | None = None) -> None:
+        self.netns = netns
+        self.config = config
+        self.log_path = config.parent / "run.log"
+        self.log = open(self.log_path, "ab")
+        argv = reachable_python([sys.executable, "-m", "supervisor", "run", "--config", str(config)])
+        self.proc = netns.popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return self.netns.run([sys.executable, "-m", "supervisor", *args, "--config", str(self.config)],
+                              check=False, timeout=timeout)
+
+    def status(self) -> dict:
+        p = self.cli("status", "--json", timeout=10)
+        return json.loads(p.stdout)
+
+    def workers(self) -> dict[str, dict]:
+        return {w["slot"]: w for w in self.status()["workers"]}
+
+    def wait(self, predicate, timeout: float = 20, what: str = "condition") -> dict:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"supervisor exited {self.proc.returncode}:\n{self.output()}")
+            try:
+                last = self.status()
+                if predicate(last):
+                    return last
+            except (ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}; last status: {last}\n{self.output()[-3000:]}")
+
+    def wait_ready(self, timeout: float = 20) -> dict:
+        return self.wait(lambda s: s.get("ready_workers") == 2, timeout, "both workers ready")
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 20) -> int:
+        """SIGTERM the supervisor (not the ip-netns-exec wrapper) and wait for its exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.log.close()
