@@ -121,6 +121,22 @@ def test_foreign_rules_in_our_chains_survive_teardown(netns, backend):
     assert sorted(rule_lines(netns, backend)) == foreign_lines
 
 
+def test_removed_address_and_downed_link_are_reported_then_repaired(netns):
+    spec = {**SPEC, "manage_firewall": False}
+    api(netns, "ensure", spec)
+    netns.run(["ip", "addr", "del", f"{V4}/32", "dev", "nodelocaldns"])
+    netns.run(["ip", "link", "set", "nodelocaldns", "down"])
+    report = api(netns, "verify", spec)
+    assert report["ok"] is False and report["backend"] is None
+    # (Taking a link down also makes the kernel drop its IPv6 addresses.)
+    assert set(report["problems"]) == {"interface nodelocaldns is down",
+                                       f"address {V4}/32 is missing on nodelocaldns",
+                                       f"address {V6}/128 is missing on nodelocaldns"}
+    assert set(api(netns, "ensure", spec)["changes"]) == {
+        "set nodelocaldns up", f"added {V4}/32 to nodelocaldns", f"added {V6}/128 to nodelocaldns"}
+    assert api(netns, "verify", spec)["ok"] is True
+
+
 def test_adopted_interface_stays_with_only_our_addresses_removed(netns):
     netns.add_bridge_address("nodelocaldns", "10.9.9.9/24")
     spec = {**SPEC, "manage_firewall": False}
