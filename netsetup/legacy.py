@@ -9,14 +9,16 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from types import MappingProxyType
 
 from netsetup.errors import BackendUnavailable, FirewallFailed, NotPermitted
 from netsetup.rules import TABLE_CHAINS, Plan, Rule, parse_args, plan
 from netsetup.xtlock import xtables_lock
 
-_NAMES_FILE = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
-_FLAG_OPTIONS = {"fragment": "-f"}
-_RULE_OPTIONS = {"src": "-s", "dst": "-d", "protocol": "-p", "in-interface": "-i", "out-interface": "-o"}
+_NAMES_FILE = MappingProxyType({4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"})
+_FLAG_OPTIONS = MappingProxyType({"fragment": "-f"})
+_RULE_OPTIONS = MappingProxyType({"src": "-s", "dst": "-d", "protocol": "-p",
+                                  "in-interface": "-i", "out-interface": "-o"})
 
 
 def _iptc():

@@ -63,6 +63,8 @@ class NftBackend:
         for table in TABLE_CHAINS:
             argv = [_tool(family, "save"), "-t", table]
             proc = run_tool(argv)
+            if proc.returncode != 0 and "does not exist" in proc.stderr:
+                continue  # older iptables-nft: a table nobody created yet holds none of our rules
             if proc.returncode != 0:
                 raise FirewallFailed(f"{' '.join(argv)} failed: {proc.stderr.strip() or proc.returncode}")
             text.append(proc.stdout)

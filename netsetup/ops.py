@@ -15,12 +15,17 @@ def _desired(spec: NetSpec, family: int):
     return desired_rules(spec.addresses_of(family), spec.port, spec.health_ports)
 
 
+def _backend(action: str, spec: NetSpec):
+    """Check privilege and choose the backend before anything is touched, so
+    a missing capability or an unusable backend leaves nothing half done."""
+    require_net_admin(action)
+    return select(spec.backend) if spec.manage_firewall else None
+
+
 def ensure(spec: NetSpec) -> Report:
     """Put the spec's interface, addresses, sysctl and rules in place; idempotent.
     Families without listen IPs get their stale rules of ours removed."""
-    require_net_admin("ensure")
-    # Chosen before any change, so an unusable backend leaves nothing half done.
-    backend = select(spec.backend) if spec.manage_firewall else None
+    backend = _backend("ensure", spec)
     changes: list[str] = []
     if spec.manage_interface:
         changes += ensure_link(spec)
@@ -33,8 +38,7 @@ def ensure(spec: NetSpec) -> Report:
 
 def verify(spec: NetSpec) -> Report:
     """Read the kernel back; ok is False and problems say why when anything differs from the spec."""
-    require_net_admin("verify")
-    backend = select(spec.backend) if spec.manage_firewall else None
+    backend = _backend("verify", spec)
     problems: list[str] = []
     if spec.manage_interface:
         problems += link_problems(spec)
@@ -47,8 +51,7 @@ def verify(spec: NetSpec) -> Report:
 
 def teardown(spec: NetSpec) -> Report:
     """Remove every rule, address and interface of ours, including a killed run's; nothing else."""
-    require_net_admin("teardown")
-    backend = select(spec.backend) if spec.manage_firewall else None
+    backend = _backend("teardown", spec)
     changes: list[str] = []
     if backend is not None:
         for family in FAMILIES:

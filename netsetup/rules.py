@@ -16,11 +16,12 @@ import ipaddress
 import shlex
 from collections import Counter
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 COMMENT = "twindns"
 NOTRACK = ("CT", "--notrack")
 ACCEPT = ("ACCEPT",)
-TABLE_CHAINS = {"raw": ("PREROUTING", "OUTPUT"), "filter": ("INPUT", "OUTPUT")}
+TABLE_CHAINS = MappingProxyType({"raw": ("PREROUTING", "OUTPUT"), "filter": ("INPUT", "OUTPUT")})
 MAX_ARGS = 64  # a rule line longer than this is not one of ours; stop reading it
 
 
