@@ -45,12 +45,13 @@ def reachable_python(argv: list[str]) -> list[str]:
     return ["sh", "-c", script, "sh", child, parent, *argv]
 
 
-def write_config(path: Path, extra: str = "", supervisor: str = "", top: str = "") -> Path:
+def write_config(path: Path, extra: str = "", supervisor: str = "", top: str = "",
+                 control_socket: Path | None = None) -> Path:
     """A config serving LISTEN:53 and forwarding to the `upstream` fixture."""
     path.write_text(
         f'listen = ["{LISTEN}"]\n'
         f'user = "{WORKER_USER}"\n'
-        f'control_socket = "{path.parent / "control.sock"}"\n'
+        f'control_socket = "{control_socket or path.parent / "control.sock"}"\n'
         f'health_listen = "{LISTEN}:8080"\n'
         f'metrics_listen = "{LISTEN}:9253"\n'
         f"{top}"
@@ -103,7 +104,6 @@ class Supervisor:
         return self.wait(lambda s: s.get("ready_workers") == 2, timeout, "both workers ready")
 
     def output(self) -> str:
-        self.log.flush()
         return self.log_path.read_text(errors="replace")
 
     def terminate(self, timeout: float = 20) -> int:

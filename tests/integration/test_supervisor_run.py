@@ -4,15 +4,16 @@ as an operator expects, SIGTERM leaves nothing behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-import dns.message
-import dns.query
-import dns.rcode
 import pytest
 
-from helpers.twindns import LISTEN, Supervisor, write_config
+from helpers.twindns import LISTEN, Supervisor, reachable_python, write_config
 
 pytestmark = pytest.mark.netns
 
@@ -59,3 +60,139 @@ def test_both_workers_serve_unprivileged(sup, netns):
     p = sup.cli("status")
     assert p.returncode == 0, p.stderr
     assert "ready" in p.stdout and "nodelocaldns" in p.stdout and "rules ok" in p.stdout
+
+
+def test_rolling_restart_replaces_both_slots_one_at_a_time(sup, netns):
+    before = {w["slot"]: w for w in sup.wait_ready()["workers"]}
+    p = sup.cli("restart")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    # Slot A is fully done before slot B starts, and it says so as it goes.
+    a_done = next(i for i, l in enumerate(lines) if l.startswith("slot A: done"))
+    b_start = next(i for i, l in enumerate(lines) if l.startswith("slot B: started"))
+    assert a_done < b_start
+    assert lines[-1] == "restart: done"
+    after = {w["slot"]: w for w in sup.status()["workers"]}
+    for slot in "AB":
+        assert after[slot]["state"] == "ready"
+        assert after[slot]["pid"] != before[slot]["pid"]
+        assert after[slot]["generation"] > before[slot]["generation"]
+        assert after[slot]["restarts_by_cause"]["rolling"] == 1
+        assert not os.path.exists(f"/proc/{before[slot]['pid']}")
+    assert query(netns) == (0, ["192.0.2.10"])
+
+
+def test_reload_refuses_an_invalid_config_and_applies_a_valid_one(sup, netns):
+    gens = {w["slot"]: w["generation"] for w in sup.wait_ready()["workers"]}
+    good = sup.config.read_text()
+    sup.config.write_text(good.replace("probe_interval = 0.5", 'probe_interval = "fast"'))
+    p = sup.cli("reload")
+    assert p.returncode != 0
+    assert 'supervisor.probe_interval = "fast": expected a number of seconds > 0' in p.stderr
+    # A mistake in a worker section is caught too (by the worker's own check).
+    sup.config.write_text(good + '[cache]\ncapacity = "lots"\n')
+    p = sup.cli("reload")
+    assert p.returncode != 0 and "cache.capacity" in p.stderr
+    status = sup.status()
+    assert {w["slot"]: w["generation"] for w in status["workers"]} == gens, "old workers keep serving"
+    assert status["healthy"] and query(netns) == (0, ["192.0.2.10"])
+    # A valid file: rolling restart onto it. `.hit.test` names now answer with a header rule applied.
+    sup.config.write_text(good + '[[header]]\nzone = "."\nclear = ["ra"]\n')
+    p = sup.cli("reload")
+    assert p.returncode == 0, p.stderr
+    status = sup.status()
+    assert all(w["generation"] > gens[w["slot"]] for w in status["workers"])
+    flags = netns.run(["dig", "+tries=1", "+time=2", f"@{LISTEN}", "a.test", "A"]).stdout
+    assert "flags: qr rd;" in flags or ("flags: qr" in flags and " ra" not in flags.split("flags:")[1].split(";")[0])
+
+
+def test_sighup_with_invalid_config_keeps_serving(sup, netns):
+    gens = [w["generation"] for w in sup.wait_ready()["workers"]]
+    sup.config.write_text(sup.config.read_text() + "bogus = 1\n")
+    sup.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "reload_refused" not in sup.output() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "bogus: unknown key" in sup.output()
+    assert [w["generation"] for w in sup.status()["workers"]] == gens
+    assert query(netns) == (0, ["192.0.2.10"])
+
+
+def test_crash_loop_backs_off_while_the_other_slot_serves(netns, upstream, tmp_path):
+    config = write_config(tmp_path / "twindns.toml", supervisor="backoff_initial = 2.0\nbackoff_max = 8.0\n")
+    s = Supervisor(netns, config)
+    try:
+        s.wait_ready()
+        for n in range(1, 4):
+            pid = s.wait(lambda st: st["workers"][0]["state"] == "ready", 15, "slot A ready")["workers"][0]["pid"]
+            os.kill(pid, signal.SIGKILL)
+            st = s.wait(lambda st: st["workers"][0]["restarts_by_cause"]["crash"] == n, 5, f"crash {n} seen")
+            assert query(netns) == (0, ["192.0.2.10"]), "slot B answers throughout"
+        # First crash: respawned at once; later quick crashes: 2 s, then 4 s.
+        a = s.status()["workers"][0]
+        assert a["state"] == "failed" and a["respawn_in"] is not None and 2.0 < a["respawn_in"] <= 4.0
+        p = s.cli("status")
+        assert p.returncode == 1, "one slot down is degraded"
+        assert "crash loop, respawn in" in p.stdout
+        st = s.wait(lambda st: st["workers"][0]["state"] == "ready", 10, "slot A back")
+        assert st["healthy"]
+    finally:
+        s.terminate()
+
+
+def our_rules(netns) -> list[str]:
+    out = netns.run(["iptables-nft-save"]).stdout + netns.run(["iptables-legacy-save"]).stdout
+    return [l for l in out.splitlines() if "twindns" in l]
+
+
+def test_sigterm_drains_tears_down_and_exits_0(sup, netns):
+    sup.wait_ready()
+    assert our_rules(netns)
+    sock = sup.config.parent / "control.sock"
+    assert oct(os.stat(sock).st_mode & 0o777) == "0o660"
+    pids = [w["pid"] for w in sup.status()["workers"]]
+    assert sup.terminate() == 0
+    out = sup.output()
+    assert out.count("worker_stopped") == 2 and 'how="exit 0"' in out
+    assert all(not os.path.exists(f"/proc/{pid}") for pid in pids)
+    assert netns.run(["ip", "link", "show", "nodelocaldns"], check=False).returncode != 0
+    assert our_rules(netns) == []
+    assert not sock.exists()
+
+
+def test_second_sigterm_stops_at_once(sup, netns):
+    sup.wait_ready()
+    pids = [w["pid"] for w in sup.status()["workers"]]
+    os.kill(pids[0], signal.SIGSTOP)          # this one cannot drain: the first SIGTERM would wait
+    sup.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert sup.proc.poll() is None, "still draining"
+    start = time.monotonic()
+    assert sup.terminate(timeout=10) == 0
+    assert time.monotonic() - start < 3.0
+    assert all(not os.path.exists(f"/proc/{pid}") for pid in pids)
+    assert netns.run(["ip", "link", "show", "nodelocaldns"], check=False).returncode != 0
+
+
+def test_status_for_anyone_mutations_for_root_only(netns, upstream, tmp_path):
+    # The socket must sit where uid 65534 may reach it: a private 0755 dir in /tmp.
+    sockdir = Path(tempfile.mkdtemp(prefix="twctl", dir="/tmp"))
+    os.chmod(sockdir, 0o755)
+    sock = sockdir / "control.sock"
+    s = Supervisor(netns, write_config(tmp_path / "twindns.toml", control_socket=sock))
+    try:
+        s.wait_ready()
+        # gid 0 may open the 0660 socket; uid 65534 is not root.
+        base = ["setpriv", "--reuid=65534", "--regid=0", "--clear-groups", sys.executable, "-m", "supervisor"]
+        st = netns.run(reachable_python(base + ["status", "--socket", str(sock)]), check=False)
+        assert st.returncode == 0, st.stderr
+        assert "ready" in st.stdout
+        r = netns.run(reachable_python(base + ["restart", "--socket", str(sock)]), check=False)
+        assert r.returncode == 1 and "restart needs root (uid 0); you are uid 65534" in r.stderr
+        # Others (not uid 0, not gid 0) cannot even connect.
+        other = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "supervisor"]
+        o = netns.run(reachable_python(other + ["status", "--socket", str(sock)]), check=False)
+        assert o.returncode == 2 and "permission denied" in o.stderr
+    finally:
+        s.terminate()
+        shutil.rmtree(sockdir, ignore_errors=True)
