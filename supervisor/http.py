@@ -80,16 +80,19 @@ class HttpServer:
         self._read_timeout = read_timeout
         self._slots = asyncio.Semaphore(max_connections)
         self._server: asyncio.base_events.Server | None = None
+        self.sock: socket.socket | None = None     # the listener (`twindns upgrade` hands it over)
 
     async def start(self, sock: socket.socket) -> None:
-        """Serve on an already listening socket (it stays owned by the caller)."""
+        """Serve on an already listening socket."""
         self._server = await asyncio.start_server(self._serve, sock=sock, limit=self._max_head)
+        self.sock = sock
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+            self.sock = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._slots.locked():

@@ -70,6 +70,24 @@ class Totals:
         self.latency_sum.update(other.latency_sum)
         self.dropped += other.dropped
 
+    def to_json(self) -> dict:
+        return {"queries": [[*k, n] for k, n in self.queries.items()],
+                "scalars": dict(self.scalars),
+                "upstream_queries": dict(self.upstream_queries),
+                "upstream_errors": dict(self.upstream_errors),
+                # an upper bound of None is +Inf (JSON has no infinity)
+                "latency": {s: [[None if b == math.inf else b, n] for b, n in t.items()]
+                            for s, t in self.latency.items()},
+                "latency_sum": dict(self.latency_sum), "dropped": self.dropped}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Totals":
+        return cls(Tally({(p, q, r): n for p, q, r, n in d["queries"]}), Tally(d["scalars"]),
+                   Tally(d["upstream_queries"]), Tally(d["upstream_errors"]),
+                   {s: Tally({math.inf if b is None else b: n for b, n in rows})
+                    for s, rows in d["latency"].items()},
+                   Tally(d["latency_sum"]), d["dropped"])
+
     def at_least(self, other: "Totals") -> "Totals":
         """Per series, the larger of the two (Counter `|` is an elementwise max)."""
         latency = {s: self.latency.get(s, Tally()) | other.latency.get(s, Tally())
@@ -207,6 +225,21 @@ class MetricsAggregator:
 
     def set_workers_ready(self, n: int) -> None:
         self.workers_ready = n
+
+    # -- across a supervisor re-exec (`twindns upgrade`) ---------------------------
+    def snapshot(self) -> dict:
+        """Everything not re-learnt from the live workers, JSON-serialisable."""
+        return {"base": self._base.to_json(), "exited_upto": dict(self._exited_upto),
+                "restarts": dict(self.restarts), "rolling_restarts": self.rolling_restarts,
+                "netsetup_repairs": self.netsetup_repairs}
+
+    def restore(self, snap: dict) -> None:
+        """Continue from a previous image's snapshot(); live workers report again."""
+        self._base = Totals.from_json(snap["base"])
+        self._exited_upto = dict(snap["exited_upto"])
+        self.restarts = Tally(snap["restarts"])
+        self.rolling_restarts = snap["rolling_restarts"]
+        self.netsetup_repairs = snap["netsetup_repairs"]
 
     # -- read ------------------------------------------------------------------
     def totals(self) -> Totals:

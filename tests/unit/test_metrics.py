@@ -148,3 +148,23 @@ def test_malformed_stats_are_rejected_and_change_nothing(bad, message):
     with pytest.raises(StatsError, match=message):
         m.update_worker("A", 1, bad)
     assert scrape(m) == before
+
+
+def test_snapshot_restore_keeps_every_counter(tmp_path):
+    import json
+    m = MetricsAggregator("x")
+    m.update_worker("A", 1, stats(queries=100, hits=80, counts=[1, 2] + [0] * 10 + [17]))
+    m.set_dropped("A", 1, 4)
+    m.worker_exited("A", 1, None)
+    m.update_worker("A", 2, stats(queries=7, hits=7))
+    m.inc_worker_restart("crash")
+    m.inc_rolling_restart()
+    m.inc_netsetup_repair()
+    before = scrape(m)
+    # through JSON, as across the supervisor's re-exec; the live worker reports again
+    fresh = MetricsAggregator("x")
+    fresh.restore(json.loads(json.dumps(m.snapshot())))
+    fresh.update_worker("A", 2, stats(queries=7, hits=7))
+    assert scrape(fresh) == before
+    fresh.update_worker("A", 1, stats(queries=500, hits=500))   # already folded: ignored
+    assert scrape(fresh) == before
