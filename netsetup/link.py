@@ -112,7 +112,7 @@ def ensure_link(spec: NetSpec) -> list[str]:
         else:
             index = link["index"]
             if link.get_attr("IFLA_IFALIAS") != LINK_ALIAS:
-                log.info("adopting existing interface %s (it stays on teardown)", spec.interface)
+                log.debug("adopting existing interface %s (it stays on teardown)", spec.interface)
         with _netlink(f"configuring interface {spec.interface}"):
             if link is None or not link["flags"] & IFF_UP:
                 ipr.link("set", index=index, state="up")
