@@ -148,6 +148,12 @@ def test_adopted_interface_stays_with_only_our_addresses_removed(netns):
     left = links(netns)["nodelocaldns"]
     assert "10.9.9.9/24" in left and f"{V4}/32" not in left and f"{V6}/128" not in left
 
+    # An address a run with another config put there is found by its kernel mark.
+    api(netns, "ensure", {**spec, "addresses": ["169.254.20.11"]})
+    assert "169.254.20.11/32" in links(netns)["nodelocaldns"]
+    api(netns, "teardown", spec)
+    assert [a for a in links(netns)["nodelocaldns"] if not a.startswith("fe80:")] == ["10.9.9.9/24"]
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_listen_ip_on_another_interface_is_a_clear_error(netns, tmp_path, backend):
