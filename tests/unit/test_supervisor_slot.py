@@ -1,0 +1,79 @@
+"""The slot state machine and crash-loop backoff: pure logic."""
+from __future__ import annotations
+
+import pytest
+
+from supervisor.slot import Backoff, TransitionError, Worker, WorkerSlot
+from supervisor.states import TRANSITIONS, RestartCause, SlotState
+
+
+def slot_with_worker() -> tuple[WorkerSlot, Worker]:
+    slot = WorkerSlot("A", Backoff(1.0, 30.0))
+    w = Worker(slot="A", generation=1, pid=100, started_at=0.0)
+    slot.current = w
+    return slot, w
+
+
+def test_lifecycle_records_every_change_with_monotonic_time():
+    slot, w = slot_with_worker()
+    assert w.state is SlotState.STARTING
+    slot.change_state(w, SlotState.READY, "probe answered")
+    slot.change_state(w, SlotState.DRAINING, "replaced")
+    slot.change_state(w, SlotState.STOPPED, "exit 0")
+    assert [(e.source, e.target) for e in slot.events] == [
+        (SlotState.STARTING, SlotState.READY), (SlotState.READY, SlotState.DRAINING),
+        (SlotState.DRAINING, SlotState.STOPPED)]
+    assert w.ready_at == slot.events[0].at
+    assert slot.events[0].at <= slot.events[1].at <= slot.events[2].at
+    assert not w.alive
+
+
+@pytest.mark.parametrize("source", list(SlotState))
+def test_transitions_not_in_the_table_are_refused(source):
+    for target in SlotState:
+        slot, w = slot_with_worker()
+        w.state = source
+        if target in TRANSITIONS[source]:
+            slot.change_state(w, target, "ok")
+            assert w.state is target
+        else:
+            with pytest.raises(TransitionError, match=f"{source.value} -> {target.value}"):
+                slot.change_state(w, target, "nope")
+            assert w.state is source and not slot.events
+
+
+def test_terminal_states_are_final():
+    assert TRANSITIONS[SlotState.STOPPED] == frozenset()
+    assert TRANSITIONS[SlotState.FAILED] == frozenset()
+
+
+def test_slot_state_without_a_worker():
+    slot = WorkerSlot("B", Backoff(1.0, 30.0))
+    assert slot.state is SlotState.STOPPED
+    slot.respawn_at = 5.0
+    assert slot.state is SlotState.FAILED
+    slot.respawn_at, slot.given_up = None, "exit 78"
+    assert slot.state is SlotState.FAILED
+
+
+def test_backoff_first_crash_is_immediate_then_doubles_to_the_cap():
+    b = Backoff(initial=1.0, maximum=8.0)
+    assert [b.next_delay(uptime=0.5) for _ in range(6)] == [0.0, 1.0, 2.0, 4.0, 8.0, 8.0]
+
+
+def test_backoff_resets_after_a_worker_ran_long_enough():
+    b = Backoff(initial=1.0, maximum=8.0)
+    b.next_delay(0.1)
+    assert b.next_delay(0.1) == 1.0
+    assert b.next_delay(uptime=8.0) == 0.0
+    assert b.next_delay(0.1) == 1.0
+
+
+def test_snapshot_is_plain_data():
+    import json
+    slot, w = slot_with_worker()
+    slot.restarts[RestartCause.CRASH] += 2
+    snap = slot.snapshot()
+    assert json.loads(json.dumps(snap)) == snap
+    assert snap["current"]["pid"] == 100 and snap["current"]["state"] == "starting"
+    assert snap["restarts"]["crash"] == 2
