@@ -308,6 +308,7 @@ def check_with_worker(config: Config, timeout: float = 30.0) -> None:
 def worker_check_message(config: Config, returncode: int, stderr: str) -> str:
     """The operator-facing error for a failed worker check."""
     msg = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+    msg = msg.removeprefix("config error: ")
     if returncode == EX_CONFIG and msg:
         return msg if config.path in msg else f"{config.path}: {msg}"
     return f"{config.path}: worker config check failed (exit {returncode}): {msg or 'no message'}"
