@@ -20,8 +20,8 @@ import signal
 import sys
 import time
 
-from supervisor import logs, version
-from supervisor.config import Config, ConfigError, EX_CONFIG, check_with_worker, load, \
+from supervisor import logs, upgrade, version
+from supervisor.config import Config, ConfigError, EX_CONFIG, check_with_worker, load, parse, \
     worker_check_argv, worker_check_message
 from supervisor.control import ControlServer, ControlSocketBusy
 from supervisor.health import HealthJudge, socket_inode, udp_drops
@@ -44,13 +44,14 @@ TERMINATING = (signal.SIGTERM, signal.SIGINT)
 
 class Arbiter:
     def __init__(self, config: Config, config_arg: str | None = None, socket_arg: str | None = None,
-                 snapshot: dict | None = None) -> None:
+                 snapshot: dict | None = None, handoff: dict | None = None) -> None:
         self.config = config
         self.config_arg = config_arg          # what `reload` re-reads (None: the default lookup)
         self.socket_arg = socket_arg          # --socket overrides control_socket, also after reloads
         self.snapshot_in = snapshot
+        self.handoff = handoff                # from the previous image, after `twindns upgrade`
         self.state = SupervisorState.STARTING
-        self.started_at = time.monotonic()
+        self.started_at = time.monotonic() - (snapshot["uptime"] if snapshot else 0.0)
         self.network = NetworkState(config)
         self.metrics = MetricsAggregator(version())
         self.notifier = Notifier.from_environ()
@@ -79,6 +80,7 @@ class Arbiter:
         self._restart_lock = asyncio.Lock()
         for sig in (*TERMINATING, signal.SIGHUP):
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
+        upgrade.unblock_signals()             # blocked across an upgrade's exec; handlers are in place now
         warning = check_kernel()
         if warning:
             logs.event(log, "kernel_warning", logging.WARNING, detail=warning)
@@ -98,6 +100,8 @@ class Arbiter:
                 return 1
             self.change_state(SupervisorState.RUNNING)
             self.notifier.status("starting workers")
+            if self.handoff is not None:
+                self._spawn_task(upgrade.finish(self, self.handoff))
             while self.state is not SupervisorState.STOPPED:
                 try:
                     signum = await asyncio.wait_for(self._signals.get(), TICK)
@@ -130,6 +134,8 @@ class Arbiter:
         self.pool = WorkerPool(asyncio.get_running_loop(), self.config, run_as, self.metrics, self._on_workers_changed)
         if self.snapshot_in is not None:
             self.pool.adopt(self.snapshot_in)
+        if self.handoff is not None:
+            self.metrics.restore(self.handoff["metrics"])
         self.pool.start_all()
         return True
 
@@ -137,8 +143,9 @@ class Arbiter:
         routes = {"/health": self._health_response, "/metrics": self._metrics_response}
         for endpoint, paths in plan(self.config.health_listen, self.config.metrics_listen):
             server = HttpServer({p: routes[p] for p in paths})
-            await server.start(bind_listener(endpoint))
+            await server.start(upgrade.inherited_listener(self.handoff, endpoint) or bind_listener(endpoint))
             self.http.append(server)
+        upgrade.unclaimed_listeners(self.handoff, [server.sock for server in self.http])
 
     async def _close_services(self) -> None:
         for server in self.http:
@@ -284,7 +291,8 @@ class Arbiter:
         return await self._reload(progress)
 
     async def _op_upgrade(self, request, progress) -> dict:
-        return {"ok": False, "error": "upgrade is not available in this version"}
+        async with self._restart_lock:
+            return await upgrade.begin(self, progress)     # returns only if nothing changed
 
     # -- observation ---------------------------------------------------------
     def _on_workers_changed(self) -> None:
@@ -357,7 +365,13 @@ def run_main(args) -> int:
     """`twindns run [--config F]`."""
     import uvloop
     try:
-        config = load(args.config)
+        handoff = upgrade.take_handoff()
+    except upgrade.HandoffError as e:
+        print(f"twindns: {e}", file=sys.stderr)
+        return 1
+    try:
+        # after an upgrade: the config the previous image accepted, not the file as edited since
+        config = parse(handoff["config_text"], handoff["config_path"]) if handoff else load(args.config)
         check_with_worker(config)
     except ConfigError as e:
         print(f"twindns: {e}", file=sys.stderr)
@@ -366,4 +380,5 @@ def run_main(args) -> int:
     logs.setup(config.log_level)
     logs.event(log, "starting", version=version(), config=config.path, pid=os.getpid())
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(Arbiter(config, config_arg=args.config, socket_arg=args.socket).run())
+        return runner.run(Arbiter(config, config_arg=args.config, socket_arg=args.socket,
+                                  snapshot=handoff["arbiter"] if handoff else None, handoff=handoff).run())

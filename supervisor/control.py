@@ -60,6 +60,19 @@ def bind_control_socket(path: str) -> socket.socket:
     return sock
 
 
+class Reporter:
+    """Sends `{"progress": text}` lines for one request. `connection` is the
+    client's socket: `twindns upgrade` hands it to the re-executed image,
+    which sends the final reply."""
+
+    def __init__(self, send: Callable[[dict], None], connection) -> None:
+        self.send = send
+        self.connection = connection
+
+    def __call__(self, text: str) -> None:
+        self.send({"progress": text})
+
+
 class ControlServer:
     def __init__(self, handlers: dict[str, Handler]) -> None:
         self._handlers = handlers
@@ -88,7 +101,7 @@ class ControlServer:
             line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
             if not line:
                 return
-            reply = await self._dispatch(line, uid, lambda text: send({"progress": text}))
+            reply = await self._dispatch(line, uid, Reporter(send, writer.get_extra_info("socket")))
             send(reply)
             await writer.drain()
         except (asyncio.TimeoutError, ConnectionError, asyncio.LimitOverrunError, ValueError) as e:

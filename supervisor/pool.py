@@ -136,8 +136,10 @@ class WorkerPool:
         self.loop.add_reader(h.pidfd, self._on_pidfd, worker)
 
     def start_all(self) -> None:
+        """Spawn a worker for every slot that has none (adopted ones are kept)."""
         for name in SLOT_NAMES:
-            self._respawn(name)
+            if self.slots[name].current is None:
+                self._respawn(name)
 
     def _respawn(self, name: str) -> None:
         slot = self.slots[name]
@@ -419,6 +421,7 @@ class WorkerPool:
                 "last_probe_latency": w.last_probe_latency if w else None,
                 "queries": stats.get("queries_total", 0),
                 "cache_entries": stats.get("cache_entries", 0),
+                "version": stats.get("version"),
                 "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
                 "respawn_in": round(slot.respawn_at - now, 3) if slot.respawn_at is not None else None,
                 "given_up": slot.given_up,

@@ -65,14 +65,14 @@ def write_config(path: Path, extra: str = "", supervisor: str = "", top: str = "
 class Supervisor:
     """`twindns run --config F` in `netns`, output in F's directory/run.log."""
 
-    def __init__(self, netns, config: Path, env: dict | None = None) -> None:
+    def __init__(self, netns, config: Path, env: dict | None = None, cwd: str | None = None) -> None:
         self.netns = netns
         self.config = config
         self.log_path = config.parent / "run.log"
         self.log = open(self.log_path, "ab")
         argv = reachable_python([sys.executable, "-m", "supervisor", "run", "--config", str(config)])
         self.proc = netns.popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
+                                env={**os.environ, **(env or {})}, cwd=cwd)
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return self.netns.run([sys.executable, "-m", "supervisor", *args, "--config", str(self.config)],
