@@ -298,6 +298,7 @@ class Arbiter:
     def _on_workers_changed(self) -> None:
         ready = self.pool.ready_count()
         self.metrics.set_workers_ready(ready)
+        self._sample_health(time.monotonic())
         if not self._told_ready and ready == len(SLOT_NAMES):
             self._told_ready = True
             self.notifier.ready(self._status_line())

@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
@@ -35,7 +35,8 @@ STATS_EVERY = 1.0
 DRAIN_GRACE = 2.0               # past drain_timeout before a draining worker is killed
 KILL_WAIT = 3.0
 # Test-only: replace the old worker by closing its sockets and killing it,
-# without steering: the handover DESIGN.md measures against.
+# and drop a dead worker's sockets, without steering or hand-over: the
+# handover DESIGN.md measures against.
 PLAIN_CLOSE_ENV = "TWINDNS_UNSAFE_PLAIN_CLOSE"
 
 
@@ -57,11 +58,6 @@ class Runtime:
     next_probe: float = 0.0
     next_stats: float = 0.0
     stats_pending: bool = False
-
-
-@dataclass
-class Exit:
-    code: int          # exit status, or -signal
 
 
 def exit_code(status: int) -> int:
@@ -220,7 +216,9 @@ class WorkerPool:
     def _crash(self, slot: WorkerSlot, worker: Worker, code: int, how: str) -> None:
         """The crash path: steer its sockets away now, respawn (after backoff) with them adopted."""
         h: WorkerHandles = worker.handles
-        if not h.sockets.steered:
+        if self.plain_close:
+            h.sockets.close()       # the control: what dies with the worker is lost
+        elif not h.sockets.steered:
             h.sockets.steer_away()
         cause = worker.kill_cause or (RestartCause.BOOT if code == EX_BOOT or worker.state is SlotState.STARTING
                                       else RestartCause.CRASH)
@@ -229,7 +227,8 @@ class WorkerPool:
         if self.metrics is not None:
             self.metrics.inc_worker_restart(cause.value)
         h.sockets.close_tcp()
-        leftover = SocketSet(udp=h.sockets.udp + (h.adopted.udp if h.adopted else []), steered=True)
+        leftover = SocketSet(udp=[s for s in h.sockets.udp + (h.adopted.udp if h.adopted else []) if s.fileno() >= 0],
+                             steered=True)
         h.sockets.udp, h.adopted = [], None      # moved to `leftover`
         h.close()
         slot.current = None

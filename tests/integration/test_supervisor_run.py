@@ -60,6 +60,31 @@ def test_both_workers_serve_unprivileged(sup, netns):
     p = sup.cli("status")
     assert p.returncode == 0, p.stderr
     assert "ready" in p.stdout and "nodelocaldns" in p.stdout and "rules ok" in p.stdout
+    assert http_get(netns, 8080, "/health") == (200, "ok")
+    code, body = http_get(netns, 9253, "/metrics")
+    assert code == 200 and "twindns_" in body
+
+
+def http_get(netns, port: int, path: str) -> tuple[int, str]:
+    code = ("import urllib.request, urllib.error, sys\n"
+            f"try: r = urllib.request.urlopen('http://{LISTEN}:{port}{path}', timeout=5)\n"
+            "except urllib.error.HTTPError as e: r = e\n"
+            "print(r.status); print(r.read().decode().strip().splitlines()[0])\n")
+    out = netns.run([sys.executable, "-c", code]).stdout.splitlines()
+    return int(out[0]), out[1]
+
+
+def test_network_state_is_repaired_and_reported(netns, upstream, tmp_path):
+    s = Supervisor(netns, write_config(tmp_path / "twindns.toml", top="[firewall]\nresync_interval = 1\n"))
+    try:
+        assert s.wait_ready()["network"]["last_repair"] is None
+        netns.run(["ip", "addr", "del", f"{LISTEN}/32", "dev", "nodelocaldns"])
+        st = s.wait(lambda st: st["network"]["last_repair"] is not None, 10, "repair")
+        assert any(LISTEN in c for c in st["network"]["last_repair"]["changes"])
+        assert "netsetup_repaired" in s.output()
+        assert "last repair: " in s.cli("status").stdout
+    finally:
+        s.terminate()
 
 
 def test_rolling_restart_replaces_both_slots_one_at_a_time(sup, netns):
