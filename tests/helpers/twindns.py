@@ -65,12 +65,14 @@ def write_config(path: Path, extra: str = "", supervisor: str = "", top: str = "
 class Supervisor:
     """`twindns run --config F` in `netns`, output in F's directory/run.log."""
 
-    def __init__(self, netns, config: Path, env: dict | None = None, cwd: str | None = None) -> None:
+    def __init__(self, netns, config: Path, env: dict | None = None, cwd: str | None = None,
+                 prefix: tuple[str, ...] = ()) -> None:
         self.netns = netns
         self.config = config
         self.log_path = config.parent / "run.log"
         self.log = open(self.log_path, "ab")
-        argv = reachable_python([sys.executable, "-m", "supervisor", "run", "--config", str(config)])
+        # `prefix` (e.g. setpriv) runs after reachable_python's mounts, right before python
+        argv = reachable_python([*prefix, sys.executable, "-m", "supervisor", "run", "--config", str(config)])
         self.proc = netns.popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})}, cwd=cwd)
 
