@@ -97,6 +97,8 @@ class WorkerPool:
                                     SocketSet.adopt(fds["udp"], fds["tcp"], fds["steered"]),
                                     SocketSet.adopt(fds["adopted_udp"], [], True) if fds["adopted_udp"] else None,
                                     socket.socket(fileno=fds["control"]), socket.socket(fileno=fds["probe"]))
+            handles.control.setblocking(False)
+            handles.probe.setblocking(False)
             worker = Worker(slot=name, generation=cur["generation"], pid=cur["pid"],
                             started_at=now - cur["uptime"], state=SlotState(cur["state"]), handles=handles)
             slot.current = worker
@@ -112,7 +114,8 @@ class WorkerPool:
         self.generation += 1
         sockets = SocketSet.open(self.config.listen_endpoints())
         try:
-            handles = spawn(name, self.generation, self.config.raw_text.encode(), sockets, adopt, self.run_as)
+            handles = spawn(name, self.generation, self.config.raw_text.encode(),
+                            [str(ep) for ep in self.config.listen_endpoints()], sockets, adopt, self.run_as)
         except SpawnError:
             sockets.close()
             raise

@@ -127,8 +127,10 @@ def _config_pipe(raw: bytes) -> int:
 
 
 def worker_argv(slot: str, generation: int, config_fd: int, sockets: SocketSet,
-                adopted: SocketSet | None, control_fd: int, probe_fd: int) -> list[str]:
+                adopted: SocketSet | None, control_fd: int, probe_fd: int, listen: list[str]) -> list[str]:
     argv = [sys.executable, "-m", "worker", "--supervised", "--config-fd", str(config_fd)]
+    for ep in listen:           # not bound by the worker: its own addresses, for the forwarding-loop check
+        argv += ["--listen", ep]
     for fd in sockets.udp_fds():
         argv += ["--udp-fd", str(fd)]
     for fd in sockets.tcp_fds():
@@ -148,14 +150,15 @@ def effective_caps(pid: int) -> int:
     raise SpawnError(f"no CapEff line for pid {pid}")
 
 
-def spawn(slot: str, generation: int, raw_config: bytes, sockets: SocketSet,
+def spawn(slot: str, generation: int, raw_config: bytes, listen: list[str], sockets: SocketSet,
           adopted: SocketSet | None, run_as: RunAs | None) -> WorkerHandles:
     probe_ours, probe_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     ctl_ours, ctl_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     config_fd = _config_pipe(raw_config)
     theirs = [config_fd, ctl_theirs.fileno(), probe_theirs.fileno(),
               *sockets.udp_fds(), *sockets.tcp_fds(), *(adopted.udp_fds() if adopted else [])]
-    argv = worker_argv(slot, generation, config_fd, sockets, adopted, ctl_theirs.fileno(), probe_theirs.fileno())
+    argv = worker_argv(slot, generation, config_fd, sockets, adopted, ctl_theirs.fileno(), probe_theirs.fileno(),
+                       listen)
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     ids = {} if run_as is None else {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
     try:

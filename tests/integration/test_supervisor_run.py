@@ -221,3 +221,37 @@ def test_status_for_anyone_mutations_for_root_only(netns, upstream, tmp_path):
     finally:
         s.terminate()
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_worker_config_error_stops_respawning_and_says_why(netns, upstream, tmp_path):
+    # `ip netns exec` shows /etc/netns/NAME/resolv.conf as /etc/resolv.conf to
+    # what runs in the namespace: the workers' "resolv.conf" upstream.
+    etc = Path("/etc/netns") / netns.name
+    etc.mkdir(parents=True)
+    resolv = etc / "resolv.conf"
+    try:
+        resolv.write_text("nameserver 127.0.0.2\n")
+        config = write_config(tmp_path / "twindns.toml")
+        config.write_text(config.read_text().replace('servers = ["127.0.0.2:53"]', 'servers = ["resolv.conf"]'))
+        s = Supervisor(netns, config)
+        try:
+            s.wait_ready()
+            # Now resolv.conf names only our own address: a respawned worker
+            # must refuse to forward to itself (exit 78), and must not be
+            # respawned in a loop.
+            with open(resolv, "r+") as f:          # same inode: the bind mount shows it
+                f.truncate(0)
+                f.write(f"nameserver {LISTEN}\n")
+            os.kill(s.workers()["A"]["pid"], signal.SIGKILL)
+            st = s.wait(lambda st: st["workers"][0]["given_up"] is not None, 10, "slot A given up")
+            a = st["workers"][0]
+            assert a["state"] == "failed" and "exited 78 (configuration error)" in a["given_up"]
+            time.sleep(1.5)
+            assert s.workers()["A"]["restarts_by_cause"] == st["workers"][0]["restarts_by_cause"], "no respawn"
+            p = s.cli("status")
+            assert p.returncode == 1 and "configuration error" in p.stdout
+            assert query(netns) == (0, ["192.0.2.10"]), "slot B still serves"
+        finally:
+            s.terminate()
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
