@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -255,3 +256,33 @@ def test_worker_config_error_stops_respawning_and_says_why(netns, upstream, tmp_
             s.terminate()
     finally:
         shutil.rmtree(etc, ignore_errors=True)
+
+
+def test_unready_replacement_aborts_and_the_old_worker_keeps_serving(sup, netns):
+    before = {w["slot"]: w for w in sup.wait_ready()["workers"]}
+    # Valid, but no worker can answer its first probe within 10 ms.
+    sup.config.write_text(sup.config.read_text().replace("ready_timeout = 10.0", "ready_timeout = 0.01"))
+    p = sup.cli("reload")
+    assert p.returncode == 1
+    assert "slot A: new worker" in p.stderr and "did not become ready" in p.stderr
+    assert "the old worker keeps serving" in p.stderr
+    after = {w["slot"]: w for w in sup.status()["workers"]}
+    assert {s: (w["pid"], w["state"]) for s, w in after.items()} == \
+        {s: (w["pid"], "ready") for s, w in before.items()}
+    assert after["A"]["replacing"] is None, "the failed replacement is gone"
+    assert query(netns) == (0, ["192.0.2.10"])
+
+
+def test_concurrent_restarts_are_serialised(sup, netns):
+    gens = {w["slot"]: w["generation"] for w in sup.wait_ready()["workers"]}
+    argv = netns.cmd([sys.executable, "-m", "supervisor", "restart", "--config", str(sup.config)])
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    st = sup.status()
+    assert all(w["restarts_by_cause"]["rolling"] == 2 for w in st["workers"])
+    # Each slot went through exactly two new generations; at no point were
+    # both replaced at once (the log shows A, B, A, B).
+    order = [l.split("slot=")[1][0] for l in sup.output().splitlines() if "worker_stopped" in l]
+    assert order == ["A", "B", "A", "B"]
+    assert st["healthy"] and all(w["generation"] > gens[w["slot"]] for w in st["workers"])
