@@ -32,6 +32,15 @@ def queries_total(netns) -> float:
     return sum(float(v) for v in re.findall(r"^twindns_queries_total\{.*\} (\S+)$", body, re.M))
 
 
+def listener_inode(netns, port: int) -> str:
+    """The inode of the TCP socket listening on `port` (state 0A in /proc/net/tcp)."""
+    for line in netns.run(["cat", "/proc/net/tcp"]).stdout.splitlines()[1:]:
+        cols = line.split()
+        if cols[1].endswith(f":{port:04X}") and cols[3] == "0A":
+            return cols[9]
+    raise AssertionError(f"nothing listens on {port}")
+
+
 def versions(status: dict) -> tuple:
     return status["version"], tuple(w.get("version") for w in status["workers"])
 
@@ -62,6 +71,7 @@ def test_upgrade_under_load_loses_nothing_and_a_broken_release_is_refused(netns,
         make_image(image, "0.2.0")
         queryfile = dnsperf.mixed_queries(tmp_path / "mixed.txt")
         counted_before = queries_total(netns)
+        listeners = [listener_inode(netns, port) for port in (8080, 9253)]
         load = Load(netns, queryfile, seconds=8, qps=20000)
         load.wait_until(2.0)
         p = sup.cli("upgrade", timeout=90)
@@ -80,6 +90,8 @@ def test_upgrade_under_load_loses_nothing_and_a_broken_release_is_refused(netns,
         assert result.sent > 100000 and result.lost == 0 and set(result.rcodes) == {"NOERROR"}, result.raw
         assert queries_total(netns) >= counted_before + result.completed * 0.5   # never went backwards
         assert netns.run(["curl", "-s", f"http://{LISTEN}:8080/health"]).stdout == "ok\n"
+        # the very same listening sockets: no window where a probe or scrape is refused
+        assert [listener_inode(netns, port) for port in (8080, 9253)] == listeners
     finally:
         if sup.proc.poll() is None:
             assert sup.terminate() == 0, sup.output()[-3000:]
