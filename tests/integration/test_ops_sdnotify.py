@@ -3,6 +3,7 @@ $NOTIFY_SOCKET receives what systemd would (Type=notify, WatchdogSec=)."""
 from __future__ import annotations
 
 import socket
+import statistics
 import time
 
 import pytest
@@ -68,7 +69,8 @@ def test_notify_lifecycle(netns, upstream, tmp_path, systemd):
                       if m.get("WATCHDOG") == "1"]
         gaps = [b - a for a, b in zip(pings, pings[1:])]
         assert len(pings) >= 5, pings
-        assert all(0.3 <= g <= 0.8 for g in gaps), gaps
+        # every ping well inside WatchdogSec (systemd would kill us otherwise), paced at half of it
+        assert max(gaps) < 0.95 and 0.4 <= statistics.median(gaps) <= 0.6, gaps
 
         # a reload is bracketed by RELOADING=1 ... READY=1
         p = sup.cli("reload", timeout=60)
