@@ -17,7 +17,8 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 SYSTEM_CONFIG = "/etc/twindns/twindns.toml"
 EMBEDDED_CONFIG = str(Path(__file__).with_name("default.toml"))
@@ -192,7 +193,7 @@ def _endpoint(v: Any) -> Endpoint | None:
 
 _PORT = _int_range(1, 65535, "a port number 1-65535")
 
-_TOP = {
+_TOP = MappingProxyType({
     "listen": _listen,
     "port": _PORT,
     "user": _nonempty_str("a user name"),
@@ -200,10 +201,10 @@ _TOP = {
     "health_listen": _endpoint,
     "metrics_listen": _endpoint,
     "log_level": _choice(LOG_LEVELS),
-}
-_INTERFACE = {"name": _ifname, "manage": _boolean, "teardown": _boolean}
-_FIREWALL = {"manage": _boolean, "backend": _choice(BACKENDS), "resync_interval": _seconds}
-_SUPERVISOR = {
+})
+_INTERFACE = MappingProxyType({"name": _ifname, "manage": _boolean, "teardown": _boolean})
+_FIREWALL = MappingProxyType({"manage": _boolean, "backend": _choice(BACKENDS), "resync_interval": _seconds})
+_SUPERVISOR = MappingProxyType({
     "probe_interval": _seconds,
     "probe_failures": _int_range(1, 100, "an integer 1-100"),
     "drain_timeout": _seconds,
@@ -211,8 +212,9 @@ _SUPERVISOR = {
     "backoff_initial": _seconds,
     "backoff_max": _seconds,
     "health_drop_window": _seconds,
-}
-_TABLES = {"interface": _INTERFACE, "firewall": _FIREWALL, "supervisor": _SUPERVISOR}
+})
+_TABLES = MappingProxyType({"interface": (_INTERFACE, InterfaceConfig), "firewall": (_FIREWALL, FirewallConfig),
+                            "supervisor": (_SUPERVISOR, SupervisorConfig)})
 
 
 def format_value(v: Any) -> str:
@@ -228,7 +230,7 @@ def format_value(v: Any) -> str:
     return str(v)
 
 
-def _apply(path: str, prefix: str, data: dict, schema: dict[str, Callable],
+def _apply(path: str, prefix: str, data: dict, schema: Mapping[str, Callable],
            also_known: tuple[str, ...] = ()) -> dict:
     out = {}
     for key, value in data.items():
@@ -253,12 +255,11 @@ def parse(text: str, path: str) -> Config:
     tables = (*_TABLES, *WORKER_SECTIONS)
     top = {k: v for k, v in data.items() if k not in tables}
     kwargs: dict[str, Any] = _apply(path, "", top, _TOP, also_known=tables)
-    sections = {"interface": InterfaceConfig, "firewall": FirewallConfig, "supervisor": SupervisorConfig}
-    for name, cls in sections.items():
+    for name, (schema, cls) in _TABLES.items():
         table = data.get(name, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: {name} = {format_value(table)}: expected a table ([{name}])")
-        kwargs[name] = cls(**_apply(path, name + ".", table, _TABLES[name]))
+        kwargs[name] = cls(**_apply(path, name + ".", table, schema))
     sup = kwargs["supervisor"]
     if sup.backoff_max < sup.backoff_initial:
         raise ConfigError(f"{path}: supervisor.backoff_max = {format_value(sup.backoff_max)}: "

@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from supervisor.states import TRANSITIONS, RestartCause, SlotState
+from supervisor.states import RestartCause, SlotState
 
 EVENTS_KEPT = 50
 
@@ -89,7 +89,7 @@ class WorkerSlot:
     events: deque = field(default_factory=lambda: deque(maxlen=EVENTS_KEPT))
 
     def change_state(self, worker: Worker, target: SlotState, reason: str) -> StateEvent:
-        if target not in TRANSITIONS[worker.state]:
+        if not worker.state.may_become(target):
             raise TransitionError(f"slot {self.name} pid {worker.pid}: {worker.state.value} -> "
                                   f"{target.value} is not allowed ({reason})")
         event = StateEvent(time.monotonic(), self.name, worker.pid, worker.generation,

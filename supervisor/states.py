@@ -10,6 +10,9 @@ class SlotState(Enum):
     STOPPED = "stopped"     # exited on request
     FAILED = "failed"       # exited unexpectedly, was killed as hung, or never became ready
 
+    def may_become(self, target: "SlotState") -> bool:
+        return (self, target) in _TRANSITIONS
+
 
 class RestartCause(Enum):
     ROLLING = "rolling"     # twindns restart / reload / upgrade
@@ -18,14 +21,14 @@ class RestartCause(Enum):
     BOOT = "boot"           # never became ready within ready_timeout, or exit 3
 
 
-# Allowed transitions: source state -> states it may move to.
-TRANSITIONS = {
-    SlotState.STARTING: frozenset({SlotState.READY, SlotState.FAILED, SlotState.DRAINING}),
-    SlotState.READY: frozenset({SlotState.DRAINING, SlotState.FAILED}),
-    SlotState.DRAINING: frozenset({SlotState.STOPPED, SlotState.FAILED}),
-    SlotState.STOPPED: frozenset(),
-    SlotState.FAILED: frozenset(),
-}
+# Allowed transitions (source, target). STOPPED and FAILED are final: a
+# replacement is a new worker with a state of its own.
+_TRANSITIONS = frozenset({
+    (SlotState.STARTING, SlotState.READY), (SlotState.STARTING, SlotState.FAILED),
+    (SlotState.STARTING, SlotState.DRAINING),
+    (SlotState.READY, SlotState.DRAINING), (SlotState.READY, SlotState.FAILED),
+    (SlotState.DRAINING, SlotState.STOPPED), (SlotState.DRAINING, SlotState.FAILED),
+})
 
 
 class SupervisorState(Enum):
