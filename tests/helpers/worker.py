@@ -1,0 +1,112 @@
+"""A standalone twindns worker inside a test namespace, and clients that talk
+to it from the test process itself.
+
+`ns_socket()` makes a socket that lives in the namespace (setns on this
+thread, socket(), setns back): the test keeps real dnspython clients without
+starting a Python subprocess per query.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rdataclass
+import dns.rdatatype
+
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def ns_socket(ns, family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM) -> socket.socket:
+    """A socket created inside namespace `ns` (it stays there once made)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/var/run/netns/{ns.name}", os.O_RDONLY)
+    try:
+        _setns(target)
+        try:
+            return socket.socket(family, kind)
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
+        os.close(target)
+
+
+def query(ns, server: tuple[str, int], q: dns.message.Message, tcp: bool = False,
+          timeout: float = 3.0) -> dns.message.Message:
+    """Send q from inside ns; UDP answers are returned even when TC=1."""
+    kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
+    with ns_socket(ns, socket.AF_INET, kind) as s:
+        if tcp:
+            s.settimeout(timeout)
+            s.connect(server)
+            return dns.query.tcp(q, server[0], timeout=timeout, port=server[1], sock=s)
+        # dnspython waits with its own timeout only on a non-blocking socket;
+        # a blocking one waits forever for a datagram that was lost.
+        s.setblocking(False)
+        return dns.query.udp(q, server[0], timeout=timeout, port=server[1], sock=s)
+
+
+def probe_query() -> dns.message.Message:
+    return dns.message.make_query("ready.twindns.", dns.rdatatype.TXT, dns.rdataclass.CH)
+
+
+class Worker:
+    """`python -m worker` in standalone mode inside ns, waited for until it answers."""
+
+    def __init__(self, ns, workdir: Path, listen: str = "127.0.0.1:5353",
+                 upstream: str | None = "127.0.0.2", config: str | None = None,
+                 extra: list[str] | None = None, env: dict | None = None) -> None:
+        self.ns = ns
+        ip, _, port = listen.rpartition(":")
+        self.server = (ip, int(port))
+        workdir.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "worker", "--listen", listen]
+        if upstream:
+            argv += ["--upstream", upstream]
+        if config is not None:
+            path = workdir / f"worker-{port}.toml"
+            path.write_text(config)
+            argv += ["--config", str(path)]
+        argv += extra or []
+        self.log_path = workdir / f"worker-{port}.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = ns.popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited {self.proc.returncode}: {self.log_path.read_text()}")
+            try:
+                query(self.ns, self.server, probe_query(), timeout=0.3)
+                return
+            except (dns.exception.Timeout, OSError):
+                time.sleep(0.05)
+        raise RuntimeError(f"worker did not answer: {self.log_path.read_text()}")
+
+    def ask(self, name: str, rdtype: str = "A", tcp: bool = False, **kw) -> dns.message.Message:
+        return query(self.ns, self.server, dns.message.make_query(name, rdtype, **kw), tcp=tcp)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.log.close()
