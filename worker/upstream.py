@@ -49,6 +49,13 @@ class _Server:
         self.failed_at = time.monotonic()
 
 
+def failover_order(servers: Sequence[_Server], now: float) -> list[_Server]:
+    """`servers` in configured order, except that those that failed in the
+    last DEMOTE_SECONDS come last, the longest-ago failure first."""
+    # sorted() is stable: the others keep their configured order.
+    return sorted(servers, key=lambda s: (True, s.failed_at) if s.demoted(now) else (False, 0.0))
+
+
 @dataclass
 class _Attempt:
     """One server being asked, and when the next server should be asked too."""
@@ -90,10 +97,7 @@ class Forwarder:
         outgoing = UpstreamQuery.from_message(query)
         zone = self.zone_for(outgoing.name)
         deadline = time.monotonic() + zone.timeout
-        now = time.monotonic()
-        # sorted() is stable: healthy servers keep their configured order.
-        waiting = sorted((self._servers[a] for a in zone.servers),
-                         key=lambda s: (s.demoted(now), s.failed_at or 0.0))
+        waiting = failover_order([self._servers[a] for a in zone.servers], time.monotonic())
         attempts: list[_Attempt] = []
         try:
             return await self._race(outgoing, zone, waiting, attempts, deadline)

@@ -120,3 +120,18 @@ def test_latency_histogram_is_non_cumulative_with_inclusive_upper_bounds():
     assert counts[-1] == 1                                 # +Inf
     assert sum(counts) == 5
     assert d["latency_sum"] == pytest.approx(7.3045)
+
+
+def test_recently_failed_servers_are_tried_last_for_a_while():
+    from worker.upstream import DEMOTE_SECONDS, _Server, failover_order
+    from worker.upstream_tcp import TcpUpstream
+
+    def server(ip, failed_at=None):
+        return _Server((ip, 53), ServerStats(ip), TcpUpstream((ip, 53), lambda: None), failed_at)
+    now = 1000.0
+    a, b, c, d = server("10.0.0.1", now - 5), server("10.0.0.2"), server("10.0.0.3", now - 9), \
+        server("10.0.0.4", now - DEMOTE_SECONDS - 1)
+    order = failover_order([a, b, c, d], now)
+    assert [s.address[0] for s in order] == ["10.0.0.2", "10.0.0.4", "10.0.0.3", "10.0.0.1"]
+    later = failover_order([a, b, c, d], now + DEMOTE_SECONDS)
+    assert [s.address[0] for s in later] == ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]

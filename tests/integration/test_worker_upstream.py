@@ -1,0 +1,180 @@
+"""The worker's upstream side, against a running `python -m worker` in a
+namespace: per-zone upstreams, failover, force_tcp with one reused
+connection, TC=1 retried over TCP, forged answers rejected, SERVFAIL within
+the zone's timeout when the upstream is silent.
+
+Real unbound instances serve the data; a scripted server
+(helpers/scripted_upstream.py) plays the upstreams that misbehave.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+
+import dns.rcode
+import pytest
+
+from helpers.scripted_upstream import FORGED, REAL, Scripted
+from helpers.unbound import Unbound
+from helpers.worker import Worker
+
+pytestmark = pytest.mark.netns
+
+# Addresses inside the test namespace; nothing listens on DOWN.
+DOWN = "127.0.0.9:53"
+
+
+def addresses(reply) -> list[str]:
+    return sorted(rd.address for rrset in reply.answer for rd in rrset if hasattr(rd, "address"))
+
+
+def upstream_toml(*zones: dict) -> str:
+    out = []
+    for z in zones:
+        out.append("[[upstream]]")
+        for key, value in z.items():
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            elif isinstance(value, str):
+                value = f'"{value}"'
+            elif isinstance(value, list):
+                value = "[" + ", ".join(f'"{v}"' for v in value) + "]"
+            out.append(f"{key} = {value}")
+    return "\n".join(out) + "\n"
+
+
+@pytest.fixture
+def started(netns, tmp_path):
+    """Starts things in the namespace; stops them all at the end."""
+    things = []
+
+    def start(kind, *args, **kw):
+        thing = kind(*args, **kw)
+        things.append(thing)
+        return thing
+    yield start
+    for thing in reversed(things):
+        thing.stop()
+
+
+def worker_with(netns, tmp_path, started, *zones: dict) -> Worker:
+    return started(Worker, netns, tmp_path / "worker", upstream=None, config=upstream_toml(*zones))
+
+
+def test_longest_zone_match_picks_the_upstream(netns, tmp_path, started):
+    # Two unbounds that give different addresses for the same names.
+    started(Unbound, tmp_path / "u2", addr="127.0.0.2", netns=netns, extra=[
+        'local-data: "www.stub.test. 60 IN A 192.0.2.101"',
+        'local-data: "www.deeper.stub.test. 60 IN A 192.0.2.102"'])
+    started(Unbound, tmp_path / "u3", addr="127.0.0.3", netns=netns, extra=[
+        'local-data: "www.stub.test. 60 IN A 198.51.100.1"',
+        'local-data: "www.deeper.stub.test. 60 IN A 198.51.100.2"'])
+    w = worker_with(netns, tmp_path, started,
+                    {"zone": ".", "servers": ["127.0.0.2"]},
+                    {"zone": "Stub.Test", "servers": ["127.0.0.3"]},
+                    {"zone": "deeper.stub.test.", "servers": ["127.0.0.2:53"]})
+    assert addresses(w.ask("www.stub.test")) == ["198.51.100.1"]
+    assert addresses(w.ask("WWW.STUB.test")) == ["198.51.100.1"]
+    assert addresses(w.ask("www.deeper.stub.test")) == ["192.0.2.102"]
+    assert addresses(w.ask("a.test")) == ["192.0.2.10"]
+
+
+def test_failover_when_the_first_server_is_down(netns, tmp_path, started, upstream):
+    w = worker_with(netns, tmp_path, started, {"servers": [DOWN, upstream.server], "timeout": 2})
+    t0 = time.monotonic()
+    reply = w.ask("a.test")
+    # A closed port answers with ICMP: the worker moves on at once, not after a timeout.
+    assert time.monotonic() - t0 < 0.5
+    assert reply.rcode() == dns.rcode.NOERROR and addresses(reply) == ["192.0.2.10"]
+
+
+def test_failover_from_a_silent_server_within_the_timeout_then_tried_last(
+        netns, tmp_path, started, upstream):
+    silent = started(Scripted, netns, tmp_path, "silent", addr="127.0.0.3")
+    w = worker_with(netns, tmp_path, started,
+                    {"servers": [silent.server, upstream.server], "timeout": 2})
+    t0 = time.monotonic()
+    reply = w.ask("n1.hit.test")
+    elapsed = time.monotonic() - t0
+    assert reply.rcode() == dns.rcode.NOERROR and addresses(reply) == ["192.0.2.1"]
+    assert 0.5 < elapsed < 2.0, elapsed          # waited for the silent one, but not the whole timeout
+    # The silent server failed recently: the next misses go to the good one first.
+    for i in range(2, 6):
+        t0 = time.monotonic()
+        assert addresses(w.ask(f"n{i}.hit.test")) == ["192.0.2.1"]
+        assert time.monotonic() - t0 < 0.5
+    assert silent.counts()["udp_queries"] == 1
+
+
+def test_silent_upstream_gives_servfail_within_timeout(netns, tmp_path, started):
+    silent = started(Scripted, netns, tmp_path, "silent", addr="127.0.0.3")
+    w = worker_with(netns, tmp_path, started, {"servers": [silent.server], "timeout": 0.6})
+    t0 = time.monotonic()
+    reply = w.ask("quiet.test")
+    elapsed = time.monotonic() - t0
+    assert reply.rcode() == dns.rcode.SERVFAIL
+    assert 0.5 < elapsed < 1.5, elapsed
+    assert silent.counts()["udp_queries"] >= 1
+
+
+def test_spoofed_answers_are_rejected_and_the_real_one_served(netns, tmp_path, started):
+    spoofer = started(Scripted, netns, tmp_path, "spoof", addr="127.0.0.3", delay=0.15)
+    w = worker_with(netns, tmp_path, started, {"servers": [spoofer.server], "timeout": 1})
+    reply = w.ask("Real.Test")
+    assert addresses(reply) == [REAL]
+    assert str(reply.question[0].name) == "Real.Test."
+    assert spoofer.counts()["forged"] == 5
+    # Only forgeries, never a real answer: the client gets SERVFAIL, not a forgery.
+    reply = w.ask("nothing-real.test")
+    assert reply.rcode() == dns.rcode.SERVFAIL and FORGED not in addresses(reply)
+
+
+def test_upstream_tc_is_retried_over_tcp(netns, tmp_path, started):
+    truncating = started(Scripted, netns, tmp_path, "tc", addr="127.0.0.3")
+    w = worker_with(netns, tmp_path, started, {"servers": [truncating.server]})
+    reply = w.ask("long.test")
+    assert addresses(reply) == [REAL]
+    counts = truncating.counts()
+    assert counts["udp_queries"] == 1 and counts["tcp_queries"] == 1
+
+
+def test_large_answer_from_unbound_arrives_whole(netns, tmp_path, started, upstream):
+    w = worker_with(netns, tmp_path, started, {"servers": [upstream.server]})
+    reply = w.ask("big.test", "TXT", tcp=True)
+    assert len(reply.answer) == 1 and len(reply.answer[0]) == 30
+
+
+def tcp_connections_to(netns, server: str) -> list[str]:
+    """States of the TCP sockets at either end of a connection to `server`
+    (a closed connection leaves TIME-WAIT on whichever side closed first)."""
+    out = netns.run(["ss", "-Htan", "state", "all", f"( dst {server} or src {server} )"]).stdout
+    return sorted(state for state, *_ in (line.split() for line in out.splitlines() if line.strip())
+                  if state != "LISTEN")
+
+
+def test_force_tcp_reuses_one_connection(netns, tmp_path, started):
+    # This unbound does not serve UDP at all: every answer proves TCP.
+    tcp_only = started(Unbound, tmp_path / "tcp-only", addr="127.0.0.2", netns=netns,
+                       extra=["do-udp: no"])
+    w = worker_with(netns, tmp_path, started,
+                    {"servers": [tcp_only.server], "force_tcp": True})
+    for i in range(20):
+        assert addresses(w.ask(f"n{i}.hit.test")) == ["192.0.2.1"]
+    # Concurrent misses share the connection too (pipelined).
+    clients = [netns.popen(["dig", "+short", "+tries=1", "+time=3", "-p", str(w.server[1]),
+                            f"@{w.server[0]}", f"p{i}.ttl.test"], stdout=subprocess.PIPE, text=True)
+               for i in range(10)]
+    assert [c.communicate(timeout=10)[0].strip() for c in clients] == ["192.0.2.3"] * 10
+    assert tcp_only.queries() == 30
+    # One connection, still open; no closed ones (TIME-WAIT) from one-per-query.
+    assert tcp_connections_to(netns, tcp_only.server) == ["ESTAB", "ESTAB"]
+
+
+def test_force_tcp_counted_at_the_server(netns, tmp_path, started):
+    counting = started(Scripted, netns, tmp_path, "answer", addr="127.0.0.3")
+    w = worker_with(netns, tmp_path, started,
+                    {"zone": ".", "servers": [counting.server], "force_tcp": True})
+    for i in range(5):
+        assert addresses(w.ask(f"c{i}.test")) == [REAL]
+    counts = counting.counts()
+    assert counts == {"udp_queries": 0, "tcp_connections": 1, "tcp_queries": 5, "forged": 0}
