@@ -15,6 +15,10 @@ Modes (every real answer is `NAME A 192.0.2.77`, every forged one
           question, and a QR=0 copy), then the real answer after --delay
           seconds; names starting with "nothing-real" get only the forgeries
 
+Over TCP, answers to names starting with "slow" are sent --delay seconds
+late (so later queries on the connection are answered first), and with
+--close-after N the server closes each connection after N answers.
+
 FILE (JSON) is rewritten after every event with the counters: udp_queries,
 tcp_connections, tcp_queries, forged. It exists once the server listens.
 `Scripted` starts and stops one from a test.
@@ -55,8 +59,9 @@ def answer(query: dns.message.Message, address: str, query_id: int | None = None
 
 
 class Server:
-    def __init__(self, mode: str, state: Path, delay: float, ip: str, port: int) -> None:
-        self.mode, self.state, self.delay = mode, state, delay
+    def __init__(self, mode: str, state: Path, delay: float, ip: str, port: int,
+                 close_after: int = 0) -> None:
+        self.mode, self.state, self.delay, self.close_after = mode, state, delay, close_after
         self.ip, self.port = ip, port
         self.counts = {"udp_queries": 0, "tcp_connections": 0, "tcp_queries": 0, "forged": 0}
         self.udp: asyncio.DatagramTransport | None = None
@@ -107,8 +112,9 @@ class Server:
     async def on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.counts["tcp_connections"] += 1
         self.save()
+        answered = 0
         try:
-            while True:
+            while not self.close_after or answered < self.close_after:
                 length = int.from_bytes(await reader.readexactly(2), "big")
                 query = dns.message.from_wire(await reader.readexactly(length))
                 self.counts["tcp_queries"] += 1
@@ -116,7 +122,13 @@ class Server:
                 if self.mode == "silent":
                     continue
                 wire = answer(query, REAL)
-                writer.write(len(wire).to_bytes(2, "big") + wire)
+                framed = len(wire).to_bytes(2, "big") + wire
+                answered += 1
+                if query.question[0].name.to_text().lower().startswith("slow"):
+                    asyncio.get_running_loop().call_later(self.delay, writer.write, framed)
+                else:
+                    writer.write(framed)
+            await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -145,12 +157,13 @@ class Scripted:
     """A scripted upstream running inside `ns`; counts() reads its counters."""
 
     def __init__(self, ns, workdir: Path, mode: str, addr: str = "127.0.0.3",
-                 port: int = 53, delay: float = 0.1) -> None:
+                 port: int = 53, delay: float = 0.1, close_after: int = 0) -> None:
         self.addr, self.port = addr, port
         self.state = Path(workdir) / f"scripted-{addr}-{port}.json"
         self.state.unlink(missing_ok=True)
         self.proc = ns.popen([sys.executable, __file__, "--listen", f"{addr}:{port}",
-                              "--mode", mode, "--state", str(self.state), "--delay", str(delay)],
+                              "--mode", mode, "--state", str(self.state), "--delay", str(delay),
+                              "--close-after", str(close_after)],
                              stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not self.state.exists():
@@ -177,9 +190,10 @@ def main() -> None:
     p.add_argument("--mode", choices=("answer", "silent", "tc", "spoof"), required=True)
     p.add_argument("--state", required=True, type=Path)
     p.add_argument("--delay", type=float, default=0.1)
+    p.add_argument("--close-after", type=int, default=0)
     args = p.parse_args()
     ip, _, port = args.listen.rpartition(":")
-    asyncio.run(Server(args.mode, args.state, args.delay, ip, int(port)).run())
+    asyncio.run(Server(args.mode, args.state, args.delay, ip, int(port), args.close_after).run())
 
 
 if __name__ == "__main__":

@@ -178,3 +178,39 @@ def test_force_tcp_counted_at_the_server(netns, tmp_path, started):
         assert addresses(w.ask(f"c{i}.test")) == [REAL]
     counts = counting.counts()
     assert counts == {"udp_queries": 0, "tcp_connections": 1, "tcp_queries": 5, "forged": 0}
+
+
+def dig_query_time_ms(proc) -> tuple[str, int]:
+    """(answer address, dig's measured query time in ms) from a finished dig."""
+    out = proc.communicate(timeout=10)[0]
+    address = [l.split()[-1] for l in out.splitlines() if "\tA\t" in l and not l.startswith(";")]
+    ms = [int(l.split()[3]) for l in out.splitlines() if l.startswith(";; Query time:")]
+    return (address[0] if address else ""), (ms[0] if ms else -1)
+
+
+def test_tcp_answers_are_matched_by_id_in_any_order(netns, tmp_path, started):
+    # The server holds back answers to "slow*" names: a later query on the same
+    # connection is answered first and must still reach the right client.
+    server = started(Scripted, netns, tmp_path, "answer", addr="127.0.0.3", delay=0.5)
+    w = worker_with(netns, tmp_path, started, {"servers": [server.server], "force_tcp": True})
+    assert addresses(w.ask("warm.test")) == [REAL]
+
+    def dig(name):
+        return netns.popen(["dig", "+tries=1", "+time=3", "-p", str(w.server[1]),
+                            f"@{w.server[0]}", name], stdout=subprocess.PIPE, text=True)
+    slow = dig("slow1.test")
+    time.sleep(0.1)
+    fast = dig("fast1.test")
+    fast_answer, fast_ms = dig_query_time_ms(fast)
+    slow_answer, slow_ms = dig_query_time_ms(slow)
+    assert fast_answer == REAL and slow_answer == REAL
+    assert fast_ms < 300 <= slow_ms, (fast_ms, slow_ms)     # not stuck behind the slow one
+    assert server.counts()["tcp_connections"] == 1 and server.counts()["tcp_queries"] == 3
+
+
+def test_tcp_reconnects_when_the_upstream_closes(netns, tmp_path, started):
+    server = started(Scripted, netns, tmp_path, "answer", addr="127.0.0.3", close_after=2)
+    w = worker_with(netns, tmp_path, started, {"servers": [server.server], "force_tcp": True})
+    for i in range(5):
+        assert addresses(w.ask(f"r{i}.test")) == [REAL]
+    assert server.counts()["tcp_connections"] == 3
