@@ -329,7 +329,8 @@ def _resolv_conf_servers(key: str, ours: _Ours, resolv_conf: str,
         found = resolvconf.nameservers(resolv_conf)
     except resolvconf.ResolvConfError as e:
         raise _fail(source, key, RESOLV_CONF_KEYWORD, f"a readable resolv.conf ({e})") from None
-    usable = [(ip, DNS_PORT) for ip in found if not ours.has_ip(ip)]
+    # resolv.conf has no ports: a nameserver on one of our IPs is taken to be us.
+    usable = [(ip, DNS_PORT) for ip in found if not (ours.has_ip(ip) or ours.has((ip, DNS_PORT)))]
     if not usable:
         raise _fail(source, key, [RESOLV_CONF_KEYWORD],
                     f"at least one nameserver in {resolv_conf} that is not one of our listen "

@@ -224,3 +224,10 @@ def test_resolvconf_parse():
             "nameserver bogus\nnameserver\nnameserver 10.0.0.1\nnameserver fe80::1%eth0\n"
             "options ndots:5\n")
     assert resolvconf.parse(text) == ["10.0.0.1", "10.0.0.2", "fe80::1%eth0"]
+
+
+def test_wildcard_listener_on_53_excludes_loopback_resolv_conf_nameservers(tmp_path):
+    path = tmp_path / "resolv.conf"
+    path.write_text("nameserver 127.0.0.53\nnameserver 10.0.0.53\n")
+    c = config.default_config(["0.0.0.0:53"], resolv_conf=str(path))
+    assert c.upstreams[0].servers == (("10.0.0.53", 53),)
