@@ -214,3 +214,12 @@ def test_tcp_reconnects_when_the_upstream_closes(netns, tmp_path, started):
     for i in range(5):
         assert addresses(w.ask(f"r{i}.test")) == [REAL]
     assert server.counts()["tcp_connections"] == 3
+
+
+def test_ipv6_upstream_over_udp_and_tcp(netns, tmp_path, started):
+    v6 = started(Unbound, tmp_path / "v6", addr="::1", netns=netns, extra=["do-ip6: yes"])
+    w = worker_with(netns, tmp_path, started, {"servers": ["[::1]:53"]},
+                    {"zone": "ttl.test", "servers": ["::1"], "force_tcp": True})
+    assert addresses(w.ask("a.test")) == ["192.0.2.10"]
+    assert addresses(w.ask("x.ttl.test")) == ["192.0.2.3"]
+    assert v6.queries() == 2
