@@ -21,13 +21,20 @@ LISTEN = "127.0.0.1:5353"
 def ns_resolv_conf(netns):
     """Write the namespace's own /etc/resolv.conf (`ip netns exec` bind-mounts
     /etc/netns/NAME/resolv.conf over /etc/resolv.conf)."""
-    directory = Path("/etc/netns") / netns.name
+    parent = Path("/etc/netns")
+    made_parent = not parent.exists()
+    directory = parent / netns.name
     directory.mkdir(parents=True, exist_ok=True)
 
     def write(text: str) -> None:
         (directory / "resolv.conf").write_text(text)
     yield write
     shutil.rmtree(directory, ignore_errors=True)
+    if made_parent:
+        try:
+            parent.rmdir()
+        except OSError:       # another test's namespace still has its directory there
+            pass
 
 
 def run_worker(netns, *args: str, timeout: float = 20):
