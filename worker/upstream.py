@@ -49,6 +49,10 @@ class _Server:
         self.failed_at = time.monotonic()
 
 
+def _labels(name: dns.name.Name) -> tuple[bytes, ...]:
+    return tuple(label.lower() for label in name.labels)
+
+
 def failover_order(servers: Sequence[_Server], now: float) -> list[_Server]:
     """`servers` in configured order, except that those that failed in the
     last DEMOTE_SECONDS come last, the longest-ago failure first."""
@@ -68,7 +72,9 @@ class Forwarder:
     """Sends queries to the configured upstreams and returns their answers."""
 
     def __init__(self, zones: Sequence[UpstreamZone]) -> None:
-        self._zones = {dns.name.from_text(z.zone): z for z in zones}
+        # Keyed by lower-cased labels: suffix lookups by tuple slicing cost far
+        # less than building and hashing dns.name.Name parents.
+        self._zones = {_labels(dns.name.from_text(z.zone)): z for z in zones}
         self._servers: dict[tuple[str, int], _Server] = {}
         for zone in zones:
             for address in zone.servers:
@@ -79,13 +85,12 @@ class Forwarder:
 
     def zone_for(self, name: dns.name.Name) -> UpstreamZone:
         """The zone with the longest suffix match of `name`."""
-        while True:
-            zone = self._zones.get(name)
+        labels = _labels(name)
+        for i in range(len(labels)):
+            zone = self._zones.get(labels[i:])
             if zone is not None:
                 return zone
-            if name == dns.name.root or name == dns.name.empty:
-                raise UpstreamError(f"no upstream configured for {name}")
-            name = name.parent()
+        raise UpstreamError(f"no upstream configured for {name}")
 
     async def forward(self, query: dns.message.Message) -> bytes:
         """Pick the zone by longest match of query.question[0].name, try its
