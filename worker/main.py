@@ -19,6 +19,7 @@ from worker.server import TcpLimits
 from worker.service import Identity, Options, Service, Sockets
 
 EX_BOOT = 3
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)   # Linux; Python 3.11 lacks the name
 UDP_RCVBUF = 4 * 1024 * 1024
 TCP_BACKLOG = 1024
 
@@ -106,13 +107,21 @@ def _bind(listen: list[str]) -> Sockets:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if kind == socket.SOCK_DGRAM:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+                _receive_buffer(sock)
             sock.bind((ip, port))
             if kind == socket.SOCK_STREAM:
                 sock.listen(TCP_BACKLOG)
             sock.setblocking(False)
             out.append(sock)
     return Sockets(udp, tcp)
+
+
+def _receive_buffer(sock: socket.socket) -> None:
+    """4 MiB so bursts queue instead of dropping; past rmem_max only as root."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, UDP_RCVBUF)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
 
 
 def _inherited(args) -> Sockets:

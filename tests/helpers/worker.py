@@ -8,6 +8,7 @@ starting a Python subprocess per query.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import socket
 import subprocess
@@ -22,6 +23,7 @@ import dns.rdataclass
 import dns.rdatatype
 
 CLONE_NEWNET = 0x40000000
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)   # Linux; Python 3.11 lacks the name
 
 
 def _setns(fd: int) -> None:
@@ -110,3 +112,102 @@ class Worker:
             return self.proc.wait(timeout=timeout)
         finally:
             self.log.close()
+
+
+def listen_sockets(ns, ip: str = "127.0.0.1", port: int = 53) -> tuple[socket.socket, socket.socket]:
+    """One UDP and one listening TCP socket in ns, made as the supervisor
+    makes them (SO_REUSEADDR + SO_REUSEPORT, non-blocking, 4 MiB UDP buffer)."""
+    made = []
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        s = ns_socket(ns, socket.AF_INET, kind)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if kind == socket.SOCK_DGRAM:
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 4 << 20)
+        s.bind((ip, port))
+        if kind == socket.SOCK_STREAM:
+            s.listen(1024)
+        s.setblocking(False)
+        made.append(s)
+    return made[0], made[1]
+
+
+class SupervisedWorker:
+    """`python -m worker --supervised` spawned the way the supervisor spawns it:
+    inherited sockets, a config pipe, a control (SEQPACKET) and a probe (DGRAM)
+    socketpair. The test keeps the supervisor's ends and duplicates."""
+
+    def __init__(self, ns, workdir: Path, config: str, udp: list[socket.socket],
+                 tcp: list[socket.socket], adopt_udp: list[socket.socket] = (),
+                 slot: str = "A", generation: int = 1, extra: list[str] | None = None) -> None:
+        self.ns = ns
+        self.control, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.probe, probe_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        config_read, config_write = os.pipe()
+        argv = [sys.executable, "-m", "worker", "--supervised", "--config-fd", str(config_read),
+                "--control-fd", str(control_child.fileno()), "--probe-fd", str(probe_child.fileno()),
+                "--slot", slot, "--generation", str(generation)]
+        fds = [config_read, control_child.fileno(), probe_child.fileno()]
+        for flag, socks in (("--udp-fd", udp), ("--tcp-fd", tcp), ("--adopt-udp-fd", adopt_udp)):
+            for s in socks:
+                argv += [flag, str(s.fileno())]
+                fds.append(s.fileno())
+        argv += extra or []
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / f"supervised-{slot}{generation}.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = ns.popen(argv, pass_fds=fds, stdout=self.log, stderr=subprocess.STDOUT)
+        os.close(config_read)
+        control_child.close()
+        probe_child.close()
+        os.write(config_write, config.encode())
+        os.close(config_write)
+        self._next_id = 0
+
+    def ask_probe(self, timeout: float = 1.0) -> dns.message.Message:
+        q = probe_query()
+        self.probe.settimeout(timeout)
+        self.probe.send(q.to_wire())
+        return dns.message.from_wire(self.probe.recv(65535))
+
+    def wait_ready(self, timeout: float = 15.0) -> dns.message.Message:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited {self.proc.returncode}: {self.log_path.read_text()}")
+            try:
+                return self.ask_probe(timeout=0.3)
+            except (socket.timeout, OSError):
+                pass
+        raise RuntimeError(f"worker did not answer its probe: {self.log_path.read_text()}")
+
+    def request(self, op: str, timeout: float = 5.0, **fields) -> dict:
+        """Send one control request and return the reply with the same id
+        (events arriving meanwhile are skipped)."""
+        self._next_id += 1
+        self.control.settimeout(timeout)
+        self.control.send(json.dumps({"id": self._next_id, "op": op, **fields}).encode())
+        while True:
+            reply = json.loads(self.control.recv(65536))
+            if reply.get("id") == self._next_id:
+                return reply
+
+    def read_event(self, timeout: float = 10.0) -> dict | None:
+        """The next unsolicited message (None when the channel closed)."""
+        self.control.settimeout(timeout)
+        msg = self.control.recv(65536)
+        return json.loads(msg) if msg else None
+
+    def wait(self, timeout: float = 10.0) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.log.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        self.control.close()
+        self.probe.close()

@@ -1,0 +1,166 @@
+"""Supervised mode, driven the way the supervisor drives it: sockets made
+by the parent and inherited, config through a pipe, probe and control
+socketpairs; draining and adopting a crashed predecessor's sockets."""
+from __future__ import annotations
+
+import socket
+import time
+
+import dns.message
+import dns.rcode
+import pytest
+
+from helpers.unbound import Unbound
+from helpers.worker import SupervisedWorker, listen_sockets, ns_socket
+
+pytestmark = pytest.mark.netns
+
+CONFIG = """
+listen = ["127.0.0.1"]      # the supervisor's key: the worker ignores it
+
+[[upstream]]
+zone = "."
+servers = ["127.0.0.2"]
+"""
+SERVER = ("127.0.0.1", 53)
+
+
+@pytest.fixture
+def spawn(netns, upstream, tmp_path):
+    started = []
+
+    def start(generation: int = 1, adopt=(), config: str = CONFIG, ready: bool = True) -> SupervisedWorker:
+        udp, tcp = listen_sockets(netns)
+        w = SupervisedWorker(netns, tmp_path, config, [udp], [tcp], adopt_udp=list(adopt),
+                             generation=generation)
+        w.udp, w.tcp = udp, tcp
+        started.append(w)
+        if ready:
+            w.wait_ready()
+        return w
+    yield start
+    for w in started:
+        w.close()
+        w.udp.close()
+        w.tcp.close()
+
+
+def send_queries(sock: socket.socket, names: list[str]) -> set[int]:
+    ids = set()
+    for name in names:
+        q = dns.message.make_query(name, "A")
+        while q.id in ids:
+            q.id = (q.id + 1) & 0xFFFF
+        ids.add(q.id)
+        sock.sendto(q.to_wire(), SERVER)
+    return ids
+
+
+def receive_ids(sock: socket.socket, expected: int, timeout: float = 5.0) -> set[int]:
+    got = set()
+    deadline = time.monotonic() + timeout
+    while len(got) < expected and time.monotonic() < deadline:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            reply = dns.message.from_wire(sock.recv(4096))
+        except socket.timeout:
+            break
+        assert reply.rcode() == dns.rcode.NOERROR
+        got.add(reply.id)
+    return got
+
+
+def test_probe_stats_and_drain(spawn, netns):
+    w = spawn(generation=3)
+    probe = w.ask_probe()
+    txt = probe.answer[0][0].strings[0].decode()
+    assert txt.startswith("slot=A gen=3 pid=") and "version=" in txt
+    with ns_socket(netns) as client:
+        ids = send_queries(client, ["a.test", "x.hit.test"])
+        assert receive_ids(client, 2) == ids
+        ids = send_queries(client, ["A.test"])
+        assert receive_ids(client, 1) == ids
+    reply = w.request("stats")
+    assert reply["ok"] is True
+    stats = reply["stats"]
+    assert (stats["slot"], stats["generation"]) == ("A", 3)
+    assert stats["cache_hits"] >= 1 and stats["cache_misses"] >= 2
+    assert ["udp", "A", "NOERROR", 3] in stats["queries"]
+    assert stats["upstream"] and stats["upstream"][0]["server"] == "127.0.0.2:53"
+    assert w.request("nonsense")["ok"] is False
+    assert w.request("drain", timeout=2.0) == {"id": 3, "ok": True}
+    event = w.read_event()
+    assert event["event"] == "stats" and event["stats"]["queries_total"] >= 3
+    assert w.wait() == 0
+
+
+def test_drain_hands_over_without_loss(spawn, netns):
+    """Two workers share the address; one drains in the middle of a burst of
+    misses and hits from 16 client ports (so reuseport spreads them): every
+    query is answered, by one or the other."""
+    old = spawn(generation=1)
+    new = spawn(generation=2)
+    names = [f"n{i}.short.test" if i % 2 else f"n{i}.hit.test" for i in range(640)]
+    clients = [ns_socket(netns) for _ in range(16)]
+    try:
+        sent = [set() for _ in clients]
+        for part, half in enumerate((names[:320], names[320:])):
+            for i, c in enumerate(clients):
+                sent[i] |= send_queries(c, half[i::len(clients)])
+            if part == 0:
+                assert old.request("drain", timeout=3.0)["ok"]
+        lost = sum(len(ids - receive_ids(c, len(ids))) for c, ids in zip(clients, sent))
+    finally:
+        for c in clients:
+            c.close()
+    assert lost == 0, f"{lost} queries lost"
+    final = old.read_event()["stats"]
+    assert old.wait() == 0
+    by_new = new.request("stats")["stats"]["queries_total"]
+    assert final["queries_total"] > 1 and by_new > 1, "both workers served part of the burst"
+
+
+def test_adopts_a_crashed_predecessors_queue(spawn, netns):
+    """Datagrams queued on a dead worker's socket are answered by its
+    replacement, which then closes that socket."""
+    dead_udp, dead_tcp = listen_sockets(netns)
+    with ns_socket(netns) as client:
+        ids = send_queries(client, [f"q{i}.hit.test" for i in range(50)])
+        time.sleep(0.1)
+        # What the supervisor does on a crash: steer the dead socket away.
+        dead_udp.connect(dead_udp.getsockname())
+        w = spawn(adopt=[dead_udp])
+        assert receive_ids(client, 50) == ids
+        dead_tcp.close()
+        # The replacement answers new queries on its own socket.
+        ids = send_queries(client, ["after.hit.test"])
+        assert receive_ids(client, 1) == ids
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _fd_count_of_udp(w, netns) > 1:
+        time.sleep(0.05)
+    assert _fd_count_of_udp(w, netns) == 1, "the adopted socket is closed once answered"
+    dead_udp.close()
+
+
+def _fd_count_of_udp(w: SupervisedWorker, netns) -> int:
+    """UDP sockets the worker process holds on port 53 (from ss in the netns)."""
+    out = netns.run(["ss", "-uanp"]).stdout
+    pid = _worker_pid(w)
+    return sum(1 for line in out.splitlines() if ":53 " in line and f"pid={pid}," in line)
+
+
+def _worker_pid(w: SupervisedWorker) -> int:
+    return w.request("stats")["stats"]["pid"]
+
+
+def test_control_channel_closed_means_drain_and_exit(spawn):
+    w = spawn()
+    w.control.close()
+    assert w.wait() == 0
+
+
+def test_bad_config_exits_78_naming_the_key(spawn):
+    w = spawn(config='[cache]\ncapacity = "big"\n', ready=False)
+    assert w.wait() == 78
+    err = w.log_path.read_text()
+    assert "cache.capacity" in err and "big" in err
