@@ -79,11 +79,14 @@ def test_longest_zone_match_picks_the_upstream(netns, tmp_path, started):
     assert addresses(w.ask("a.test")) == ["192.0.2.10"]
 
 
-def test_failover_when_the_first_server_is_down(netns, tmp_path, started, upstream):
-    w = worker_with(netns, tmp_path, started, {"servers": [DOWN, upstream.server], "timeout": 2})
+@pytest.mark.parametrize("force_tcp", [False, True], ids=["udp", "tcp"])
+def test_failover_when_the_first_server_is_down(netns, tmp_path, started, upstream, force_tcp):
+    w = worker_with(netns, tmp_path, started,
+                    {"servers": [DOWN, upstream.server], "timeout": 2, "force_tcp": force_tcp})
     t0 = time.monotonic()
     reply = w.ask("a.test")
-    # A closed port answers with ICMP: the worker moves on at once, not after a timeout.
+    # A closed port answers with ICMP (UDP) or RST (TCP): the worker moves on
+    # at once, not after a timeout.
     assert time.monotonic() - t0 < 0.5
     assert reply.rcode() == dns.rcode.NOERROR and addresses(reply) == ["192.0.2.10"]
 
