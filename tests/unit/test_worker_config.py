@@ -2,7 +2,10 @@
 name the file, key, bad value and expectation."""
 from __future__ import annotations
 
+import json
+
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from worker import config, resolvconf
 from worker.config import ConfigError, load_text
@@ -231,3 +234,59 @@ def test_wildcard_listener_on_53_excludes_loopback_resolv_conf_nameservers(tmp_p
     path.write_text("nameserver 127.0.0.53\nnameserver 10.0.0.53\n")
     c = config.default_config(["0.0.0.0:53"], resolv_conf=str(path))
     assert c.upstreams[0].servers == (("10.0.0.53", 53),)
+
+
+# -- arbitrary documents: a ConfigError or a valid config, never a crash ------
+
+_KEYS = ["capacity", "min_ttl", "max_ttl", "negative_max_ttl", "servfail_ttl", "zone", "servers",
+         "force_tcp", "timeout", "set", "clear", "bogus"]
+_scalars = st.one_of(
+    st.booleans(), st.integers(min_value=-2**63, max_value=2**63 - 1), st.floats(),
+    st.sampled_from([".", "a.test", "Cluster.Local.", "resolv.conf", "10.0.0.1", "[::1]:53",
+                     "169.254.20.10", "ra", "aa", "rd", "a..b", ""]),
+    st.text(max_size=8))
+_values = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(_KEYS), inner, max_size=4)),
+    max_leaves=10)
+_tables = st.dictionaries(st.sampled_from(_KEYS), _values, max_size=5)
+_documents = st.fixed_dictionaries({}, optional={
+    "cache": st.one_of(_tables, _values),
+    "upstream": st.one_of(st.lists(_tables, max_size=3), _values),
+    "header": st.one_of(st.lists(_tables, max_size=3), _values),
+    "listen": _values,
+})
+
+
+def _toml(value) -> str:
+    """A value as an inline TOML value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "nan" if value != value else ("inf" if value == float("inf") else
+                                             "-inf" if value == float("-inf") else repr(value))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(_documents)
+def test_any_document_gives_a_config_or_a_config_error(tmp_path_factory, doc):
+    resolv = tmp_path_factory.getbasetemp() / "resolv.conf"
+    resolv.write_text(RESOLV)
+    text = "".join(f"{k} = {_toml(v)}\n" for k, v in doc.items())
+    try:
+        c = load(text, str(resolv))
+    except ConfigError as e:
+        assert str(e).startswith("twindns.toml: ")
+        return
+    assert c.upstreams[-1].zone == "." or any(z.zone == "." for z in c.upstreams)
+    for zone in c.upstreams:
+        assert zone.zone.endswith(".") and zone.zone == zone.zone.lower() and zone.servers
+        assert zone.timeout > 0
+    for rule in c.headers:
+        assert rule.set <= {"aa", "ra", "rd"} and not rule.set & rule.clear
