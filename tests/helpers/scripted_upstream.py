@@ -20,7 +20,8 @@ late (so later queries on the connection are answered first), and with
 --close-after N the server closes each connection after N answers.
 
 FILE (JSON) is rewritten after every event with the counters: udp_queries,
-tcp_connections, tcp_queries, forged. It exists once the server listens.
+tcp_connections, tcp_queries, forged, and the lists udp_ports (source port of
+each UDP query) and ids (message ID of each query). It exists once the server listens.
 `Scripted` starts and stops one from a test.
 """
 from __future__ import annotations
@@ -63,7 +64,8 @@ class Server:
                  close_after: int = 0) -> None:
         self.mode, self.state, self.delay, self.close_after = mode, state, delay, close_after
         self.ip, self.port = ip, port
-        self.counts = {"udp_queries": 0, "tcp_connections": 0, "tcp_queries": 0, "forged": 0}
+        self.counts = {"udp_queries": 0, "tcp_connections": 0, "tcp_queries": 0, "forged": 0,
+                       "udp_ports": [], "ids": []}
         self.udp: asyncio.DatagramTransport | None = None
         self.other_port: socket.socket | None = None
         self.other_ip: socket.socket | None = None
@@ -76,11 +78,14 @@ class Server:
     # -- UDP -----------------------------------------------------------------
     def on_datagram(self, data: bytes, addr) -> None:
         self.counts["udp_queries"] += 1
-        self.save()
+        self.counts["udp_ports"].append(addr[1])
         try:
             query = dns.message.from_wire(data)
         except Exception:
+            self.save()
             return
+        self.counts["ids"].append(query.id)
+        self.save()
         if self.mode == "answer":
             self.udp.sendto(answer(query, REAL), addr)
         elif self.mode == "tc":
@@ -118,6 +123,7 @@ class Server:
                 length = int.from_bytes(await reader.readexactly(2), "big")
                 query = dns.message.from_wire(await reader.readexactly(length))
                 self.counts["tcp_queries"] += 1
+                self.counts["ids"].append(query.id)
                 self.save()
                 if self.mode == "silent":
                     continue

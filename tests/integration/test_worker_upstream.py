@@ -180,7 +180,21 @@ def test_force_tcp_counted_at_the_server(netns, tmp_path, started):
     for i in range(5):
         assert addresses(w.ask(f"c{i}.test")) == [REAL]
     counts = counting.counts()
-    assert counts == {"udp_queries": 0, "tcp_connections": 1, "tcp_queries": 5, "forged": 0}
+    assert (counts["udp_queries"], counts["tcp_connections"], counts["tcp_queries"]) == (0, 1, 5)
+    assert len(set(counts["ids"])) == 5          # IDs told apart on the shared connection
+
+
+def test_each_udp_query_has_a_random_source_port_and_id(netns, tmp_path, started):
+    counting = started(Scripted, netns, tmp_path, "answer", addr="127.0.0.3")
+    w = worker_with(netns, tmp_path, started, {"servers": [counting.server]})
+    for i in range(20):
+        assert addresses(w.ask(f"p{i}.test")) == [REAL]
+    counts = counting.counts()
+    ports, ids = counts["udp_ports"], counts["ids"]
+    assert len(ports) == 20 and len(set(ports)) == 20
+    # Not a counter: random ports from the ephemeral range spread far apart.
+    assert max(ports) - min(ports) > 1000 and sorted(ports) != ports
+    assert len(set(ids)) >= 19 and max(ids) - min(ids) > 1000
 
 
 def dig_query_time_ms(proc) -> tuple[str, int]:
