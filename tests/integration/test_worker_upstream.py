@@ -8,7 +8,9 @@ Real unbound instances serve the data; a scripted server
 """
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import time
 
 import dns.rcode
@@ -240,3 +242,46 @@ def test_ipv6_upstream_over_udp_and_tcp(netns, tmp_path, started):
     assert addresses(w.ask("a.test")) == ["192.0.2.10"]
     assert addresses(w.ask("x.ttl.test")) == ["192.0.2.3"]
     assert v6.queries() == 2
+
+
+FORWARD_AND_REPORT = """
+import asyncio, json, sys
+import dns.message, uvloop
+from worker.config import UpstreamZone
+from worker.upstream import Forwarder, UpstreamError
+
+async def main():
+    servers = tuple((ip, int(port)) for ip, port in (s.rsplit(":", 1) for s in sys.argv[1:]))
+    forwarder = Forwarder([UpstreamZone(".", servers, timeout=1.0)])
+    results = []
+    for name in ("one.test", "two.test", "three.test"):
+        try:
+            reply = dns.message.from_wire(await forwarder.forward(dns.message.make_query(name, "A")))
+            results.append(reply.answer[0][0].address)
+        except UpstreamError:
+            results.append("UpstreamError")
+    print(json.dumps({"results": results, "stats": forwarder.stats()}))
+    await forwarder.close()
+
+uvloop.run(main())
+"""
+
+
+def test_per_server_stats(netns, tmp_path, started):
+    """The Forwarder on its own (as the worker reports it in STATS): queries,
+    errors, rejected forgeries and the latency histogram, per server."""
+    spoofer = started(Scripted, netns, tmp_path, "spoof", addr="127.0.0.3", delay=0.05)
+    p = netns.run([sys.executable, "-c", FORWARD_AND_REPORT, DOWN, spoofer.server], timeout=30)
+    report = json.loads(p.stdout)
+    assert report["results"] == [REAL] * 3
+    down, spoofed = report["stats"]
+    assert down["server"] == DOWN and spoofed["server"] == spoofer.server
+    # Refused once, then tried last: the next queries go straight to the good server.
+    assert (down["queries"], down["errors"]) == (1, 1)
+    assert (spoofed["queries"], spoofed["errors"]) == (3, 0)
+    # Per query: wrong ID, wrong question and QR=0 reach the socket and are
+    # rejected; the other-port and other-address forgeries the kernel drops.
+    assert spoofed["rejected"] == 3 * 3
+    assert sum(spoofed["latency_counts"]) == 3
+    assert 3 * 0.05 <= spoofed["latency_sum"] < 3 * 0.5
+    assert len(spoofed["latency_counts"]) == len(spoofed["latency_buckets"]) + 1
