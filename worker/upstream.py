@@ -11,6 +11,7 @@ server hands over at once. So the client gets an answer or an UpstreamError
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -27,6 +28,9 @@ from worker import upstream_udp
 
 # How long a server that failed stays at the back of its zone's order.
 DEMOTE_SECONDS = 30.0
+# Errors that say this host ran short of something, not that the server failed.
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
+                          errno.EADDRNOTAVAIL})
 
 
 class UpstreamError(Exception):
@@ -65,7 +69,8 @@ class _Attempt:
     """One server being asked, and when the next server should be asked too."""
     server: _Server
     hand_over_at: float
-    task: asyncio.Task = field(repr=False)
+    sent_at: float | None = None          # None while waiting for a UDP socket slot
+    task: asyncio.Task | None = field(default=None, repr=False)
 
 
 class Forwarder:
@@ -76,6 +81,9 @@ class Forwarder:
         # less than building and hashing dns.name.Name parents.
         self._zones = {_labels(dns.name.from_text(z.zone)): z for z in zones}
         self._servers: dict[tuple[str, int], _Server] = {}
+        # Bounds the UDP sockets open at once, so a burst of misses queues
+        # here instead of running out of file descriptors.
+        self._udp_slots = asyncio.Semaphore(upstream_udp.socket_budget())
         for zone in zones:
             for address in zone.servers:
                 if address not in self._servers:
@@ -119,12 +127,12 @@ class Forwarder:
                 raise UpstreamError(f"no answer for {query.name} from zone {zone.zone} "
                                     f"servers within {zone.timeout}s")
             if waiting and (now >= hand_over_at or not running):
-                server = waiting.pop(0)
                 hand_over_at = now + (deadline - now) / (len(waiting) + 1)
-                task = asyncio.get_running_loop().create_task(
-                    self._ask(server, query, zone.force_tcp))
-                attempts.append(_Attempt(server, hand_over_at, task))
-                running.add(task)
+                attempt = _Attempt(waiting.pop(0), hand_over_at)
+                attempt.task = asyncio.get_running_loop().create_task(
+                    self._ask(attempt, query, zone.force_tcp))
+                attempts.append(attempt)
+                running.add(attempt.task)
                 continue
             if not running:
                 raise UpstreamError(f"every server of zone {zone.zone} failed for {query.name}")
@@ -138,27 +146,35 @@ class Forwarder:
                 # This server failed: ask the next one now.
                 hand_over_at = time.monotonic()
 
-    async def _ask(self, server: _Server, query: UpstreamQuery, force_tcp: bool) -> bytes:
-        server.stats.queries += 1
-        started = time.monotonic()
+    async def _ask(self, attempt: _Attempt, query: UpstreamQuery, force_tcp: bool) -> bytes:
+        server = attempt.server
         try:
             if force_tcp:
+                self._sending(attempt)
                 wire, _ = await server.tcp.exchange(query)
             else:
-                wire, reply = await upstream_udp.exchange(query, server.address,
-                                                          server.stats.count_rejected)
+                async with self._udp_slots:
+                    self._sending(attempt)
+                    wire, reply = await upstream_udp.exchange(query, server.address,
+                                                              server.stats.count_rejected)
                 if reply.flags & dns.flags.TC:
                     wire, _ = await server.tcp.exchange(query)
-        except OSError:
-            server.failed()
+        except OSError as e:
+            if attempt.sent_at is not None and e.errno not in LOCAL_ERRNOS:
+                server.failed()
             raise
-        server.stats.answered(time.monotonic() - started)
+        server.stats.answered(time.monotonic() - attempt.sent_at)
         server.failed_at = None
         return wire
 
+    @staticmethod
+    def _sending(attempt: _Attempt) -> None:
+        attempt.sent_at = time.monotonic()
+        attempt.server.stats.queries += 1
+
     def _settle(self, attempts: list[_Attempt]) -> None:
-        """Cancel the attempts still running; those that had their share of
-        the time without answering count as failures of their server."""
+        """Cancel the attempts still running; those whose query was sent and
+        had its share of the time without an answer count as failures."""
         now = time.monotonic()
         for attempt in attempts:
             if attempt.task.done():
@@ -166,7 +182,7 @@ class Forwarder:
                     attempt.task.exception()  # retrieved: failures were counted in _ask
                 continue
             attempt.task.cancel()
-            if now >= attempt.hand_over_at:
+            if attempt.sent_at is not None and now >= attempt.hand_over_at:
                 attempt.server.failed()
 
     def stats(self) -> list[dict]:

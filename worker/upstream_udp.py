@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import resource
 import socket
 from typing import Callable
 
 import dns.message
 
 from worker.upstream_query import Rejected, UpstreamQuery, random_id
+
+# Unbound's default outgoing-range: UDP sockets per thread.
+MAX_SOCKETS = 4096
 
 
 class _Exchange(asyncio.DatagramProtocol):
@@ -51,6 +55,16 @@ class _Exchange(asyncio.DatagramProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
             self.done.set_exception(exc or ConnectionError("UDP socket closed"))
+
+
+def socket_budget() -> int:
+    """How many upstream UDP sockets may be open at once: half the file
+    descriptor limit (the rest serve clients, TCP and the supervisor's
+    channels), at most MAX_SOCKETS."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_SOCKETS
+    return max(16, min(MAX_SOCKETS, soft // 2))
 
 
 def _connected_socket(server: tuple[str, int]) -> socket.socket:

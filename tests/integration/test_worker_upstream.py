@@ -285,3 +285,37 @@ def test_per_server_stats(netns, tmp_path, started):
     assert sum(spoofed["latency_counts"]) == 3
     assert 3 * 0.05 <= spoofed["latency_sum"] < 3 * 0.5
     assert len(spoofed["latency_counts"]) == len(spoofed["latency_buckets"]) + 1
+
+
+BURST = """
+import asyncio, collections, json, sys
+import dns.message, uvloop
+from worker.config import UpstreamZone
+from worker.upstream import Forwarder
+
+async def main():
+    forwarder = Forwarder([UpstreamZone(".", (("127.0.0.2", 53),), timeout=5.0)])
+    outcomes = collections.Counter()
+    async def one(i):
+        try:
+            reply = dns.message.from_wire(await forwarder.forward(
+                dns.message.make_query(f"b{i}.hit.test", "A")))
+            outcomes[reply.answer[0][0].address] += 1
+        except Exception as e:
+            outcomes[repr(e)] += 1
+    await asyncio.gather(*(one(i) for i in range(int(sys.argv[1]))))
+    print(json.dumps({"outcomes": outcomes, "stats": forwarder.stats()}))
+    await forwarder.close()
+
+uvloop.run(main())
+"""
+
+
+def test_burst_of_misses_beyond_the_fd_limit_queues_instead_of_failing(netns, upstream):
+    # 64 file descriptors, 400 concurrent misses: without a bound on open
+    # upstream sockets most would fail with EMFILE and the server be blamed.
+    p = netns.run(["bash", "-c", f'ulimit -Sn 64 && exec "$0" -c "$1" 400',
+                   sys.executable, BURST], timeout=60)
+    report = json.loads(p.stdout)
+    assert report["outcomes"] == {"192.0.2.1": 400}
+    assert report["stats"][0]["errors"] == 0 and report["stats"][0]["queries"] == 400
