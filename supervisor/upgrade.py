@@ -122,7 +122,8 @@ def reexec(state: dict) -> None:
         for fd in fds:
             os.set_inheritable(fd, True)
         env = dict(os.environ, **{HANDOFF_ENV: str(handoff)})
-        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()                 # log lines written so far must not die with the image
         os.execve(sys.executable, reexec_argv(), env)
     except OSError as e:
         for fd in fds:
