@@ -72,6 +72,10 @@ class _Attempt:
     sent_at: float | None = None          # None while waiting for a UDP socket slot
     task: asyncio.Task | None = field(default=None, repr=False)
 
+    def sending(self) -> None:
+        self.sent_at = time.monotonic()
+        self.server.stats.queries += 1
+
 
 class Forwarder:
     """Sends queries to the configured upstreams and returns their answers."""
@@ -150,11 +154,11 @@ class Forwarder:
         server = attempt.server
         try:
             if force_tcp:
-                self._sending(attempt)
+                attempt.sending()
                 wire, _ = await server.tcp.exchange(query)
             else:
                 async with self._udp_slots:
-                    self._sending(attempt)
+                    attempt.sending()
                     wire, reply = await upstream_udp.exchange(query, server.address,
                                                               server.stats.count_rejected)
                 if reply.flags & dns.flags.TC:
@@ -166,11 +170,6 @@ class Forwarder:
         server.stats.answered(time.monotonic() - attempt.sent_at)
         server.failed_at = None
         return wire
-
-    @staticmethod
-    def _sending(attempt: _Attempt) -> None:
-        attempt.sent_at = time.monotonic()
-        attempt.server.stats.queries += 1
 
     def _settle(self, attempts: list[_Attempt]) -> None:
         """Cancel the attempts still running; those whose query was sent and
