@@ -7,9 +7,6 @@ import textwrap
 
 import pytest
 
-from supervisor.config import Endpoint
-from supervisor.http import plan
-
 pytestmark = pytest.mark.netns
 
 # Runs inside the namespace: the real server with the real judge and aggregator.
@@ -104,10 +101,3 @@ def test_bad_requests_get_a_clear_answer(http_server):
     slow, elapsed = res["slow"]
     assert slow.startswith("HTTP/1.1 408 ") and 0.8 < elapsed < 3
     assert res["head"].startswith("HTTP/1.1 200 ") and res["head"].endswith("\r\n\r\n")
-
-
-def test_plan_shares_one_listener_and_disables_none():
-    same = Endpoint("169.254.20.10", 8080)
-    assert plan(same, Endpoint("169.254.20.10", 8080)) == [(same, ("/health", "/metrics"))]
-    assert plan(None, same) == [(same, ("/metrics",))]
-    assert plan(None, None) == []
