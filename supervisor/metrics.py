@@ -56,6 +56,7 @@ class Totals:
     scalars: Tally = field(default_factory=Tally)             # STATS key -> n
     upstream_queries: Tally = field(default_factory=Tally)    # server -> n
     upstream_errors: Tally = field(default_factory=Tally)
+    upstream_rejected: Tally = field(default_factory=Tally)
     latency: dict[str, Tally] = field(default_factory=dict)   # server -> {upper bound: n}
     latency_sum: Tally = field(default_factory=Tally)         # server -> seconds
     dropped: int = 0
@@ -65,6 +66,7 @@ class Totals:
         self.scalars.update(other.scalars)
         self.upstream_queries.update(other.upstream_queries)
         self.upstream_errors.update(other.upstream_errors)
+        self.upstream_rejected.update(other.upstream_rejected)
         for server, buckets in other.latency.items():
             self.latency.setdefault(server, Tally()).update(buckets)
         self.latency_sum.update(other.latency_sum)
@@ -75,6 +77,7 @@ class Totals:
                 "scalars": dict(self.scalars),
                 "upstream_queries": dict(self.upstream_queries),
                 "upstream_errors": dict(self.upstream_errors),
+                "upstream_rejected": dict(self.upstream_rejected),
                 # an upper bound of None is +Inf (JSON has no infinity)
                 "latency": {s: [[None if b == math.inf else b, n] for b, n in t.items()]
                             for s, t in self.latency.items()},
@@ -82,11 +85,13 @@ class Totals:
 
     @classmethod
     def from_json(cls, d: dict) -> "Totals":
-        return cls(Tally({(p, q, r): n for p, q, r, n in d["queries"]}), Tally(d["scalars"]),
-                   Tally(d["upstream_queries"]), Tally(d["upstream_errors"]),
+        # .get: the snapshot may come from an older release that had fewer series
+        return cls(Tally({(p, q, r): n for p, q, r, n in d.get("queries", [])}), Tally(d.get("scalars", {})),
+                   Tally(d.get("upstream_queries", {})), Tally(d.get("upstream_errors", {})),
+                   Tally(d.get("upstream_rejected", {})),
                    {s: Tally({math.inf if b is None else b: n for b, n in rows})
-                    for s, rows in d["latency"].items()},
-                   Tally(d["latency_sum"]), d["dropped"])
+                    for s, rows in d.get("latency", {}).items()},
+                   Tally(d.get("latency_sum", {})), d.get("dropped", 0))
 
     def at_least(self, other: "Totals") -> "Totals":
         """Per series, the larger of the two (Counter `|` is an elementwise max)."""
@@ -94,7 +99,8 @@ class Totals:
                    for s in self.latency.keys() | other.latency.keys()}
         return Totals(self.queries | other.queries, self.scalars | other.scalars,
                       self.upstream_queries | other.upstream_queries,
-                      self.upstream_errors | other.upstream_errors, latency,
+                      self.upstream_errors | other.upstream_errors,
+                      self.upstream_rejected | other.upstream_rejected, latency,
                       self.latency_sum | other.latency_sum, max(self.dropped, other.dropped))
 
 
@@ -134,6 +140,7 @@ def _add_upstream(t: Totals, up: Any) -> None:
     server = up["server"]
     t.upstream_queries[server] += _count(up.get("queries", 0), "upstream[].queries")
     t.upstream_errors[server] += _count(up.get("errors", 0), "upstream[].errors")
+    t.upstream_rejected[server] += _count(up.get("rejected", 0), "upstream[].rejected")
     bounds, counts = up.get("latency_buckets", []), up.get("latency_counts", [])
     if (not isinstance(bounds, list) or not isinstance(counts, list)
             or len(counts) != len(bounds) + 1 or len(bounds) > 64):
@@ -235,11 +242,11 @@ class MetricsAggregator:
 
     def restore(self, snap: dict) -> None:
         """Continue from a previous image's snapshot(); live workers report again."""
-        self._base = Totals.from_json(snap["base"])
-        self._exited_upto = dict(snap["exited_upto"])
-        self.restarts = Tally(snap["restarts"])
-        self.rolling_restarts = snap["rolling_restarts"]
-        self.netsetup_repairs = snap["netsetup_repairs"]
+        self._base = Totals.from_json(snap.get("base", {}))
+        self._exited_upto = dict(snap.get("exited_upto", {}))
+        self.restarts = Tally(snap.get("restarts", {}))
+        self.rolling_restarts = snap.get("rolling_restarts", 0)
+        self.netsetup_repairs = snap.get("netsetup_repairs", 0)
 
     # -- read ------------------------------------------------------------------
     def totals(self) -> Totals:
@@ -306,11 +313,15 @@ def _upstream_families(t: Totals) -> Iterator[Metric]:
     errors = CounterMetricFamily(f"{PREFIX}_upstream_errors",
                                  "Upstream queries that failed (timeout, refused, bad answer).",
                                  labels=["server"])
+    rejected = CounterMetricFamily(f"{PREFIX}_upstream_rejected",
+                                   "Upstream messages ignored: source, ID or question did not match "
+                                   "(late, or spoofed).", labels=["server"])
     latency = HistogramMetricFamily(f"{PREFIX}_upstream_latency_seconds",
                                     "Upstream answer time.", labels=["server"])
     for server in sorted(t.upstream_queries.keys() | t.latency.keys()):
         queries.add_metric([server], t.upstream_queries[server])
         errors.add_metric([server], t.upstream_errors[server])
+        rejected.add_metric([server], t.upstream_rejected[server])
         running, buckets = 0, []
         for bound, n in sorted(t.latency.get(server, {}).items()):
             running += n
@@ -320,6 +331,7 @@ def _upstream_families(t: Totals) -> Iterator[Metric]:
         latency.add_metric([server], buckets, t.latency_sum[server])
     yield queries
     yield errors
+    yield rejected
     yield latency
 
 

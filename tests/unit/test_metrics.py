@@ -16,7 +16,7 @@ def stats(queries=100, hits=80, entries=10, up_queries=20, errors=0, counts=None
                     ["tcp", "AAAA", "NXDOMAIN", min(3, queries)]],
         "queries_total": queries, "cache_hits": hits, "cache_misses": queries - hits,
         "cache_evictions": 1, "cache_entries": entries, "malformed": 2, "formerr": 1,
-        "upstream": [{"server": "127.0.0.2:53", "queries": up_queries, "errors": errors,
+        "upstream": [{"server": "127.0.0.2:53", "queries": up_queries, "errors": errors, "rejected": 2,
                       "latency_buckets": BUCKETS,
                       "latency_counts": counts or [up_queries] + [0] * 12,
                       "latency_sum": 0.0005 * up_queries}],
@@ -49,6 +49,7 @@ def test_series_from_one_worker():
     assert value(s, "twindns_cache_entries", slot="A") == 10
     assert value(s, "twindns_upstream_queries_total", server="127.0.0.2:53") == 20
     assert value(s, "twindns_upstream_errors_total", server="127.0.0.2:53") == 0
+    assert value(s, "twindns_upstream_rejected_total", server="127.0.0.2:53") == 2
     assert value(s, "twindns_upstream_latency_seconds_bucket", server="127.0.0.2:53", le="0.001") == 20
     assert value(s, "twindns_upstream_latency_seconds_bucket", server="127.0.0.2:53", le="+Inf") == 20
     assert value(s, "twindns_upstream_latency_seconds_count", server="127.0.0.2:53") == 20
@@ -168,3 +169,11 @@ def test_snapshot_restore_keeps_every_counter(tmp_path):
     assert scrape(fresh) == before
     fresh.update_worker("A", 1, stats(queries=500, hits=500))   # already folded: ignored
     assert scrape(fresh) == before
+
+
+def test_restore_accepts_an_older_snapshot_with_fewer_series():
+    m = MetricsAggregator("x")
+    m.restore({"base": {"queries": [["udp", "A", "NOERROR", 5]]}, "restarts": {"crash": 1}})
+    s = scrape(m)
+    assert value(s, "twindns_queries_total", protocol="udp", qtype="A", rcode="NOERROR") == 5
+    assert value(s, "twindns_worker_restarts_total", cause="crash") == 1
