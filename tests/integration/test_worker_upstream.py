@@ -118,7 +118,8 @@ def test_silent_upstream_gives_servfail_within_timeout(netns, tmp_path, started)
     reply = w.ask("quiet.test")
     elapsed = time.monotonic() - t0
     assert reply.rcode() == dns.rcode.SERVFAIL
-    assert 0.5 < elapsed < 1.5, elapsed
+    # At the timeout, not before; the upper bound leaves room for a busy CI machine.
+    assert 0.55 < elapsed < 2.0, elapsed
     assert silent.counts()["udp_queries"] >= 1
 
 
