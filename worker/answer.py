@@ -1,5 +1,12 @@
 """From query bytes to reply bytes: the hit path, and the hand-off to the miss
-path. UDP clients, TCP connections and the supervisor's probe all come here."""
+path. UDP clients, TCP connections and the supervisor's probe all come here.
+
+The hit path is the product, so it is written for speed (measured with
+/tmp-free microbenchmarks, see bench/README.md): the common query shapes
+(no extra records, or one OPT right after the question) are recognised from
+fixed offsets and looked up without building a Question; anything else, and
+every miss, takes the full parse in wire.parse_query().
+"""
 from __future__ import annotations
 
 import time
@@ -15,6 +22,12 @@ Send = Callable[[bytes, Any], None]
 
 PENDING = b""   # answer() result: a miss is in flight and will call send() later
 
+# Header bytes 4..12 (QD, AN, NS, AR counts) of the two shapes nearly all queries have.
+_COUNTS_PLAIN = b"\x00\x01\x00\x00\x00\x00\x00\x00"
+_COUNTS_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+_OPT_HEAD = b"\x00\x00\x29"     # root owner, TYPE 41
+_KEY_FLAGS = (b"\x00", b"\x01", b"\x02", b"\x03")   # as in wire.parse_query: DO << 1 | CD
+
 
 class Answerer:
     """Answers queries from the cache; misses go to the resolver."""
@@ -24,61 +37,91 @@ class Answerer:
         self.resolver = resolver
         self.stats = stats
 
-    def answer(self, data: bytes, udp: bool, send: Send, dest: Any) -> bytes | None:
+    def answer(self, data: bytes, udp: bool, send: Send, dest: Any, now: float) -> bytes | None:
         """The reply to send now, PENDING when send(reply, dest) will be called
-        later, or None when the packet is dropped."""
+        later, or None when the packet is dropped. `now` is time.monotonic()."""
+        # Fast path. A name found by searching for its zero byte is only
+        # trusted when it equals a stored key: stored keys are valid names, and
+        # a valid name wire is self-delimiting, so the real parse agrees.
+        if len(data) > 16 and not data[2] & 0xF8:
+            counts = data[4:12]
+            z = data.find(0, 12) + 1
+            if counts == _COUNTS_PLAIN and 0 < z <= len(data) - 4:
+                payload, has_opt, flags = 512, False, (data[3] >> 4) & 1
+            elif counts == _COUNTS_OPT and 0 < z and data[z + 4:z + 7] == _OPT_HEAD and len(data) >= z + 15:
+                payload = data[z + 7] << 8 | data[z + 8]
+                has_opt, flags = True, (data[z + 11] >> 6) & 2 | (data[3] >> 4) & 1
+            else:
+                return self._slow(data, udp, send, dest, now)
+            name = data[12:z]
+            entry = self.cache.entries.get(name.lower() + data[z:z + 4] + _KEY_FLAGS[flags])
+            if entry is None or now >= entry.expires:
+                return self._slow(data, udp, send, dest, now)
+            entry.referenced = True
+            if self.stats.per_query:
+                if udp:
+                    entry.udp_hits += 1
+                else:
+                    entry.tcp_hits += 1
+            age = int(now - entry.stored_at)
+            if age != entry.age:
+                entry.render(age)
+            body = entry.with_opt if has_opt else entry.plain
+            if (udp and len(body) > payload and len(body) > 512) or (
+                    entry.mirror_rd and (data[2] ^ body[2]) & wire.FLAG_RD):
+                return self._splice_slow(entry, body, data, z, udp, has_opt, payload)
+            if name == entry.qname:
+                return data[:2] + body[2:]
+            return data[:2] + body[2:12] + name + body[z:]
+        return self._slow(data, udp, send, dest, now)
+
+    def _slow(self, data: bytes, udp: bool, send: Send, dest: Any, now: float) -> bytes | None:
+        """Every query the fast path did not answer: full parse, errors, misses."""
+        stats = self.stats
         # A response (QR=1) is never answered: two servers that answered each
         # other's errors would loop forever.
         if len(data) < 12 or data[2] & 0x80:
-            self.stats.malformed += 1
+            stats.malformed += 1
             return None
         try:
             q = wire.parse_query(data)
         except wire.BadQuery:
-            self.stats.malformed += 1
+            stats.malformed += 1
             return wire.error_reply(data, wire.RCODE_NOTIMP)
         except wire.WireError:
-            self.stats.malformed += 1
-            self.stats.formerr += 1
+            stats.malformed += 1
+            stats.formerr += 1
             return wire.error_reply(data, wire.RCODE_FORMERR)
-        now = time.monotonic()
         entry = self.cache.get(q.key, now)
-        stats = self.stats
-        if entry is None:
+        if entry is not None:
             if stats.per_query:
-                stats.cache_misses += 1
-            self.resolver.miss(q, lambda e: send(self.reply(e, data, q, udp, time.monotonic()), dest))
-            return PENDING
+                if udp:
+                    entry.udp_hits += 1
+                else:
+                    entry.tcp_hits += 1
+            return self._reply(entry, data, q, udp, now)
         if stats.per_query:
-            stats.cache_hits += 1
-            counter = (udp, q.qtype, entry.rcode)
-            stats.queries[counter] = stats.queries.get(counter, 0) + 1
+            stats.cache_misses += 1
+        self.resolver.miss(q, lambda e: send(self._reply(e, data, q, udp, time.monotonic(), count=True), dest))
+        return PENDING
+
+    def _reply(self, entry: Entry, data: bytes, q: wire.Question, udp: bool, now: float,
+               count: bool = False) -> bytes:
+        if count:
+            self.stats.count(udp, q.qtype, entry.rcode)
         age = int(now - entry.stored_at)
         if age != entry.age:
             entry.render(age)
         body = entry.with_opt if q.has_opt else entry.plain
-        qend = q.qname_end
-        if (udp and len(body) > q.payload) or (entry.mirror_rd and (data[2] ^ body[2]) & wire.FLAG_RD):
-            return self._splice_slow(entry, body, data, q, udp)
-        return data[:2] + body[2:12] + data[12:qend] + body[qend:]
-
-    def reply(self, entry: Entry, data: bytes, q: wire.Question, udp: bool, now: float) -> bytes:
-        """The reply for a miss once its entry is known (counted here)."""
-        if self.stats.per_query:
-            counter = (udp, q.qtype, entry.rcode)
-            self.stats.queries[counter] = self.stats.queries.get(counter, 0) + 1
-        age = int(now - entry.stored_at)
-        if age != entry.age:
-            entry.render(age)
-        return self._splice_slow(entry, entry.with_opt if q.has_opt else entry.plain, data, q, udp)
+        return self._splice_slow(entry, body, data, q.qname_end, udp, q.has_opt, q.payload)
 
     @staticmethod
-    def _splice_slow(entry: Entry, body: bytes, data: bytes, q: wire.Question, udp: bool) -> bytes:
+    def _splice_slow(entry: Entry, body: bytes, data: bytes, qname_end: int, udp: bool,
+                     has_opt: bool, payload: int) -> bytes:
         """Splice with the rare cases handled: truncation to the client's UDP
-        payload size, and the client's RD bit mirrored."""
-        if udp and len(body) > q.payload:
-            body = entry.truncated(q.qname_end, q.has_opt)
+        payload size (never below 512), and the client's RD bit mirrored."""
+        if udp and len(body) > max(payload, wire.CLASSIC_UDP_PAYLOAD):
+            body = entry.truncated(qname_end, has_opt)
         if entry.mirror_rd and (data[2] ^ body[2]) & wire.FLAG_RD:
             body = body[:2] + bytes((body[2] ^ wire.FLAG_RD,)) + body[3:]
-        qend = q.qname_end
-        return data[:2] + body[2:12] + data[12:qend] + body[qend:]
+        return data[:2] + body[2:12] + data[12:qname_end] + body[qname_end:]

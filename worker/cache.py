@@ -7,6 +7,7 @@ not per query) and splices in the client's ID and question.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from worker import wire
 from worker.config import CacheConfig, HeaderRule
@@ -17,12 +18,16 @@ _FLAG_BITS = {"aa": (2, wire.FLAG_AA), "rd": (2, wire.FLAG_RD), "ra": (3, wire.F
 class Entry:
     """One cached response and its pre-rendered forms for the current age."""
 
-    __slots__ = ("template", "ttl_offsets", "ttls", "stored_at", "expires", "rcode",
-                 "mirror_rd", "do", "age", "plain", "with_opt", "referenced", "ar_plus_one")
+    __slots__ = ("template", "qname", "qtype", "ttl_offsets", "ttls", "stored_at", "expires", "rcode",
+                 "mirror_rd", "do", "age", "plain", "with_opt", "referenced", "ar_plus_one",
+                 "udp_hits", "tcp_hits")
 
-    def __init__(self, template: bytes, ttl_offsets: tuple[int, ...], ttls: tuple[int, ...],
+    def __init__(self, template: bytes, qname_end: int, ttl_offsets: tuple[int, ...], ttls: tuple[int, ...],
                  stored_at: float, lifetime: float, rcode: int, mirror_rd: bool, do: bool) -> None:
         self.template = template
+        self.qname = template[12:qname_end]
+        self.qtype = wire.U16.unpack_from(template, qname_end)[0]
+        self.udp_hits = self.tcp_hits = 0
         self.ttl_offsets = ttl_offsets
         self.ttls = ttls
         self.stored_at = stored_at
@@ -61,10 +66,11 @@ class Cache:
     over insertion order: O(1) amortised, and a hit only sets a flag instead of
     reordering."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, retire: Callable[[Entry], None] = lambda entry: None) -> None:
         self.capacity = capacity
         self.entries: OrderedDict[bytes, Entry] = OrderedDict()
         self.evictions = 0
+        self.retire = retire    # told of every entry that leaves (its hit counts)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -75,13 +81,16 @@ class Cache:
             return None
         if now >= entry.expires:
             del self.entries[key]
+            self.retire(entry)
             return None
         entry.referenced = True
         return entry
 
     def put(self, key: bytes, entry: Entry) -> None:
         entries = self.entries
-        entries.pop(key, None)
+        replaced = entries.pop(key, None)
+        if replaced is not None:
+            self.retire(replaced)
         # Second chance is bounded: each pass clears a flag, so at most
         # len(entries) reinsertions happen before an unreferenced one is found.
         while len(entries) >= self.capacity > 0:
@@ -91,8 +100,11 @@ class Cache:
                 entries[old_key] = old
             else:
                 self.evictions += 1
+                self.retire(old)
         if self.capacity > 0:
             entries[key] = entry
+        else:
+            self.retire(entry)
 
 
 def _flags(template: bytearray, rule: HeaderRule | None) -> bool:
@@ -154,5 +166,9 @@ def entry_from_response(data: bytes, now: float, policy: CacheConfig,
         records.pop()
     lifetime, ttls = lifetime_and_ttls(resp, data, policy)
     mirror_rd = _flags(template, rule)
-    return Entry(bytes(template), tuple(r.ttl_offset for r in records), tuple(ttls),
+    name_end = resp.question_end - 4
+    if name_end - 12 != len(resp.qname):
+        raise wire.WireError("compressed question name")
+    template[12:name_end] = resp.qname
+    return Entry(bytes(template), name_end, tuple(r.ttl_offset for r in records), tuple(ttls),
                  now, lifetime, resp.rcode, mirror_rd, do)

@@ -31,6 +31,7 @@ class UdpServer:
         """Answer up to UDP_BATCH queued datagrams; True when the queue is empty."""
         recv, sendto, answer = self.sock.recvfrom, self.sock.sendto, self.answerer.answer
         later = self._send_later
+        now = time.monotonic()    # one clock read per batch: a batch takes microseconds
         for _ in range(UDP_BATCH):
             try:
                 data, addr = recv(UDP_RECV_SIZE)
@@ -38,7 +39,7 @@ class UdpServer:
                 return True
             except OSError:
                 continue    # e.g. a queued ICMP error; the next datagram is fine
-            reply = answer(data, True, later, addr)
+            reply = answer(data, True, later, addr, now)
             if reply:
                 try:
                     sendto(reply, addr)
@@ -86,7 +87,7 @@ class ProbeServer(UdpServer):
                 return True
             except OSError:
                 return True
-            reply = self.answerer.answer(data, True, self._send_later, None)
+            reply = self.answerer.answer(data, True, self._send_later, None, time.monotonic())
             if reply:
                 self._send(reply)
             elif reply is not None:
@@ -181,6 +182,7 @@ class TcpConnection(asyncio.Protocol):
         buf = self.buf
         buf += data
         answer = self.server.answerer.answer
+        now = self.last_active
         while len(buf) >= 2:
             length = buf[0] << 8 | buf[1]
             if length > self.server.limits.max_query:
@@ -190,7 +192,7 @@ class TcpConnection(asyncio.Protocol):
                 return
             query = bytes(buf[2:2 + length])
             del buf[:2 + length]
-            reply = answer(query, False, self._send_later, None)
+            reply = answer(query, False, self._send_later, None, now)
             if reply:
                 self._write(reply)
             elif reply is not None:

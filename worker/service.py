@@ -82,9 +82,9 @@ class Service:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.stop_requested = asyncio.Event()
-        self.cache = Cache(self.config.cache.capacity)
-        self.forwarder = Forwarder(self.config.upstreams)
         self.stats_ = Stats(per_query=self.options.per_query_stats)
+        self.cache = Cache(self.config.cache.capacity, self.stats_.retire)
+        self.forwarder = Forwarder(self.config.upstreams)
         resolver = Resolver(self.forwarder, self.cache, self.config.cache, self.config.headers,
                             LocalAnswers(self.identity.probe_text()))
         answerer = Answerer(self.cache, resolver, self.stats_)

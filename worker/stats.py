@@ -6,29 +6,55 @@ import os
 import dns.rcode
 import dns.rdatatype
 
+from worker.cache import Cache, Entry
+
 
 class Stats:
     """Totals since this worker started. `per_query` False (standalone
-    `--no-metrics`) skips the per-query counters, to measure what they cost."""
+    `--no-metrics`) skips the per-query counters, to measure what they cost.
+
+    Cache hits are counted on their Entry (one attribute increment on the
+    hit path) and folded in here when the entry leaves the cache (`retire`)
+    or when a snapshot is taken."""
 
     def __init__(self, per_query: bool = True) -> None:
         self.per_query = per_query
         # (is_udp, qtype, rcode) -> count; names are made only when reported.
         self.queries: dict[tuple[bool, int, int], int] = {}
-        self.cache_hits = 0
+        self.retired_hits = 0
         self.cache_misses = 0
         self.malformed = 0
         self.formerr = 0
 
-    def snapshot(self, identity: dict, cache, forwarder) -> dict:
+    def count(self, udp: bool, qtype: int, rcode: int, n: int = 1) -> None:
+        key = (udp, qtype, rcode)
+        self.queries[key] = self.queries.get(key, 0) + n
+
+    def retire(self, entry: Entry) -> None:
+        """Fold the hit counts of an entry that leaves the cache."""
+        for udp, hits in ((True, entry.udp_hits), (False, entry.tcp_hits)):
+            if hits:
+                self.count(udp, entry.qtype, entry.rcode, hits)
+                self.retired_hits += hits
+        entry.udp_hits = entry.tcp_hits = 0
+
+    def snapshot(self, identity: dict, cache: Cache, forwarder) -> dict:
         """STATS: identity (slot, generation, version) plus the counters."""
+        totals = dict(self.queries)
+        live_hits = 0
+        for entry in cache.entries.values():
+            for udp, hits in ((True, entry.udp_hits), (False, entry.tcp_hits)):
+                if hits:
+                    key = (udp, entry.qtype, entry.rcode)
+                    totals[key] = totals.get(key, 0) + hits
+                    live_hits += hits
         queries = [["udp" if udp else "tcp", dns.rdatatype.to_text(qtype), dns.rcode.to_text(rcode), n]
-                   for (udp, qtype, rcode), n in sorted(self.queries.items())]
+                   for (udp, qtype, rcode), n in sorted(totals.items())]
         return {
             "pid": os.getpid(), **identity,
             "queries": queries,
             "queries_total": sum(q[3] for q in queries),
-            "cache_hits": self.cache_hits, "cache_misses": self.cache_misses,
+            "cache_hits": self.retired_hits + live_hits, "cache_misses": self.cache_misses,
             "cache_evictions": cache.evictions, "cache_entries": len(cache),
             "malformed": self.malformed, "formerr": self.formerr,
             "upstream": forwarder.stats(),

@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""Cache benchmark: one twindns worker vs unbound vs dnsmasq, each caching
+the same upstream, same query files, same run, alternating.
+
+    sudo python3 bench/bench_cache.py [--seconds 5] [--rounds 3] [--rate 20000]
+
+Everything runs in a throwaway network namespace: the upstream is unbound
+serving local data on 127.0.0.2:53 (tests/helpers/unbound.py, its own cache
+off, so it answers every miss from its data); the contenders listen on
+127.0.0.1 and forward to it:
+
+* twindns  `python -m worker` (standalone, one process)
+* unbound  1 thread, forward-zone "." to the upstream, cache on
+* dnsmasq  --server to the upstream, cache 10000
+
+Workloads:
+
+* hit   10,000 names with a 1-hour TTL, all cached by a warm-up pass first
+* miss  unique names with a 1-second TTL (every query is a cache miss)
+
+Two measurements per contender and workload, per round:
+
+* throughput: dnsperf unthrottled (-c 4 -q 500) for --seconds: qps and dnsperf's mean latency;
+* latency: dnsperf at a fixed --rate with -v, which prints every answer's own
+  latency (dnsperf 2.10 has no histogram), so mean and p99 are exact over
+  all answers of that run. A fixed rate below every contender's capacity
+  compares service time rather than queueing.
+
+The figures printed are medians over rounds; ratios are to unbound.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers import dnsperf  # noqa: E402
+from helpers.netns import Netns  # noqa: E402
+from helpers.unbound import Unbound  # noqa: E402
+
+UPSTREAM = "127.0.0.2"
+PORTS = {"twindns": 5301, "unbound": 5302, "dnsmasq": 5303}
+LATENCY_LINE = re.compile(rb"^> \S+ \S+ \S+ ([0-9.]+)$", re.M)
+
+
+@dataclass
+class Figures:
+    qps: list[float] = field(default_factory=list)
+    mean_ms: list[float] = field(default_factory=list)      # throughput run
+    lat_mean_ms: list[float] = field(default_factory=list)  # fixed-rate run
+    lat_p99_ms: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)          # server CPU share in the throughput run
+    lost: int = 0
+
+
+def start_twindns(ns: Netns, work: Path, extra: list[str]) -> subprocess.Popen:
+    log = open(work / "twindns.log", "wb")
+    return ns.popen([sys.executable, "-m", "worker", "--listen", f"127.0.0.1:{PORTS['twindns']}",
+                     "--upstream", UPSTREAM, *extra], stdout=log, stderr=subprocess.STDOUT)
+
+
+def start_unbound(ns: Netns, work: Path) -> subprocess.Popen:
+    conf = work / "unbound-fwd.conf"
+    conf.write_text("\n".join([
+        "server:",
+        f"    interface: 127.0.0.1@{PORTS['unbound']}",
+        "    do-daemonize: no", "    use-syslog: no", '    logfile: ""', '    username: ""',
+        '    chroot: ""', f'    directory: "{work}"', '    pidfile: ""',
+        "    access-control: 0.0.0.0/0 allow", "    num-threads: 1", "    verbosity: 0",
+        '    module-config: "iterator"', "    do-not-query-localhost: no", "    do-ip6: no",
+        "    msg-cache-size: 64m", "    rrset-cache-size: 128m",
+        # test. is one of unbound's default (RFC 6761) local zones: forward it instead.
+        '    local-zone: "test." nodefault',
+        "forward-zone:", '    name: "."', f"    forward-addr: {UPSTREAM}@53", ""]))
+    log = open(work / "unbound-fwd.log", "wb")
+    return ns.popen(["unbound", "-d", "-p", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+
+
+def start_dnsmasq(ns: Netns, work: Path) -> subprocess.Popen:
+    log = open(work / "dnsmasq.log", "wb")
+    return ns.popen(["dnsmasq", "-k", "--no-resolv", "--no-hosts", "--no-poll", "--user=root",
+                     f"--server={UPSTREAM}#53", "--listen-address=127.0.0.1", "--bind-interfaces",
+                     f"--port={PORTS['dnsmasq']}", "--cache-size=10000", "--dns-forward-max=1000",
+                     "--pid-file="], stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_answering(ns: Netns, port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = ns.run(["dig", "@127.0.0.1", "-p", str(port), "+time=1", "+tries=1", "+short", "a.test"],
+                   check=False)
+        if "192.0.2.10" in r.stdout:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing answers on port {port}")
+
+
+def throughput(ns: Netns, port: int, qfile: Path, seconds: float) -> dnsperf.DnsperfResult:
+    argv = dnsperf.dnsperf_argv("127.0.0.1", port, qfile, seconds, clients=4, timeout=2.0)
+    argv[argv.index("-q") + 1] = "500"
+    return dnsperf.run(argv, netns=ns)
+
+
+def latency(ns: Netns, port: int, qfile: Path, seconds: float, rate: int) -> tuple[float, float, int]:
+    """(mean ms, p99 ms, lost) from every answer's own latency (dnsperf -v)."""
+    argv = dnsperf.dnsperf_argv("127.0.0.1", port, qfile, seconds, qps=rate, clients=4, timeout=2.0)
+    out = subprocess.run(ns.cmd(argv + ["-v"]), capture_output=True, timeout=seconds + 60).stdout
+    lat = sorted(float(m) for m in LATENCY_LINE.findall(out))
+    if not lat:
+        raise RuntimeError(f"no answers: {out[-2000:]!r}")
+    lost = dnsperf.parse(out.decode(errors="replace")).lost
+    return statistics.fmean(lat) * 1e3, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3, lost
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of each dnsperf run")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rate", type=int, default=20000, help="offered qps of the latency runs")
+    ap.add_argument("--only", nargs="*", default=list(PORTS), choices=list(PORTS))
+    ap.add_argument("--workloads", nargs="*", default=["hit", "miss"], choices=["hit", "miss"])
+    ap.add_argument("--worker-arg", action="append", default=[], help="extra argument for python -m worker")
+    args = ap.parse_args()
+    if os.geteuid() != 0 or shutil.which("dnsperf") is None:
+        print("needs root (network namespace) and dnsperf", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="twindns-bench-"))
+    os.chmod(work, 0o755)
+    hit_file = dnsperf.write_queries(work / "hit.txt", [(f"h{i}.hit.test", "A") for i in range(10000)])
+    ns = Netns(prefix="twb")
+    try:
+        upstream = Unbound(work / "upstream", addr=UPSTREAM, port=53, netns=ns)
+        procs = {}
+        starters = {"twindns": lambda: start_twindns(ns, work, args.worker_arg),
+                    "unbound": lambda: start_unbound(ns, work), "dnsmasq": lambda: start_dnsmasq(ns, work)}
+        for name in args.only:
+            procs[name] = psutil.Process(starters[name]().pid)
+            wait_answering(ns, PORTS[name])
+        for name in args.only:      # warm every cache with every hit name
+            subprocess.run(ns.cmd(["dnsperf", "-s", "127.0.0.1", "-p", str(PORTS[name]), "-d", str(hit_file),
+                                   "-n", "1", "-c", "4", "-q", "200"]), capture_output=True, check=True)
+        results = {(w, n): Figures() for w in args.workloads for n in args.only}
+        load = os.getloadavg()
+        for r in range(args.rounds):
+            for workload in args.workloads:
+                for name in (args.only if r % 2 == 0 else list(reversed(args.only))):
+                    fig = results[(workload, name)]
+                    if workload == "hit":
+                        tput_file = lat_file = hit_file
+                    else:
+                        count = int(max(args.seconds * 60000, args.rate * args.seconds) * 1.2)
+                        tput_file = dnsperf.write_queries(
+                            work / "miss-t.txt", [(f"t{r}-{i}.{name}.short.test", "A") for i in range(count)])
+                        lat_file = dnsperf.write_queries(
+                            work / "miss-l.txt", [(f"l{r}-{i}.{name}.short.test", "A") for i in range(count)])
+                    cpu_before, t_before = sum(procs[name].cpu_times()[:2]), time.monotonic()
+                    res = throughput(ns, PORTS[name], tput_file, args.seconds)
+                    fig.cpu.append((sum(procs[name].cpu_times()[:2]) - cpu_before) / (time.monotonic() - t_before))
+                    fig.qps.append(res.qps)
+                    fig.mean_ms.append(res.avg_latency * 1e3)
+                    fig.lost += res.lost
+                    mean, p99, lost = latency(ns, PORTS[name], lat_file, min(args.seconds, 3.0), args.rate)
+                    fig.lat_mean_ms.append(mean)
+                    fig.lat_p99_ms.append(p99)
+                    fig.lost += lost
+                    print(f"round {r + 1} {workload:4} {name:8} {res.qps:9.0f} qps (cpu {fig.cpu[-1]:4.0%})"
+                          f"  mean {res.avg_latency * 1e3:6.3f} ms"
+                          f" | at {args.rate} qps: mean {mean:6.3f} ms  p99 {p99:6.3f} ms", flush=True)
+        load_after = os.getloadavg()
+        print(f"\nupstream queries: {upstream.queries()}; load average before {load[0]:.2f}, after {load_after[0]:.2f}"
+              f" ({os.cpu_count()} CPUs)")
+        print(f"\nmedians over {args.rounds} rounds, {args.seconds:g} s runs "
+              f"(latency runs at a fixed {args.rate} qps, p99 over every answer):")
+        print(f"{'workload':8} {'server':8} {'qps':>9} {'x unbound':>9} {'cpu':>5} {'mean ms':>8} {'@rate mean':>10} "
+              f"{'@rate p99':>9} {'lost':>5}")
+        for workload in args.workloads:
+            base = statistics.median(results[(workload, "unbound")].qps) if "unbound" in args.only else None
+            for name in args.only:
+                fig = results[(workload, name)]
+                qps = statistics.median(fig.qps)
+                ratio = f"{qps / base:9.2f}" if base else f"{'-':>9}"
+                print(f"{workload:8} {name:8} {qps:9.0f} {ratio} {statistics.median(fig.cpu):5.0%} "
+                      f"{statistics.median(fig.mean_ms):8.3f} "
+                      f"{statistics.median(fig.lat_mean_ms):10.3f} {statistics.median(fig.lat_p99_ms):9.3f} "
+                      f"{fig.lost:5d}")
+    finally:
+        ns.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
