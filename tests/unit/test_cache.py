@@ -1,0 +1,125 @@
+"""Cache logic (worker/cache.py): lifetimes, TTL rendering, eviction. No root."""
+from __future__ import annotations
+
+import dns.message
+import dns.rcode
+import dns.rrset
+
+from worker import wire
+from worker.cache import Cache, entry_from_response
+from worker.config import CacheConfig, HeaderRule
+
+SOA = "test. 3600 IN SOA ns.test. hostmaster.test. 1 3600 600 86400 30"
+
+
+def response(name="a.test", rdtype="A", answers=(), authority=(), rcode=dns.rcode.NOERROR) -> bytes:
+    q = dns.message.make_query(name, rdtype, use_edns=0)
+    r = dns.message.make_response(q)
+    r.set_rcode(rcode)
+    r.answer.extend(rrset(text) for text in answers)
+    r.authority.extend(rrset(text) for text in authority)
+    return r.to_wire()
+
+
+def rrset(text: str) -> dns.rrset.RRset:
+    name, ttl, rdclass, rdtype, rdata = text.split(" ", 4)
+    return dns.rrset.from_text(name, int(ttl), rdclass, rdtype, rdata)
+
+
+def ttls(data: bytes) -> list[int]:
+    msg = dns.message.from_wire(data)
+    return [rrset.ttl for rrset in msg.answer + msg.authority]
+
+
+def test_positive_lifetime_is_smallest_capped_ttl():
+    data = response(answers=["a.test. 300 IN A 192.0.2.1"], authority=["test. 30 IN NS ns.test."])
+    e = entry_from_response(data, 100.0, CacheConfig(), None, False)
+    assert e.expires == 130.0
+    capped = entry_from_response(data, 100.0, CacheConfig(min_ttl=60, max_ttl=200), None, False)
+    assert ttls(capped.plain) == [200, 60] and capped.expires == 160.0
+
+
+def test_render_lowers_ttls_by_age_and_never_below_zero():
+    e = entry_from_response(response(answers=["a.test. 300 IN A 192.0.2.1"]), 0.0, CacheConfig(), None, False)
+    e.render(7)
+    assert ttls(e.plain) == [293]
+    e.render(400)
+    assert ttls(e.plain) == [0]
+
+
+def test_negative_lifetime_rfc2308():
+    nx = response(authority=[SOA], rcode=dns.rcode.NXDOMAIN)
+    e = entry_from_response(nx, 0.0, CacheConfig(), None, False)
+    assert e.expires == 30.0 and ttls(e.plain) == [30], "min(SOA TTL, MINIMUM)"
+    capped = entry_from_response(nx, 0.0, CacheConfig(negative_max_ttl=10), None, False)
+    assert capped.expires == 10.0
+    off = entry_from_response(nx, 0.0, CacheConfig(negative_max_ttl=0), None, False)
+    assert off.expires == 0.0, "negative_max_ttl = 0 disables negative caching"
+    nodata = entry_from_response(response(authority=[SOA]), 0.0, CacheConfig(), None, False)
+    assert nodata.expires == 30.0
+    no_soa = entry_from_response(response(rcode=dns.rcode.NXDOMAIN), 0.0, CacheConfig(), None, False)
+    assert no_soa.expires == 0.0, "no SOA, no negative caching"
+
+
+def test_servfail_and_refused_cached_servfail_ttl():
+    for rcode in (dns.rcode.SERVFAIL, dns.rcode.REFUSED):
+        e = entry_from_response(response(rcode=rcode), 0.0, CacheConfig(servfail_ttl=5), None, False)
+        assert e.expires == 5.0
+    formerr = entry_from_response(response(rcode=dns.rcode.FORMERR), 0.0, CacheConfig(), None, False)
+    assert formerr.expires == 0.0
+
+
+def test_upstream_opt_replaced_by_ours():
+    e = entry_from_response(response(answers=["a.test. 300 IN A 192.0.2.1"]), 0.0, CacheConfig(), None, True)
+    assert dns.message.from_wire(e.plain).edns < 0
+    with_opt = dns.message.from_wire(e.with_opt)
+    assert with_opt.edns == 0 and with_opt.payload == wire.OUR_UDP_PAYLOAD
+    assert with_opt.ednsflags & 0x8000, "DO echoed"
+
+
+def test_header_rule_and_aa_cleared():
+    data = bytearray(response(answers=["a.test. 300 IN A 192.0.2.1"]))
+    data[2] |= wire.FLAG_AA
+    e = entry_from_response(bytes(data), 0.0, CacheConfig(), None, False)
+    assert not e.plain[2] & wire.FLAG_AA, "a cached answer is not authoritative"
+    rule = HeaderRule(zone=".", set=frozenset({"aa"}), clear=frozenset({"ra", "rd"}))
+    ruled = entry_from_response(bytes(data), 0.0, CacheConfig(), rule, False)
+    assert ruled.plain[2] & wire.FLAG_AA and not ruled.plain[3] & wire.FLAG_RA
+    assert not ruled.plain[2] & wire.FLAG_RD and not ruled.mirror_rd
+
+
+def test_truncated_form_keeps_question_only():
+    e = entry_from_response(response(answers=["a.test. 300 IN A 192.0.2.1"]), 0.0, CacheConfig(), None, False)
+    qname_end = 12 + len(b"\x01a\x04test\x00")
+    tc = dns.message.from_wire(e.truncated(qname_end, True))
+    assert tc.flags & 0x0200 and not tc.answer and tc.question[0].name.to_text() == "a.test." and tc.edns == 0
+
+
+def entry(now: float = 0.0):
+    return entry_from_response(response(answers=["a.test. 300 IN A 192.0.2.1"]), now, CacheConfig(), None, False)
+
+
+def test_eviction_is_bounded_and_prefers_unreferenced():
+    retired = []
+    c = Cache(3, retired.append)
+    for k in (b"a", b"b", b"c"):
+        c.put(k, entry())
+    assert c.get(b"a", 1.0) is not None        # referenced: gets a second chance
+    c.put(b"d", entry())
+    assert set(c.entries) == {b"a", b"c", b"d"} and c.evictions == 1
+    for i in range(100):
+        c.put(bytes([i]) * 2, entry())
+    assert len(c) == 3 and c.evictions == 101 and len(retired) == 101
+
+
+def test_expired_entries_are_not_returned():
+    c = Cache(10)
+    c.put(b"k", entry(now=0.0))
+    assert c.get(b"k", 299.9) is not None
+    assert c.get(b"k", 300.0) is None and len(c) == 0
+
+
+def test_zero_capacity_stores_nothing():
+    c = Cache(0)
+    c.put(b"k", entry())
+    assert len(c) == 0

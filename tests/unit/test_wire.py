@@ -1,0 +1,103 @@
+"""Hand parsing of DNS wire data (worker/wire.py): no root needed."""
+from __future__ import annotations
+
+import dns.flags
+import dns.message
+import dns.rrset
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from worker import wire
+
+
+def query(name="a.test", rdtype="A", **kw) -> bytes:
+    return dns.message.make_query(name, rdtype, **kw).to_wire()
+
+
+def test_parse_query_plain():
+    q = wire.parse_query(query("WwW.Example.", "AAAA", use_edns=False))
+    assert q.qtype == 28 and q.qclass == 1
+    assert not q.has_opt and q.payload == 512 and not q.do and not q.cd
+    assert q.key == b"\x03www\x07example\x00" + b"\x00\x1c\x00\x01" + b"\x00"
+    assert q.qname_end == 12 + len(b"\x03www\x07example\x00")
+
+
+def test_key_is_case_insensitive_and_separates_do_cd():
+    plain = wire.parse_query(query("A.TEST")).key
+    assert plain == wire.parse_query(query("a.test")).key
+    do = wire.parse_query(query("a.test", want_dnssec=True)).key
+    cd = wire.parse_query(query("a.test", flags=dns.flags.RD | dns.flags.CD)).key
+    assert len({plain, do, cd}) == 3
+
+
+def test_edns_payload_and_do():
+    q = wire.parse_query(query(use_edns=0, payload=4096, want_dnssec=True))
+    assert q.has_opt and q.payload == 4096 and q.do
+    small = wire.parse_query(query(use_edns=0, payload=100))
+    assert small.payload == 512, "below 512 means 512 (RFC 6891)"
+
+
+def test_qtype_bytes_are_not_lowercased():
+    # TYPE 65 (HTTPS) is 0x0041 = "A": lower-casing it would collide with TYPE 97.
+    assert wire.parse_query(query(rdtype="HTTPS")).key[-5:-1] == b"\x00\x41\x00\x01"
+
+
+@pytest.mark.parametrize("packet,error", [
+    (b"\x00" * 11, wire.ShortMessage),
+    (b"\x12\x34\x01\x00" + b"\x00\x02" + b"\x00" * 6 + b"\x01a\x00\x00\x01\x00\x01", wire.WireError),
+    (b"\x12\x34\x01\x00\x00\x01" + b"\x00" * 6 + b"\xc0\x0c\x00\x01\x00\x01", wire.BadName),
+    (b"\x12\x34\x01\x00\x00\x01" + b"\x00" * 6 + b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01", wire.BadName),
+    (b"\x12\x34\x01\x00\x00\x01" + b"\x00" * 6 + b"\x05ab", wire.ShortMessage),
+    (b"\x12\x34\x29\x00\x00\x01" + b"\x00" * 6 + b"\x01a\x00\x00\x01\x00\x01", wire.BadQuery),
+])
+def test_bad_queries(packet, error):
+    with pytest.raises(error):
+        wire.parse_query(packet)
+
+
+def test_name_longer_than_255_rejected():
+    name = b"".join(b"\x3f" + b"a" * 63 for _ in range(4)) + b"\x00"
+    packet = b"\x12\x34\x01\x00\x00\x01" + b"\x00" * 6 + name + b"\x00\x01\x00\x01"
+    with pytest.raises(wire.BadName):
+        wire.parse_query(packet)
+
+
+def test_read_name_follows_only_backward_pointers():
+    data = b"\x00" * 12 + b"\x01a\x04test\x00" + b"\x01b\xc0\x0c"
+    assert wire.read_name(data, 20) == (b"\x01b\x01a\x04test\x00", 24)
+    loop = b"\x00" * 12 + b"\xc0\x0c"
+    with pytest.raises(wire.BadName):
+        wire.read_name(loop, 12)
+    forward = b"\x00" * 12 + b"\xc0\x0e\x00"
+    with pytest.raises(wire.BadName):
+        wire.read_name(forward, 12)
+
+
+def test_error_reply_keeps_id_and_rd():
+    data = query()
+    reply = wire.error_reply(data, wire.RCODE_FORMERR)
+    assert reply[:2] == data[:2] and reply[2] & 0x80 and reply[2] & 0x01 and reply[3] & 0x0F == 1
+    assert wire.error_reply(b"\x01", wire.RCODE_FORMERR) is None
+
+
+def test_parse_response_finds_every_ttl():
+    q = dns.message.make_query("a.test", "A", use_edns=0)
+    r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text("a.test.", 300, "IN", "A", "192.0.2.1", "192.0.2.2"))
+    r.authority.append(dns.rrset.from_text("test.", 3600, "IN", "NS", "ns.test."))
+    data = r.to_wire()
+    resp = wire.parse_response(data)
+    assert [(rec.section, rec.rtype, rec.ttl) for rec in resp.records] == [
+        (0, 1, 300), (0, 1, 300), (1, 2, 3600), (2, 41, 0)]
+    for rec in resp.records[:3]:
+        assert wire.U32.unpack_from(data, rec.ttl_offset)[0] == rec.ttl
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.binary(max_size=300))
+def test_parsers_raise_only_wire_errors(data):
+    for parse in (wire.parse_query, wire.parse_response):
+        try:
+            parse(data)
+        except wire.WireError:
+            pass
