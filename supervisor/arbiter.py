@@ -31,7 +31,7 @@ from supervisor.netstate import NetworkError, NetworkState
 from supervisor.pool import SLOT_NAMES, RestartAborted, WorkerPool
 from supervisor.sdnotify import Notifier
 from supervisor.sockets import check_kernel
-from supervisor.spawn import SpawnError, interpreter_unreachable, resolve_user
+from supervisor.spawn import SpawnError, resolve_user
 from supervisor.states import SlotState, SupervisorState
 
 log = logging.getLogger("twindns.arbiter")
@@ -85,15 +85,9 @@ class Arbiter:
         if warning:
             logs.event(log, "kernel_warning", logging.WARNING, detail=warning)
         try:
-            run_as, user_warning = resolve_user(self.config.user)
+            run_as = self._resolve_user(self.config.user)
         except SpawnError as e:
             logs.event(log, "startup_failed", logging.ERROR, error=str(e))
-            return 1
-        if user_warning:
-            logs.event(log, "user_fallback", logging.WARNING, detail=user_warning)
-        unreachable = interpreter_unreachable(run_as)
-        if unreachable:
-            logs.event(log, "startup_failed", logging.ERROR, error=unreachable)
             return 1
         try:
             if not await self._start_services(run_as):
@@ -243,23 +237,28 @@ class Arbiter:
         try:
             new = with_socket(load(self.config_arg), self.socket_arg)
             await self._worker_check(new)
-        except ConfigError as e:
+            run_as = self.pool.run_as if new.user == self.config.user else self._resolve_user(new.user)
+        except (ConfigError, SpawnError) as e:
             logs.event(log, "reload_refused", logging.ERROR, error=str(e))
             return {"ok": False, "error": str(e)}
         async with self._restart_lock:
-            await self._apply_config(new)
+            await self._apply_config(new, run_as)
             progress(f"config {new.path} accepted")
             return await self._replace_both(progress)
 
-    async def _apply_config(self, new: Config) -> None:
+    @staticmethod
+    def _resolve_user(name: str):
+        run_as, notice = resolve_user(name)
+        if notice:
+            logs.event(log, "worker_user", logging.WARNING, detail=notice)
+        return run_as
+
+    async def _apply_config(self, new: Config, run_as) -> None:
         for key in ("control_socket", "health_listen", "metrics_listen"):
             if getattr(new, key) != getattr(self.config, key):
                 logs.event(log, "reload_deferred", logging.WARNING, key=key,
                            detail="takes effect when the supervisor is restarted")
-        if new.user != self.config.user:
-            self.pool.run_as, warning = resolve_user(new.user)
-            if warning:
-                logs.event(log, "user_fallback", logging.WARNING, detail=warning)
+        self.pool.run_as = run_as
         self.config = new
         self.pool.config = new
         self.network.config = new

@@ -23,7 +23,7 @@ from supervisor.config import EX_CONFIG, Config
 from supervisor.probe import Prober
 from supervisor.slot import Backoff, Worker, WorkerSlot
 from supervisor.sockets import SocketSet
-from supervisor.spawn import RunAs, SpawnError, WorkerHandles, spawn
+from supervisor.spawn import RunAs, SpawnError, WorkerHandles, effective_caps, spawn
 from supervisor.states import RestartCause, SlotState
 
 log = logging.getLogger("twindns.pool")
@@ -34,6 +34,7 @@ STARTING_PROBE_EVERY = 0.05     # readiness is checked often: a restart waits on
 STATS_EVERY = 1.0
 DRAIN_GRACE = 2.0               # past drain_timeout before a draining worker is killed
 KILL_WAIT = 3.0
+MAX_ORPHAN_GENERATIONS = 3      # dead workers' sockets handed to a replacement, at most
 # Test-only: replace the old worker by closing its sockets and killing it,
 # and drop a dead worker's sockets, without steering or hand-over: the
 # handover DESIGN.md measures against.
@@ -158,6 +159,8 @@ class WorkerPool:
         worker.probe_misses = 0
         worker.last_probe_latency = latency
         if worker.state is SlotState.STARTING:
+            if self.run_as is not None and not self._unprivileged(worker):
+                return
             self.slots[worker.slot].change_state(worker, SlotState.READY, f"probe answered: {text}")
             worker.handles.release_adopted()     # it holds its own copies and drains them
             rt = self._runtime.get(worker.pid)
@@ -166,6 +169,18 @@ class WorkerPool:
             logs.event(log, "worker_ready", slot=worker.slot, pid=worker.pid,
                        generation=worker.generation, after=f"{time.monotonic() - worker.started_at:.3f}")
             self.on_change()
+
+    def _unprivileged(self, worker: Worker) -> bool:
+        """A worker must hold no capability; one that does is killed before it counts as ready."""
+        try:
+            caps = effective_caps(worker.pid)
+        except (OSError, SpawnError):
+            return False          # already gone: the exit path reports it
+        if caps == 0:
+            return True
+        logs.event(log, "worker_privileged", logging.ERROR, slot=worker.slot, pid=worker.pid, cap_eff=f"{caps:x}")
+        self.kill(worker, RestartCause.BOOT)
+        return False
 
     def _on_event(self, worker: Worker, msg: dict) -> None:
         if msg.get("event") == "stats" and isinstance(msg.get("stats"), dict):
@@ -230,9 +245,13 @@ class WorkerPool:
         if self.metrics is not None:
             self.metrics.inc_worker_restart(cause.value)
         h.sockets.close_tcp()
-        leftover = SocketSet(udp=[s for s in h.sockets.udp + (h.adopted.udp if h.adopted else []) if s.fileno() >= 0],
-                             steered=True)
-        h.sockets.udp, h.adopted = [], None      # moved to `leftover`
+        held = [s for s in (h.adopted.udp if h.adopted else []) + h.sockets.udp if s.fileno() >= 0]
+        # A crash loop would pile up sockets; keep the newest generations' (older ones held the least).
+        keep = MAX_ORPHAN_GENERATIONS * len(self.config.listen)
+        for stale in held[:-keep]:
+            stale.close()
+        leftover = SocketSet(udp=held[-keep:], steered=True)
+        h.sockets.udp, h.adopted = [], None      # moved to `leftover` or closed
         h.close()
         slot.current = None
         if code == EX_CONFIG:

@@ -4,7 +4,9 @@ and a control socketpair as inherited fds (docs/internals.md).
 
 The worker needs no privilege: the supervisor already bound the sockets.
 It is started with user=/group=/extra_groups=[] (setuid before exec drops
-every capability) and we check /proc/PID/status says CapEff is 0.
+every capability), or through supervisor/reach.py's namespace when that
+user could not otherwise run our Python. The pool checks CapEff is 0 once
+the worker answers its first probe (`effective_caps`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from supervisor.reach import Reach, Unreachable, plan, wrap
 from supervisor.sockets import SocketSet
 
 log = logging.getLogger("twindns.spawn")
@@ -35,6 +38,7 @@ class RunAs:
     name: str
     uid: int
     gid: int
+    reach: Reach | None = None     # how it gets at our Python, when that is below a closed directory
 
 
 def resolve_user(name: str) -> tuple[RunAs | None, str | None]:
@@ -50,36 +54,16 @@ def resolve_user(name: str) -> tuple[RunAs | None, str | None]:
         if pw.pw_uid == 0:
             raise SpawnError(f"user {candidate!r} is uid 0: workers must not run as root")
         warning = None if candidate == name else f"user {name!r} does not exist; workers run as {FALLBACK_USER!r}"
-        return RunAs(candidate, pw.pw_uid, pw.pw_gid), warning
+        try:
+            reach = plan(pw.pw_uid, pw.pw_gid, candidate)
+        except Unreachable as e:
+            raise SpawnError(str(e)) from None
+        if reach is not None:
+            notice = (f"user {candidate!r} may not enter {reach.covered}: each worker gets a private mount "
+                      f"namespace showing only {reach.exposed} there")
+            warning = f"{warning}; {notice}" if warning else notice
+        return RunAs(candidate, pw.pw_uid, pw.pw_gid, reach), warning
     raise SpawnError(f"neither user {name!r} nor {FALLBACK_USER!r} exists")
-
-
-def _searchable_by(path: str, run_as: RunAs) -> bool:
-    st = os.stat(path)
-    if st.st_uid == run_as.uid:
-        return bool(st.st_mode & 0o100)
-    if st.st_gid == run_as.gid:
-        return bool(st.st_mode & 0o010)
-    return bool(st.st_mode & 0o001)
-
-
-def interpreter_unreachable(run_as: RunAs | None) -> str | None:
-    """Why `run_as` could not start `python -m worker` here (a directory on the
-    way to the interpreter or to our code it may not enter), or None."""
-    if run_as is None:
-        return None
-    import worker
-    for target in (os.path.realpath(sys.executable), os.path.dirname(os.path.realpath(worker.__file__))):
-        parent = os.path.dirname(target)
-        parts = []
-        while parent and parent not in parts:
-            parts.append(parent)
-            parent = os.path.dirname(parent)
-        for directory in reversed(parts):
-            if not _searchable_by(directory, run_as):
-                return (f"user {run_as.name!r} cannot reach {target}: {directory} is not searchable for it; "
-                        "install twindns into a Python that every user can run (e.g. the system python3)")
-    return None
 
 
 @dataclass
@@ -160,7 +144,11 @@ def spawn(slot: str, generation: int, raw_config: bytes, listen: list[str], sock
     argv = worker_argv(slot, generation, config_fd, sockets, adopted, ctl_theirs.fileno(), probe_theirs.fileno(),
                        listen)
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-    ids = {} if run_as is None else {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+    ids: dict = {}
+    if run_as is not None and run_as.reach is not None:
+        argv = wrap(argv, run_as.reach, run_as.uid, run_as.gid)
+    elif run_as is not None:
+        ids = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
     try:
         proc = subprocess.Popen(argv, pass_fds=theirs, stdin=subprocess.DEVNULL, cwd="/", env=env,
                                 close_fds=True, **ids)
@@ -175,14 +163,4 @@ def spawn(slot: str, generation: int, raw_config: bytes, listen: list[str], sock
     handles = WorkerHandles(proc, proc.pid, os.pidfd_open(proc.pid), sockets, adopted, ctl_ours, probe_ours)
     for s in (ctl_ours, probe_ours):
         s.setblocking(False)
-    try:
-        caps = effective_caps(proc.pid)
-    except (OSError, SpawnError):
-        caps = 0   # it already exited; the exit path reports it
-    if caps != 0 and run_as is not None:
-        proc.kill()
-        proc.wait()
-        for fd in (handles.pidfd, ctl_ours.detach(), probe_ours.detach()):
-            os.close(fd)
-        raise SpawnError(f"worker {slot} pid {proc.pid} has capabilities (CapEff {caps:x}); killed")
     return handles

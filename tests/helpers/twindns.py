@@ -66,13 +66,15 @@ class Supervisor:
     """`twindns run --config F` in `netns`, output in F's directory/run.log."""
 
     def __init__(self, netns, config: Path, env: dict | None = None, cwd: str | None = None,
-                 prefix: tuple[str, ...] = ()) -> None:
+                 prefix: tuple[str, ...] = (), reachable: bool = True) -> None:
         self.netns = netns
         self.config = config
         self.log_path = config.parent / "run.log"
         self.log = open(self.log_path, "ab")
         # `prefix` (e.g. setpriv) runs after reachable_python's mounts, right before python
-        argv = reachable_python([*prefix, sys.executable, "-m", "supervisor", "run", "--config", str(config)])
+        # reachable=False: leave our Python where it is (twindns must cope itself)
+        argv = [*prefix, sys.executable, "-m", "supervisor", "run", "--config", str(config)]
+        argv = reachable_python(argv) if reachable else argv
         self.proc = netns.popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})}, cwd=cwd)
 

@@ -286,3 +286,26 @@ def test_concurrent_restarts_are_serialised(sup, netns):
     order = [l.split("slot=")[1][0] for l in sup.output().splitlines() if "worker_stopped" in l]
     assert order == ["A", "B", "A", "B"]
     assert st["healthy"] and all(w["generation"] > gens[w["slot"]] for w in st["workers"])
+
+
+def test_workers_unprivileged_even_when_python_is_below_a_closed_directory(netns, upstream, tmp_path):
+    """No test-side help: if this machine's Python sits below a directory the
+    worker user may not enter (pyenv in /root), each worker gets a private
+    mount namespace exposing only the interpreter's tree there."""
+    s = Supervisor(netns, write_config(tmp_path / "twindns.toml"), reachable=False)
+    try:
+        status = s.wait_ready()
+        for w in status["workers"]:
+            st = proc_status(w["pid"])
+            assert int(st["CapEff"], 16) == 0 and int(st["CapPrm"], 16) == 0
+            assert st["Uid"].split()[:2] == ["65534", "65534"]
+        assert query(netns) == (0, ["192.0.2.10"])
+        closed = [d for d in Path(sys.executable).resolve().parents if not os.stat(d).st_mode & 0o001]
+        if closed:
+            assert "each worker gets a private mount namespace" in s.output()
+            w = status["workers"][0]
+            st = proc_status(w["pid"])
+            assert st["NoNewPrivs"] == "1" and int(st["CapBnd"], 16) == 0
+        assert s.cli("restart").returncode == 0
+    finally:
+        assert s.terminate() == 0
