@@ -112,18 +112,21 @@ class Arbiter:
         return self.exit_code
 
     async def _start_services(self, run_as) -> bool:
-        try:
-            await self.network.ensure()
-        except NetworkError as e:
-            logs.event(log, "startup_failed", logging.ERROR, error=f"network state: {e}")
-            return False
+        # The control socket first: a second supervisor must stop before it
+        # touches (and on its way out tears down) the first one's network state.
         try:
             self.control = ControlServer({"status": self._op_status, "restart": self._op_restart,
                                           "reload": self._op_reload, "upgrade": self._op_upgrade})
             await self.control.start(self.config.control_socket)
-            await self._start_http()
         except (ControlSocketBusy, OSError) as e:
+            self.control = None
             logs.event(log, "startup_failed", logging.ERROR, error=str(e))
+            return False
+        try:
+            await self.network.ensure()
+            await self._start_http()
+        except (NetworkError, OSError) as e:
+            logs.event(log, "startup_failed", logging.ERROR, error=f"{e}")
             return False
         self.pool = WorkerPool(asyncio.get_running_loop(), self.config, run_as, self.metrics, self._on_workers_changed)
         if self.snapshot_in is not None:

@@ -309,3 +309,15 @@ def test_workers_unprivileged_even_when_python_is_below_a_closed_directory(netns
         assert s.cli("restart").returncode == 0
     finally:
         assert s.terminate() == 0
+
+
+def test_a_second_supervisor_refuses_and_leaves_the_first_alone(sup, netns, tmp_path):
+    sup.wait_ready()
+    second = netns.run(reachable_python([sys.executable, "-m", "supervisor", "run", "--config", str(sup.config)]),
+                       check=False, timeout=30)
+    assert second.returncode == 1
+    assert "another twindns supervisor is running" in second.stderr
+    st = sup.status()
+    assert st["healthy"] and st["network"]["rules_ok"]
+    assert our_rules(netns), "the first supervisor's rules are still there"
+    assert query(netns) == (0, ["192.0.2.10"])
