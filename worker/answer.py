@@ -2,7 +2,7 @@
 path. UDP clients, TCP connections and the supervisor's probe all come here.
 
 The hit path is the product, so it is written for speed (measured with
-/tmp-free microbenchmarks, see bench/README.md): the common query shapes
+bench/micro_hit.py and bench/bench_cache.py): the common query shapes
 (no extra records, or one OPT right after the question) are recognised from
 fixed offsets and looked up without building a Question; anything else, and
 every miss, takes the full parse in wire.parse_query().
