@@ -26,7 +26,6 @@ PENDING = b""   # answer() result: a miss is in flight and will call send() late
 _COUNTS_PLAIN = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _COUNTS_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 _OPT_HEAD = b"\x00\x00\x29"     # root owner, TYPE 41
-_KEY_FLAGS = (b"\x00", b"\x01", b"\x02", b"\x03")   # as in wire.parse_query: DO << 1 | CD
 
 
 class Answerer:
@@ -54,7 +53,7 @@ class Answerer:
             else:
                 return self._slow(data, udp, send, dest, now)
             name = data[12:z]
-            entry = self.cache.entries.get(name.lower() + data[z:z + 4] + _KEY_FLAGS[flags])
+            entry = self.cache.entries.get(name.lower() + data[z:z + 4] + wire.KEY_FLAGS[flags])
             if entry is None or now >= entry.expires:
                 return self._slow(data, udp, send, dest, now)
             entry.referenced = True

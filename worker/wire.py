@@ -38,7 +38,7 @@ FLAG_RA = 0x80       # in header byte 3
 FLAG_CD = 0x10
 EDNS_DO = 0x8000
 
-_KEY_FLAGS = (b"\x00", b"\x01", b"\x02", b"\x03")   # indexed by DO << 1 | CD
+KEY_FLAGS = (b"\x00", b"\x01", b"\x02", b"\x03")   # indexed by DO << 1 | CD
 
 MAX_NAME = 255
 MAX_LABEL = 63
@@ -62,9 +62,9 @@ class BadQuery(WireError):
     """A query is well formed DNS but not a query we can answer."""
 
 
-def skip_name(data: bytes, off: int) -> int:
+def skip_name(data: bytes, off: int, pointers: bool = True) -> int:
     """Offset just past the name at `off`; a compression pointer ends the
-    name and must point before the name's start."""
+    name and must point before the name's start (`pointers` False: none allowed)."""
     start, total, end = off, 0, len(data)
     while True:
         if off >= end:
@@ -72,7 +72,7 @@ def skip_name(data: bytes, off: int) -> int:
         length = data[off]
         if length == 0:
             return off + 1
-        if length >= 0xC0:
+        if length >= 0xC0 and pointers:
             if off + 1 >= end:
                 raise ShortMessage("pointer runs past the end")
             if ((length & 0x3F) << 8 | data[off + 1]) >= start:
@@ -142,20 +142,8 @@ def parse_query(data: bytes) -> Question:
         raise BadQuery("opcode is not QUERY")
     if qd != 1:
         raise WireError(f"qdcount is {qd}, expected 1")
-    off = 12
+    qend = skip_name(data, 12, pointers=False)
     end = len(data)
-    while True:
-        if off >= end:
-            raise ShortMessage("question name runs past the end")
-        length = data[off]
-        if length == 0:
-            break
-        if length > MAX_LABEL:
-            raise BadName("compression or label type in the question name")
-        off += length + 1
-        if off - 12 >= MAX_NAME:
-            raise BadName("name longer than 255 bytes")
-    qend = off + 1
     if qend + 4 > end:
         raise ShortMessage("question runs past the end")
     qtype, qclass = struct.unpack_from(">HH", data, qend)
@@ -163,7 +151,7 @@ def parse_query(data: bytes) -> Question:
     has_opt, payload, do = False, CLASSIC_UDP_PAYLOAD, False
     if ar or an or ns:
         has_opt, payload, do = _find_opt(data, qend + 4, an + ns, ar)
-    key = data[12:qend].lower() + data[qend:qend + 4] + _KEY_FLAGS[do << 1 | cd]
+    key = data[12:qend].lower() + data[qend:qend + 4] + KEY_FLAGS[do << 1 | cd]
     return Question(key, qend, qtype, qclass, has_opt, payload, do, cd)
 
 
