@@ -128,6 +128,14 @@ class TcpServer:
             lambda: TcpConnection(self), sock=self.sock, backlog=1024)
 
     def close_listener(self) -> None:
+        """Stop listening. shutdown() acts on the socket itself, not on our fd:
+        the supervisor's duplicate would otherwise keep it in the reuseport
+        group, taking connections nobody accepts; with tcp_migrate_req the
+        kernel hands its queued connections to a peer listener."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         if self.server is not None:
             self.server.close()
 

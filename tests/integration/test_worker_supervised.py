@@ -92,6 +92,11 @@ def test_probe_stats_and_drain(spawn, netns):
     event = w.read_event()
     assert event["event"] == "stats" and event["stats"]["queries_total"] >= 3
     assert w.wait() == 0
+    # The listener left the reuseport group although the supervisor (this
+    # test) still holds a duplicate of it: nothing accepts on the address.
+    with ns_socket(netns, socket.AF_INET, socket.SOCK_STREAM) as s:
+        with pytest.raises(ConnectionRefusedError):
+            s.connect(SERVER)
 
 
 def test_drain_hands_over_without_loss(spawn, netns):
