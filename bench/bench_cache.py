@@ -2,7 +2,7 @@
 """Cache benchmark: one twindns worker vs unbound vs dnsmasq, each caching
 the same upstream, same query files, same run, alternating.
 
-    sudo python3 bench/bench_cache.py [--seconds 5] [--rounds 3] [--rate 20000]
+    sudo python3 bench/bench_cache.py [--seconds 5] [--rounds 3] [--rate 20000] [--miss-rate 2000]
 
 Everything runs in a throwaway network namespace: the upstream is unbound
 serving local data on 127.0.0.2:53 (tests/helpers/unbound.py, its own cache
@@ -21,12 +21,16 @@ Workloads:
 Two measurements per contender and workload, per round:
 
 * throughput: dnsperf unthrottled (-c 4 -q 500) for --seconds: qps and dnsperf's mean latency;
-* latency: dnsperf at a fixed --rate with -v, which prints every answer's own
+* latency: dnsperf at a fixed rate (--rate for hits, --miss-rate for misses)
+  with -v, which prints every answer's own
   latency (dnsperf 2.10 has no histogram), so mean and p99 are exact over
   all answers of that run. A fixed rate below every contender's capacity
   compares service time rather than queueing.
 
-The figures printed are medians over rounds; ratios are to unbound.
+After each run the bench waits until that server is idle again, so a
+backlog it is still working off does not slow the next run. The figures
+printed are medians over rounds; ratios are to unbound; `cpu` is the
+server's CPU share during the throughput run.
 """
 from __future__ import annotations
 
@@ -125,11 +129,24 @@ def latency(ns: Netns, port: int, qfile: Path, seconds: float, rate: int) -> tup
     return statistics.fmean(lat) * 1e3, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3, lost
 
 
+def settle(proc: psutil.Process, timeout: float = 30.0) -> None:
+    """Wait until the server has worked off what the last run left queued (a
+    server slower than the offered load keeps answering after dnsperf
+    stopped), so it does not compete with the next run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = sum(proc.cpu_times()[:2])
+        time.sleep(0.3)
+        if sum(proc.cpu_times()[:2]) - before < 0.3 * 0.05:
+            return
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each dnsperf run")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--rate", type=int, default=20000, help="offered qps of the latency runs")
+    ap.add_argument("--rate", type=int, default=20000, help="offered qps of the hit latency runs")
+    ap.add_argument("--miss-rate", type=int, default=2000, help="offered qps of the miss latency runs")
     ap.add_argument("--only", nargs="*", default=list(PORTS), choices=list(PORTS))
     ap.add_argument("--workloads", nargs="*", default=["hit", "miss"], choices=["hit", "miss"])
     ap.add_argument("--worker-arg", action="append", default=[], help="extra argument for python -m worker")
@@ -161,7 +178,7 @@ def main() -> int:
                     if workload == "hit":
                         tput_file = lat_file = hit_file
                     else:
-                        count = int(max(args.seconds * 60000, args.rate * args.seconds) * 1.2)
+                        count = int(max(args.seconds * 60000, args.miss_rate * args.seconds) * 1.2)
                         tput_file = dnsperf.write_queries(
                             work / "miss-t.txt", [(f"t{r}-{i}.{name}.short.test", "A") for i in range(count)])
                         lat_file = dnsperf.write_queries(
@@ -172,18 +189,21 @@ def main() -> int:
                     fig.qps.append(res.qps)
                     fig.mean_ms.append(res.avg_latency * 1e3)
                     fig.lost += res.lost
-                    mean, p99, lost = latency(ns, PORTS[name], lat_file, min(args.seconds, 3.0), args.rate)
+                    settle(procs[name])
+                    rate = args.rate if workload == "hit" else args.miss_rate
+                    mean, p99, lost = latency(ns, PORTS[name], lat_file, min(args.seconds, 3.0), rate)
+                    settle(procs[name])
                     fig.lat_mean_ms.append(mean)
                     fig.lat_p99_ms.append(p99)
                     fig.lost += lost
                     print(f"round {r + 1} {workload:4} {name:8} {res.qps:9.0f} qps (cpu {fig.cpu[-1]:4.0%})"
                           f"  mean {res.avg_latency * 1e3:6.3f} ms"
-                          f" | at {args.rate} qps: mean {mean:6.3f} ms  p99 {p99:6.3f} ms", flush=True)
+                          f" | at {rate} qps: mean {mean:6.3f} ms  p99 {p99:6.3f} ms", flush=True)
         load_after = os.getloadavg()
         print(f"\nupstream queries: {upstream.queries()}; load average before {load[0]:.2f}, after {load_after[0]:.2f}"
               f" ({os.cpu_count()} CPUs)")
-        print(f"\nmedians over {args.rounds} rounds, {args.seconds:g} s runs "
-              f"(latency runs at a fixed {args.rate} qps, p99 over every answer):")
+        print(f"\nmedians over {args.rounds} rounds, {args.seconds:g} s runs (latency runs at a fixed "
+              f"{args.rate} qps for hits, {args.miss_rate} qps for misses; p99 over every answer):")
         print(f"{'workload':8} {'server':8} {'qps':>9} {'x unbound':>9} {'cpu':>5} {'mean ms':>8} {'@rate mean':>10} "
               f"{'@rate p99':>9} {'lost':>5}")
         for workload in args.workloads:
