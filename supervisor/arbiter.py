@@ -263,8 +263,9 @@ class Arbiter:
                            detail="takes effect when the supervisor is restarted")
         self.pool.run_as = run_as
         self.config = new
-        self.pool.config = new
+        self.pool.reconfigure(new)
         self.network.config = new
+        self.judge.drop_window = new.supervisor.health_drop_window
         await self.network.ensure()
         logs.setup(new.log_level)
         logs.event(log, "config_applied", path=new.path)

@@ -22,7 +22,7 @@ from supervisor.channel import ChannelClosed, ControlChannel
 from supervisor.config import EX_CONFIG, Config
 from supervisor.probe import Prober
 from supervisor.slot import Backoff, Worker, WorkerSlot
-from supervisor.sockets import SocketSet
+from supervisor.sockets import SocketSet, SocketSetupError, is_bound
 from supervisor.spawn import RunAs, SpawnError, WorkerHandles, effective_caps, spawn
 from supervisor.states import RestartCause, SlotState
 
@@ -81,6 +81,13 @@ class WorkerPool:
         self._runtime: dict[int, Runtime] = {}
         self.plain_close = os.environ.get(PLAIN_CLOSE_ENV) == "1"
         self.stopping = False
+
+    def reconfigure(self, config: Config) -> None:
+        """Use `config` from now on (a reload): for every spawn and every timing."""
+        self.config = config
+        for slot in self.slots.values():
+            slot.backoff.initial = config.supervisor.backoff_initial
+            slot.backoff.maximum = config.supervisor.backoff_max
 
     def adopt(self, snapshot: dict) -> None:
         """Take over the serving workers a previous supervisor image left running.
@@ -160,6 +167,12 @@ class WorkerPool:
         worker.last_probe_latency = latency
         if worker.state is SlotState.STARTING:
             if self.run_as is not None and not self._unprivileged(worker):
+                return
+            try:
+                worker.handles.sockets.bind_udp()
+            except SocketSetupError as e:
+                logs.event(log, "bind_failed", logging.ERROR, slot=worker.slot, pid=worker.pid, error=str(e))
+                self.kill(worker, RestartCause.BOOT)
                 return
             self.slots[worker.slot].change_state(worker, SlotState.READY, f"probe answered: {text}")
             worker.handles.release_adopted()     # it holds its own copies and drains them
@@ -245,12 +258,13 @@ class WorkerPool:
         if self.metrics is not None:
             self.metrics.inc_worker_restart(cause.value)
         h.sockets.close_tcp()
-        held = [s for s in (h.adopted.udp if h.adopted else []) + h.sockets.udp if s.fileno() >= 0]
-        # A crash loop would pile up sockets; keep the newest generations' (older ones held the least).
+        # Only bound sockets can hold queries (a worker that never got ready had none bound).
+        # A crash loop would pile them up; keep the newest generations' (older ones held the least).
+        held = [s for s in (h.adopted.udp if h.adopted else []) + h.sockets.udp if is_bound(s)]
         keep = MAX_ORPHAN_GENERATIONS * len(self.config.listen)
-        for stale in held[:-keep]:
-            stale.close()
         leftover = SocketSet(udp=held[-keep:], steered=True)
+        for stale in [s for s in (h.adopted.udp if h.adopted else []) + h.sockets.udp if s not in leftover.udp]:
+            stale.close()
         h.sockets.udp, h.adopted = [], None      # moved to `leftover` or closed
         h.close()
         slot.current = None

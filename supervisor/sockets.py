@@ -32,7 +32,17 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def _reuseport_socket(ep: Endpoint, kind: socket.SocketKind) -> socket.socket:
+def _bind(s: socket.socket, ep: Endpoint) -> None:
+    try:
+        s.bind((ep.host, ep.port))
+        if s.type == socket.SOCK_STREAM:
+            s.listen(TCP_BACKLOG)
+    except OSError as e:
+        proto = "UDP" if s.type == socket.SOCK_DGRAM else "TCP"
+        raise SocketSetupError(e.errno, f"cannot bind {proto} {ep}: {e.strerror}") from None
+
+
+def _reuseport_socket(ep: Endpoint, kind: socket.SocketKind, bind: bool) -> socket.socket:
     s = socket.socket(_family(ep.host), kind)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -42,41 +52,57 @@ def _reuseport_socket(ep: Endpoint, kind: socket.SocketKind) -> socket.socket:
                 s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, UDP_RCVBUF)
             except PermissionError:   # not root (development): take what rmem_max allows
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
-        s.bind((ep.host, ep.port))
-        if kind == socket.SOCK_STREAM:
-            s.listen(TCP_BACKLOG)
         s.setblocking(False)
+        if bind:
+            _bind(s, ep)
         return s
-    except OSError as e:
+    except OSError:
         s.close()
-        proto = "UDP" if kind == socket.SOCK_DGRAM else "TCP"
-        raise SocketSetupError(e.errno, f"cannot bind {proto} {ep}: {e.strerror}") from None
+        raise
+
+
+def is_bound(s: socket.socket) -> bool:
+    return s.fileno() >= 0 and s.getsockname()[1] != 0
 
 
 @dataclass
 class SocketSet:
-    """One generation's sockets (the supervisor's duplicates)."""
+    """One generation's sockets (the supervisor's duplicates).
+
+    The TCP listeners are bound at once (a connection that arrives early
+    waits in the backlog). The UDP sockets are bound only by `bind_udp()`,
+    once their worker answers its probe: a bound socket joins the reuseport
+    group and gets its share of queries at once, which would sit unanswered
+    while a slow worker is still starting.
+    """
     udp: list[socket.socket] = field(default_factory=list)
     tcp: list[socket.socket] = field(default_factory=list)
     steered: bool = False
+    endpoints: tuple[Endpoint, ...] = ()
 
     @classmethod
     def open(cls, endpoints: tuple[Endpoint, ...]) -> "SocketSet":
-        made = cls()
+        made = cls(endpoints=endpoints)
         try:
             for ep in endpoints:
-                made.udp.append(_reuseport_socket(ep, socket.SOCK_DGRAM))
-                made.tcp.append(_reuseport_socket(ep, socket.SOCK_STREAM))
-        except SocketSetupError:
+                made.udp.append(_reuseport_socket(ep, socket.SOCK_DGRAM, bind=False))
+                made.tcp.append(_reuseport_socket(ep, socket.SOCK_STREAM, bind=True))
+        except OSError:
             made.close()
             raise
         return made
 
     @classmethod
     def adopt(cls, udp_fds: list[int], tcp_fds: list[int], steered: bool) -> "SocketSet":
-        """Wrap fds inherited across a supervisor re-exec."""
+        """Wrap fds inherited across a supervisor re-exec (bound already)."""
         return cls([socket.socket(fileno=fd) for fd in udp_fds],
                    [socket.socket(fileno=fd) for fd in tcp_fds], steered)
+
+    def bind_udp(self) -> None:
+        """Join the reuseport group: from now on this generation gets new queries."""
+        for s, ep in zip(self.udp, self.endpoints):
+            if not is_bound(s):
+                _bind(s, ep)
 
     def udp_fds(self) -> list[int]:
         return [s.fileno() for s in self.udp if s.fileno() >= 0]
@@ -87,7 +113,7 @@ class SocketSet:
     def steer_away(self) -> None:
         """Take the UDP sockets out of reuseport selection; queued datagrams stay."""
         for s in self.udp:
-            if s.fileno() >= 0:
+            if is_bound(s):
                 s.connect(s.getsockname())
         self.steered = True
 
