@@ -6,6 +6,7 @@ not per query) and splices in the client's ID and question.
 """
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -62,13 +63,19 @@ class Entry:
 
 
 class Cache:
-    """A bounded map from query key to Entry. Eviction is CLOCK (second chance)
-    over insertion order: O(1) amortised, and a hit only sets a flag instead of
-    reordering."""
+    """A bounded map from query key to Entry.
+
+    When full, expired entries go first (found through a heap ordered by
+    expiry: a flood of short-lived names must not push out long-lived
+    popular ones), then CLOCK (second chance) over insertion order: O(1)
+    amortised, and a hit only sets a flag instead of reordering."""
 
     def __init__(self, capacity: int, retire: Callable[[Entry], None] = lambda entry: None) -> None:
         self.capacity = capacity
         self.entries: OrderedDict[bytes, Entry] = OrderedDict()
+        # (expires, sequence, key, entry); items of entries that left are skipped when popped.
+        self.expiry: list[tuple[float, int, bytes, Entry]] = []
+        self.sequence = 0
         self.evictions = 0
         self.retire = retire    # told of every entry that leaves (its hit counts)
 
@@ -87,13 +94,18 @@ class Cache:
         return entry
 
     def put(self, key: bytes, entry: Entry) -> None:
+        if self.capacity <= 0:
+            self.retire(entry)
+            return
         entries = self.entries
         replaced = entries.pop(key, None)
         if replaced is not None:
             self.retire(replaced)
+        if len(entries) >= self.capacity:
+            self._drop_expired(entry.stored_at)
         # Second chance is bounded: each pass clears a flag, so at most
         # len(entries) reinsertions happen before an unreferenced one is found.
-        while len(entries) >= self.capacity > 0:
+        while len(entries) >= self.capacity:
             old_key, old = entries.popitem(last=False)
             if old.referenced:
                 old.referenced = False
@@ -101,10 +113,21 @@ class Cache:
             else:
                 self.evictions += 1
                 self.retire(old)
-        if self.capacity > 0:
-            entries[key] = entry
-        else:
-            self.retire(entry)
+        entries[key] = entry
+        self.sequence += 1
+        heapq.heappush(self.expiry, (entry.expires, self.sequence, key, entry))
+        if len(self.expiry) > 2 * self.capacity + 64:
+            # Too many items of entries that already left: rebuild from the live ones.
+            self.expiry = [item for item in self.expiry if entries.get(item[2]) is item[3]]
+            heapq.heapify(self.expiry)
+
+    def _drop_expired(self, now: float) -> None:
+        heap, entries = self.expiry, self.entries
+        while heap and heap[0][0] <= now:
+            _expires, _seq, key, entry = heapq.heappop(heap)
+            if entries.get(key) is entry:
+                del entries[key]
+                self.retire(entry)
 
 
 def _flags(template: bytearray, rule: HeaderRule | None) -> bool:

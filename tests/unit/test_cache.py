@@ -123,3 +123,17 @@ def test_zero_capacity_stores_nothing():
     c = Cache(0)
     c.put(b"k", entry())
     assert len(c) == 0
+
+
+def test_expired_entries_leave_before_live_ones():
+    c = Cache(3)
+    c.put(b"long", entry(now=0.0))                      # lives until 300
+    short = entry_from_response(response(answers=["s.test. 1 IN A 192.0.2.2"], name="s.test"),
+                                0.0, CacheConfig(), None, False)
+    c.put(b"short", short)                              # expires at 1
+    c.put(b"other", entry(now=0.0))
+    c.put(b"new", entry(now=5.0))
+    assert set(c.entries) == {b"long", b"other", b"new"} and c.evictions == 0
+    for i in range(50):                                 # the expiry heap stays bounded
+        c.put(b"k%d" % i, entry(now=10.0 + i))
+    assert len(c.expiry) <= 2 * c.capacity + 64
