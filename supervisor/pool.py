@@ -79,6 +79,7 @@ class WorkerPool:
         self.orphans: dict[str, SocketSet] = {}     # dead worker's UDP sockets awaiting a replacement
         self.generation = 0
         self._runtime: dict[int, Runtime] = {}
+        self._polls: set[asyncio.Task] = set()
         self.plain_close = os.environ.get(PLAIN_CLOSE_ENV) == "1"
         self.stopping = False
 
@@ -295,6 +296,8 @@ class WorkerPool:
                 if worker is None or worker.pid not in self._runtime:
                     continue
                 rt = self._runtime[worker.pid]
+                if worker.kill_cause is not None:
+                    continue            # SIGKILLed; its exit is on its way
                 if worker.state is SlotState.STARTING:
                     if now - worker.started_at > sup.ready_timeout:
                         self.kill(worker, RestartCause.BOOT)
@@ -314,7 +317,9 @@ class WorkerPool:
                     if now >= rt.next_stats and not rt.stats_pending:
                         rt.next_stats = now + STATS_EVERY
                         rt.stats_pending = True
-                        self.loop.create_task(self._poll_stats(worker, rt))
+                        task = self.loop.create_task(self._poll_stats(worker, rt))
+                        self._polls.add(task)           # a task nobody references may be collected
+                        task.add_done_callback(self._polls.discard)
 
     async def _poll_stats(self, worker: Worker, rt: Runtime) -> None:
         try:
