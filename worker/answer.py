@@ -47,7 +47,8 @@ class Answerer:
             z = data.find(0, 12) + 1
             if counts == _COUNTS_PLAIN and 0 < z <= len(data) - 4:
                 payload, has_opt, flags = 512, False, (data[3] >> 4) & 1
-            elif counts == _COUNTS_OPT and 0 < z and data[z + 4:z + 7] == _OPT_HEAD and len(data) >= z + 15:
+            elif (counts == _COUNTS_OPT and 0 < z and data[z + 4:z + 7] == _OPT_HEAD
+                  and len(data) >= z + 15 and not data[z + 10]):    # EDNS version 0
                 payload = data[z + 7] << 8 | data[z + 8]
                 has_opt, flags = True, (data[z + 11] >> 6) & 2 | (data[3] >> 4) & 1
             else:
@@ -87,6 +88,9 @@ class Answerer:
         except wire.BadQuery:
             stats.malformed += 1
             return wire.error_reply(data, wire.RCODE_NOTIMP)
+        except wire.BadEdnsVersion as e:
+            stats.malformed += 1
+            return wire.badvers_reply(data, e.question_end)
         except wire.WireError:
             stats.malformed += 1
             stats.formerr += 1

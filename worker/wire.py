@@ -62,6 +62,12 @@ class BadQuery(WireError):
     """A query is well formed DNS but not a query we can answer."""
 
 
+class BadEdnsVersion(WireError):
+    """The query's OPT record asks for an EDNS version above 0 (RFC 6891: BADVERS)."""
+
+    question_end = 0    # set by parse_query: where the question ends, to echo it
+
+
 def skip_name(data: bytes, off: int, pointers: bool = True) -> int:
     """Offset just past the name at `off`; a compression pointer ends the
     name and must point before the name's start (`pointers` False: none allowed)."""
@@ -150,7 +156,11 @@ def parse_query(data: bytes) -> Question:
     cd = bool(b3 & FLAG_CD)
     has_opt, payload, do = False, CLASSIC_UDP_PAYLOAD, False
     if ar or an or ns:
-        has_opt, payload, do = _find_opt(data, qend + 4, an + ns, ar)
+        try:
+            has_opt, payload, do = _find_opt(data, qend + 4, an + ns, ar)
+        except BadEdnsVersion as e:
+            e.question_end = qend + 4
+            raise
     key = data[12:qend].lower() + data[qend:qend + 4] + KEY_FLAGS[do << 1 | cd]
     return Question(key, qend, qtype, qclass, has_opt, payload, do, cd)
 
@@ -169,6 +179,8 @@ def _find_opt(data: bytes, off: int, skip: int, additional: int) -> tuple[bool, 
                 raise WireError("more than one OPT record")
             if data[off] != 0:
                 raise WireError("OPT owner is not the root")
+            if ttl >> 16 & 0xFF:
+                raise BadEdnsVersion(f"EDNS version {ttl >> 16 & 0xFF}")
             found = (max(rclass, CLASSIC_UDP_PAYLOAD), bool(ttl & EDNS_DO))
         off = start + 10 + rdlen
         if off > len(data):
@@ -197,6 +209,14 @@ def error_reply(data: bytes, rcode: int, question_end: int = 0) -> bytes | None:
     if question_end:
         return data[:2] + flags + b"\x00\x01\x00\x00\x00\x00\x00\x00" + data[12:question_end + 4]
     return data[:2] + flags + b"\x00" * 8
+
+
+def badvers_reply(data: bytes, question_end: int) -> bytes:
+    """BADVERS (extended RCODE 16) with the question echoed and our OPT with
+    version 0, the highest we speak."""
+    flags = bytes((FLAG_QR | (data[2] & 0x79), FLAG_RA | (data[3] & FLAG_CD)))
+    opt = b"\x00" + RR_FIXED.pack(TYPE_OPT, OUR_UDP_PAYLOAD, 16 >> 4 << 24, 0)
+    return data[:2] + flags + b"\x00\x01\x00\x00\x00\x00\x00\x01" + data[12:question_end] + opt
 
 
 @dataclass(frozen=True, slots=True)

@@ -180,6 +180,9 @@ def test_edns_payload_size_and_opt_echo(stack):
     assert plain.edns < 0, "no OPT in the reply to a query without one"
     with_opt = w.ask("a.test", use_edns=0)
     assert with_opt.edns == 0
+    future = w.ask("a.test", use_edns=1)
+    assert future.rcode() == dns.rcode.BADVERS and future.edns == 0 and not future.answer, \
+        "EDNS version 1 is not served from the cache (RFC 6891)"
     small = w.ask("big.test", "TXT", use_edns=0, payload=512)
     assert small.flags & dns.flags.TC and not small.answer and small.edns == 0
     no_edns = w.ask("big.test", "TXT", use_edns=False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dns.flags
+import dns.rcode
 import dns.message
 import dns.rrset
 import pytest
@@ -101,3 +102,13 @@ def test_parsers_raise_only_wire_errors(data):
             parse(data)
         except wire.WireError:
             pass
+
+
+def test_edns_version_above_zero_gets_badvers():
+    data = query(use_edns=1)
+    with pytest.raises(wire.BadEdnsVersion) as raised:
+        wire.parse_query(data)
+    reply = dns.message.from_wire(wire.badvers_reply(data, raised.value.question_end))
+    assert reply.question[0].name.to_text() == "a.test."
+    assert reply.id == dns.message.from_wire(data).id
+    assert reply.rcode() == dns.rcode.BADVERS and reply.edns == 0
