@@ -108,7 +108,10 @@ def _bind(listen: list[str]) -> Sockets:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if kind == socket.SOCK_DGRAM:
                 _receive_buffer(sock)
-            sock.bind((ip, port))
+            try:
+                sock.bind((ip, port))
+            except OSError as e:
+                raise OSError(e.errno, f"cannot bind {text}: {e.strerror}") from e
             if kind == socket.SOCK_STREAM:
                 sock.listen(TCP_BACKLOG)
             sock.setblocking(False)
