@@ -4,6 +4,7 @@ socketpairs; draining and adopting a crashed predecessor's sockets."""
 from __future__ import annotations
 
 import socket
+import struct
 import time
 
 import dns.message
@@ -169,3 +170,32 @@ def test_bad_config_exits_78_naming_the_key(spawn):
     assert w.wait() == 78
     err = w.log_path.read_text()
     assert "cache.capacity" in err and "big" in err
+
+
+def test_drain_finishes_open_tcp_connections(spawn, netns):
+    """A query in flight on a TCP connection is answered before the worker
+    closes the connection and exits; an idle connection is simply closed."""
+    silent = ns_socket(netns)
+    silent.bind(("127.0.0.9", 53))     # an upstream that never answers
+    config = CONFIG + '\n[[upstream]]\nzone = "slow.test"\nservers = ["127.0.0.9"]\ntimeout = 1.0\n'
+    w = spawn(config=config)
+    busy = ns_socket(netns, socket.AF_INET, socket.SOCK_STREAM)
+    idle = ns_socket(netns, socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        for s in (busy, idle):
+            s.settimeout(5)
+            s.connect(SERVER)
+        q = dns.message.make_query("x.slow.test", "A")
+        busy.sendall(struct.pack(">H", len(q.to_wire())) + q.to_wire())
+        time.sleep(0.1)
+        assert w.request("drain", timeout=3.0)["ok"]
+        assert idle.recv(1) == b"", "the idle connection is closed at once"
+        length = struct.unpack(">H", busy.recv(2))[0]
+        reply = dns.message.from_wire(busy.recv(length))
+        assert reply.id == q.id and reply.rcode() == dns.rcode.SERVFAIL
+        assert busy.recv(1) == b"", "then its connection is closed"
+        assert w.wait() == 0
+    finally:
+        busy.close()
+        idle.close()
+        silent.close()
