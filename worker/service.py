@@ -60,7 +60,17 @@ class Service:
         self.state = WorkerState.STARTING
         self.events: list[tuple[float, WorkerState, WorkerState]] = []
         self.drain_timeout: float | None = None
-        self.stop_requested: asyncio.Event | None = None
+        self.stop_requested = asyncio.Event()
+        self.counters = Stats(per_query=options.per_query_stats)
+        self.cache = Cache(config.cache.capacity, self.counters.retire)
+        # Built in _start(), inside the event loop:
+        self.forwarder: Forwarder | None = None
+        self.udp: list[UdpServer] = []
+        self.tcp: list[TcpServer] = []
+        self.adopted: list[UdpServer] = []
+        self.adopting: asyncio.Task | None = None
+        self.probe: ProbeServer | None = None
+        self.control: ControlChannel | None = None
 
     def change_state(self, new: WorkerState) -> None:
         if not self.state.may_become(new):
@@ -77,58 +87,67 @@ class Service:
         self.stop_requested.set()
 
     def stats(self) -> dict:
-        return self.stats_.snapshot(self.identity.stats_fields(), self.cache, self.forwarder)
+        return self.counters.snapshot(self.identity.stats_fields(), self.cache, self.forwarder)
 
     async def run(self) -> int:
+        await self._start()
+        self.change_state(WorkerState.SERVING)
+        await self.stop_requested.wait()
+        self.change_state(WorkerState.DRAINING)
+        await self._drain(time.monotonic() + (self.drain_timeout or 0.0))
+        # Drained: a repeated SIGTERM has nothing left to stop, and must not
+        # kill the process while the loop closes (exit status must stay 0).
         loop = asyncio.get_running_loop()
-        self.stop_requested = asyncio.Event()
-        self.stats_ = Stats(per_query=self.options.per_query_stats)
-        self.cache = Cache(self.config.cache.capacity, self.stats_.retire)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+        self.change_state(WorkerState.STOPPED)
+        return 0
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
         self.forwarder = Forwarder(self.config.upstreams)
         resolver = Resolver(self.forwarder, self.cache, self.config.cache, self.config.headers,
                             LocalAnswers(self.identity.probe_text()))
-        answerer = Answerer(self.cache, resolver, self.stats_)
+        answerer = Answerer(self.cache, resolver, self.counters)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_drain, DEFAULT_DRAIN_TIMEOUT)
-        udp = [UdpServer(s, answerer) for s in self.sockets.udp]
-        tcp = [TcpServer(s, answerer, self.options.tcp) for s in self.sockets.tcp]
-        for server in udp:
+        self.udp = [UdpServer(s, answerer) for s in self.sockets.udp]
+        self.tcp = [TcpServer(s, answerer, self.options.tcp) for s in self.sockets.tcp]
+        for server in self.udp:
             server.start()
-        for server in tcp:
+        for server in self.tcp:
             await server.start()
-        adopted = [UdpServer(s, answerer) for s in self.sockets.adopt_udp]
-        adopting = loop.create_task(self._finish_adopted(adopted)) if adopted else None
-        probe = ProbeServer(self.sockets.probe, answerer) if self.sockets.probe else None
-        if probe:
-            probe.start()
-        control = None
+        self.adopted = [UdpServer(s, answerer) for s in self.sockets.adopt_udp]
+        if self.adopted:
+            self.adopting = loop.create_task(self._finish_adopted(self.adopted))
+        if self.sockets.probe is not None:
+            self.probe = ProbeServer(self.sockets.probe, answerer)
+            self.probe.start()
         if self.sockets.control is not None:
-            control = ControlChannel(self.sockets.control, self.stats, self.request_drain)
-            control.start()
-        self.change_state(WorkerState.SERVING)
-        await self.stop_requested.wait()
+            self.control = ControlChannel(self.sockets.control, self.stats, self.request_drain)
+            self.control.start()
 
-        self.change_state(WorkerState.DRAINING)
-        deadline = time.monotonic() + (self.drain_timeout or 0.0)
-        for server in udp:
+    async def _drain(self, deadline: float) -> None:
+        """Leave the reuseport groups, answer what is queued and in flight
+        (TCP and UDP, bounded by `deadline`), then close everything."""
+        for server in self.udp:
             server.steer_away()
-        for server in tcp:
+        for server in self.tcp:
             server.close_listener()
-        for server in udp:
+        for server in self.udp:
             server.drain_queue()
-        await asyncio.gather(*(server.finish(deadline) for server in tcp),
-                             self._wait_answered(udp + adopted, deadline))
-        if adopting is not None:
-            adopting.cancel()
-        for server in udp + adopted:
+        await asyncio.gather(*(server.finish(deadline) for server in self.tcp),
+                             self._wait_answered(self.udp + self.adopted, deadline))
+        if self.adopting is not None:
+            self.adopting.cancel()
+        for server in self.udp + self.adopted:
             server.close()
-        if probe:
-            probe.stop()
+        if self.probe:
+            self.probe.stop()
         await self.forwarder.close()
-        if control:
-            control.send_final_stats()
-        self.change_state(WorkerState.STOPPED)
-        return 0
+        if self.control:
+            self.control.send_final_stats()
 
     async def _finish_adopted(self, adopted: list[UdpServer]) -> None:
         """A crashed predecessor's sockets: answer what is queued, then close."""
