@@ -9,11 +9,13 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from collections.abc import Callable
+from types import MappingProxyType
 
 from worker import wire
 from worker.config import CacheConfig, HeaderRule
 
-_FLAG_BITS = {"aa": (2, wire.FLAG_AA), "rd": (2, wire.FLAG_RD), "ra": (3, wire.FLAG_RA)}
+# [[header]] flag name -> (header byte, bit); read-only.
+_FLAG_BITS = MappingProxyType({"aa": (2, wire.FLAG_AA), "rd": (2, wire.FLAG_RD), "ra": (3, wire.FLAG_RA)})
 
 
 class Entry:
