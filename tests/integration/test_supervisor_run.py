@@ -47,6 +47,12 @@ def proc_status(pid: int) -> dict[str, str]:
 def test_both_workers_serve_unprivileged(sup, netns):
     status = sup.wait_ready()
     assert status["healthy"] is True
+    # The fields DESIGN.md promises to tools reading `status --json`.
+    assert isinstance(status["version"], str)
+    assert {"pid", "uptime"} <= set(status["supervisor"])
+    for w in status["workers"]:
+        assert {"slot", "pid", "state", "generation", "restarts", "queries", "cache_entries"} <= set(w)
+    assert {"interface", "addresses", "backend", "rules_ok"} <= set(status["network"])
     assert [w["state"] for w in status["workers"]] == ["ready", "ready"]
     assert status["network"]["interface"] == "nodelocaldns"
     assert status["network"]["addresses"] == [LISTEN] and status["network"]["rules_ok"] is True
