@@ -105,8 +105,10 @@ class Answerer:
             return self._reply(entry, data, q, udp, now)
         if stats.per_query:
             stats.cache_misses += 1
-        self.resolver.miss(q, lambda e: send(self._reply(e, data, q, udp, time.monotonic(), count=True), dest))
-        return PENDING
+        if self.resolver.miss(q, lambda e: send(self._reply(e, data, q, udp, time.monotonic(), count=True), dest)):
+            return PENDING
+        stats.count(udp, q.qtype, wire.RCODE_SERVFAIL)
+        return wire.error_reply(data, wire.RCODE_SERVFAIL, q.qname_end)
 
     def _reply(self, entry: Entry, data: bytes, q: wire.Question, udp: bool, now: float,
                count: bool = False) -> bytes:

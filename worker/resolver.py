@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 Waiter = Callable[[Entry], None]
 
+# Distinct questions in flight upstream at most. Past it a miss is answered
+# SERVFAIL at once: a flood of unique names (or a slow upstream) must not
+# grow memory without bound; unbound's num-queries-per-thread plays this role.
+MAX_PENDING = 10000
+
 
 def longest_match(rules: Sequence[tuple[dns.name.Name, HeaderRule]],
                   qname: dns.name.Name) -> HeaderRule | None:
@@ -59,24 +64,32 @@ class Resolver:
     """Fills the cache from upstream."""
 
     def __init__(self, forwarder: Forwarder, cache: Cache, policy: CacheConfig,
-                 headers: Sequence[HeaderRule], local: LocalAnswers) -> None:
+                 headers: Sequence[HeaderRule], local: LocalAnswers,
+                 max_pending: int = MAX_PENDING) -> None:
         self.forwarder = forwarder
+        self.max_pending = max_pending
         self.cache = cache
         self.policy = policy
         self.headers = tuple((dns.name.from_text(r.zone), r) for r in headers)
         self.local = local
         self.pending: dict[bytes, asyncio.Future] = {}
         self.upstream_failures = 0
+        self.overloaded = 0
 
-    def miss(self, q: wire.Question, waiter: Waiter) -> None:
+    def miss(self, q: wire.Question, waiter: Waiter) -> bool:
         """Call waiter(entry) once an answer for q is known (it always is:
-        an upstream failure gives a SERVFAIL entry)."""
+        an upstream failure gives a SERVFAIL entry). False, and no call, when
+        max_pending distinct questions are already in flight."""
         fut = self.pending.get(q.key)
         if fut is None:
+            if len(self.pending) >= self.max_pending:
+                self.overloaded += 1
+                return False
             fut = asyncio.get_running_loop().create_future()
             self.pending[q.key] = fut
             asyncio.get_running_loop().create_task(self._fetch(q, fut))
         fut.add_done_callback(lambda f: waiter(f.result()))
+        return True
 
     def _query(self, q: wire.Question) -> dns.message.Message:
         qname = dns.name.from_wire(q.key, 0)[0]

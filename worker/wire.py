@@ -200,14 +200,14 @@ def _skip_rr(data: bytes, off: int) -> int:
     return off
 
 
-def error_reply(data: bytes, rcode: int, question_end: int = 0) -> bytes | None:
-    """A reply carrying only the header (and the question when `question_end`
-    says where it ends) with `rcode`; None when not even the ID is readable."""
+def error_reply(data: bytes, rcode: int, qname_end: int = 0) -> bytes | None:
+    """A reply carrying only the header (and the question, when `qname_end`
+    says where its name ends) with `rcode`; None when not even the ID is readable."""
     if len(data) < 12:
         return None
     flags = bytes((FLAG_QR | (data[2] & 0x79), FLAG_RA | (data[3] & FLAG_CD) | rcode))
-    if question_end:
-        return data[:2] + flags + b"\x00\x01\x00\x00\x00\x00\x00\x00" + data[12:question_end + 4]
+    if qname_end:
+        return data[:2] + flags + b"\x00\x01\x00\x00\x00\x00\x00\x00" + data[12:qname_end + 4]
     return data[:2] + flags + b"\x00" * 8
 
 

@@ -137,3 +137,28 @@ def test_expired_entries_leave_before_live_ones():
     for i in range(50):                                 # the expiry heap stays bounded
         c.put(b"k%d" % i, entry(now=10.0 + i))
     assert len(c.expiry) <= 2 * c.capacity + 64
+
+
+def test_in_flight_misses_are_bounded():
+    """Past max_pending distinct questions in flight, a miss is refused (the
+    caller answers SERVFAIL) instead of queueing without bound; a question
+    already in flight still joins it."""
+    import asyncio
+
+    from worker.resolver import LocalAnswers, Resolver
+
+    class SilentForwarder:
+        async def forward(self, query):
+            await asyncio.Event().wait()
+
+    async def scenario():
+        resolver = Resolver(SilentForwarder(), Cache(10), CacheConfig(), (), LocalAnswers("x"), max_pending=3)
+        questions = [wire.parse_query(dns.message.make_query(f"n{i}.test", "A").to_wire()) for i in range(4)]
+        accepted = [resolver.miss(q, lambda entry: None) for q in questions]
+        joined = resolver.miss(questions[0], lambda entry: None)
+        await asyncio.sleep(0)
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()
+        return accepted, joined, resolver.overloaded
+
+    assert asyncio.run(scenario()) == ([True, True, True, False], True, 1)
