@@ -14,6 +14,7 @@ import dns.name
 import dns.rdataclass
 import dns.rcode
 import dns.rdatatype
+import dns.rdtypes.ANY.OPT
 import dns.rrset
 
 from worker import wire
@@ -73,6 +74,7 @@ class Resolver:
         self.headers = tuple((dns.name.from_text(r.zone), r) for r in headers)
         self.local = local
         self.pending: dict[bytes, asyncio.Future] = {}
+        self.opt_rdata = dns.rdtypes.ANY.OPT.OPT(wire.OUR_UDP_PAYLOAD, dns.rdatatype.OPT, ())
         self.upstream_failures = 0
         self.overloaded = 0
 
@@ -92,11 +94,14 @@ class Resolver:
         return True
 
     def _query(self, q: wire.Question) -> dns.message.Message:
-        qname = dns.name.from_wire(q.key, 0)[0]
-        query = dns.message.make_query(qname, q.qtype, q.qclass, use_edns=0,
-                                       want_dnssec=q.do, payload=wire.OUR_UDP_PAYLOAD)
-        if q.cd:
-            query.flags |= dns.flags.CD
+        """The upstream query for q. Built field by field: make_query() spends
+        most of its ~16 us re-creating the same OPT record (this takes ~5 us)."""
+        query = dns.message.QueryMessage()
+        query.flags = dns.flags.RD | (dns.flags.CD if q.cd else 0)
+        query.question.append(dns.rrset.RRset(dns.name.Name(wire.labels(q.key)), q.qclass, q.qtype))
+        opt = dns.rrset.RRset(dns.name.root, wire.OUR_UDP_PAYLOAD, dns.rdatatype.OPT)
+        opt.add(self.opt_rdata, wire.EDNS_DO if q.do else 0)
+        query.opt = opt
         return query
 
     async def _fetch(self, q: wire.Question, fut: asyncio.Future) -> None:

@@ -92,6 +92,16 @@ def skip_name(data: bytes, off: int, pointers: bool = True) -> int:
         off += length + 1
 
 
+def labels(name: bytes) -> list[bytes]:
+    """The labels of an uncompressed, already validated name wire (root included)."""
+    out, i = [], 0
+    while name[i]:
+        out.append(name[i + 1:i + 1 + name[i]])
+        i += name[i] + 1
+    out.append(b"")
+    return out
+
+
 def read_name(data: bytes, off: int) -> tuple[bytes, int]:
     """(uncompressed lower-case name wire, offset past the name at `off`).
     Each pointer must point strictly before the label that holds it, so the
