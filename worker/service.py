@@ -122,7 +122,10 @@ class Service:
         if self.adopted:
             self.adopting = loop.create_task(self._finish_adopted(self.adopted))
         if self.sockets.probe is not None:
-            self.probe = ProbeServer(self.sockets.probe, answerer)
+            # Same answer path, but its own counters: probes are not client
+            # queries, and must not show up in metrics as TXT traffic.
+            probe_answerer = Answerer(self.cache, resolver, Stats(per_query=False))
+            self.probe = ProbeServer(self.sockets.probe, probe_answerer)
             self.probe.start()
         if self.sockets.control is not None:
             self.control = ControlChannel(self.sockets.control, self.stats, self.request_drain)

@@ -87,9 +87,15 @@ def test_probe_stats_and_drain(spawn, netns):
     assert (stats["slot"], stats["generation"]) == ("A", 3)
     assert stats["cache_hits"] >= 1 and stats["cache_misses"] >= 2
     assert ["udp", "A", "NOERROR", 3] in stats["queries"]
+    # Probes travel the client code path but are not client traffic.
+    for _ in range(5):
+        w.ask_probe()
+    stats = w.request("stats")["stats"]
+    assert stats["queries_total"] == 3, stats["queries"]
+    assert not [q for q in stats["queries"] if q[1] == "TXT"]
     assert stats["upstream"] and stats["upstream"][0]["server"] == "127.0.0.2:53"
     assert w.request("nonsense")["ok"] is False
-    assert w.request("drain", timeout=2.0) == {"id": 3, "ok": True}
+    assert w.request("drain", timeout=2.0)["ok"] is True
     event = w.read_event()
     assert event["event"] == "stats" and event["stats"]["queries_total"] >= 3
     assert w.wait() == 0
