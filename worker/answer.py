@@ -35,10 +35,36 @@ class Answerer:
         self.cache = cache
         self.resolver = resolver
         self.stats = stats
+        # Query bytes after the ID -> (entry, has_opt), for queries whose
+        # reply is the entry's rendered body behind the client's ID. Clients
+        # repeat the same bytes (same case, flags and EDNS), so one dict
+        # lookup replaces the shape checks, lower-casing and key building.
+        # Bounded: cleared when it reaches the cache's capacity.
+        self.exact: dict[bytes, tuple[Entry, bool]] = {}
+        self.exact_limit = max(cache.capacity, 64)
+
+    def exact_reply(self, data: bytes, now: float) -> bytes | None:
+        """The UDP reply when these exact query bytes were answered from a
+        live entry before; None sends the query down answer()'s full path."""
+        hit = self.exact.get(data[2:])
+        if hit is None:
+            return None
+        entry, has_opt = hit
+        if now >= entry.expires or entry.gone:
+            del self.exact[data[2:]]
+            return None
+        entry.referenced = True
+        if self.stats.per_query:
+            entry.udp_hits += 1
+        age = int(now - entry.stored_at)
+        if age != entry.age:
+            entry.render(age)
+        return data[:2] + (entry.with_opt if has_opt else entry.plain)[2:]
 
     def answer(self, data: bytes, udp: bool, send: Send, dest: Any, now: float) -> bytes | None:
         """The reply to send now, PENDING when send(reply, dest) will be called
-        later, or None when the packet is dropped. `now` is time.monotonic()."""
+        later, or None when the packet is dropped. `now` is time.monotonic().
+        UDP servers try exact_reply() first."""
         # Fast path. A name found by searching for its zero byte is only
         # trusted when it equals a stored key: stored keys are valid names, and
         # a valid name wire is self-delimiting, so the real parse agrees.
@@ -71,6 +97,11 @@ class Answerer:
                     entry.mirror_rd and (data[2] ^ body[2]) & wire.FLAG_RD):
                 return self._splice_slow(entry, body, data, z, udp, has_opt, payload)
             if name == entry.qname:
+                if udp:     # a UDP reply fits the client's size, so TCP can reuse it, not the reverse
+                    exact = self.exact
+                    if len(exact) >= self.exact_limit:
+                        exact.clear()
+                    exact[data[2:]] = (entry, has_opt)
                 return data[:2] + body[2:]
             return data[:2] + body[2:12] + name + body[z:]
         return self._slow(data, udp, send, dest, now)

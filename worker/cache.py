@@ -23,7 +23,7 @@ class Entry:
 
     __slots__ = ("template", "qname", "qtype", "ttl_offsets", "ttls", "stored_at", "expires", "rcode",
                  "mirror_rd", "do", "age", "plain", "with_opt", "referenced", "ar_plus_one",
-                 "udp_hits", "tcp_hits")
+                 "udp_hits", "tcp_hits", "gone")
 
     def __init__(self, template: bytes, qname_end: int, ttl_offsets: tuple[int, ...], ttls: tuple[int, ...],
                  stored_at: float, lifetime: float, rcode: int, mirror_rd: bool, do: bool) -> None:
@@ -39,6 +39,7 @@ class Entry:
         self.mirror_rd = mirror_rd
         self.do = do
         self.referenced = False
+        self.gone = False       # set when it leaves the cache (see Cache._leave)
         self.ar_plus_one = wire.U16.pack(wire.U16.unpack_from(template, 10)[0] + 1)
         self.age = -1
         self.render(0)
@@ -81,6 +82,12 @@ class Cache:
         self.evictions = 0
         self.retire = retire    # told of every entry that leaves (its hit counts)
 
+    def _leave(self, entry: Entry) -> None:
+        # `gone` lets holders of a direct reference (the answerer's exact-
+        # query index) notice that the entry is no longer the cache's.
+        entry.gone = True
+        self.retire(entry)
+
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -90,19 +97,19 @@ class Cache:
             return None
         if now >= entry.expires:
             del self.entries[key]
-            self.retire(entry)
+            self._leave(entry)
             return None
         entry.referenced = True
         return entry
 
     def put(self, key: bytes, entry: Entry) -> None:
         if self.capacity <= 0:
-            self.retire(entry)
+            self._leave(entry)
             return
         entries = self.entries
         replaced = entries.pop(key, None)
         if replaced is not None:
-            self.retire(replaced)
+            self._leave(replaced)
         if len(entries) >= self.capacity:
             self._drop_expired(entry.stored_at)
         # Second chance is bounded: each pass clears a flag, so at most
@@ -114,7 +121,7 @@ class Cache:
                 entries[old_key] = old
             else:
                 self.evictions += 1
-                self.retire(old)
+                self._leave(old)
         entries[key] = entry
         self.sequence += 1
         heapq.heappush(self.expiry, (entry.expires, self.sequence, key, entry))
@@ -129,7 +136,7 @@ class Cache:
             _expires, _seq, key, entry = heapq.heappop(heap)
             if entries.get(key) is entry:
                 del entries[key]
-                self.retire(entry)
+                self._leave(entry)
 
 
 def _flags(template: bytearray, rule: HeaderRule | None) -> bool:

@@ -191,6 +191,10 @@ def test_edns_payload_size_and_opt_echo(stack):
     assert not big.flags & dns.flags.TC and len(big.answer[0]) == 30
     over_tcp = w.ask("big.test", "TXT", tcp=True, use_edns=0, payload=512)
     assert not over_tcp.flags & dns.flags.TC and len(over_tcp.answer[0]) == 30
+    for _ in range(2):    # repeats take the exact-query fast path: still the client's size
+        again = w.ask("big.test", "TXT", use_edns=0, payload=512)
+        assert again.flags & dns.flags.TC and not again.answer, "a TCP answer does not skip UDP truncation"
+        assert len(w.ask("big.test", "TXT", use_edns=0, payload=4096).answer[0]) == 30
 
 
 def test_header_rule_sets_and_clears_flags(stack):
