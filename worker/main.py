@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import socket
 import sys
 from dataclasses import replace
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"cannot start serving: {e}", file=sys.stderr)
         return EX_BOOT
+    _raise_fd_limit()
     identity = Identity(args.slot, args.generation, version())
     options = Options(per_query_stats=not args.no_metrics,
                       tcp=TcpLimits(idle_timeout=args.tcp_idle_timeout,
@@ -94,6 +96,16 @@ def _config(args) -> WorkerConfig:
         config = replace(config, upstreams=tuple(replace(z, force_tcp=True) if z.zone == "." else z
                                                  for z in config.upstreams))
     return config
+
+
+def _raise_fd_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard one (no privilege needed): every
+    upstream miss in flight holds a socket, and the Forwarder sizes its
+    socket budget from this limit; the common soft default of 1024 would
+    queue a burst of misses that the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _bind(listen: list[str]) -> Sockets:

@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -51,3 +52,24 @@ def test_missing_listen_is_a_usage_error(netns):
     p = subprocess.run([sys.executable, "-m", "worker", "--upstream", "127.0.0.2"],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "--listen" in p.stderr
+
+
+def test_open_file_limit_raised_to_the_hard_limit(netns, upstream):
+    """Each upstream miss in flight holds a socket: a worker started under a
+    low soft limit (the common 1024, here 256) raises it to the hard one."""
+    p = netns.popen(["prlimit", "--nofile=256:8192", sys.executable, "-m", "worker",
+                     "--listen", "127.0.0.1:5353", "--upstream", upstream.server],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            answer = netns.run(["dig", "@127.0.0.1", "-p", "5353", "+time=1", "+tries=1", "+short", "a.test"],
+                               check=False).stdout
+            if "192.0.2.10" in answer:
+                break
+            time.sleep(0.1)
+        assert "192.0.2.10" in answer
+        limits = open(f"/proc/{p.pid}/limits").read()
+        assert re.search(r"^Max open files\s+8192\s+8192\s", limits, re.M), limits
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
