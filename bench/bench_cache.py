@@ -27,6 +27,13 @@ Two measurements per contender and workload, per round:
   all answers of that run. A fixed rate below every contender's capacity
   compares service time rather than queueing.
 
+With --pin (the default on 2 or more CPUs) every contender runs on CPU 1
+and dnsperf on CPU 0 (taskset): on a small machine an unpinned server and
+load generator fight over the same cores, and the qps then says as much
+about how much CPU the server leaves dnsperf as about the server. `us/q` is
+the server's CPU time (user + system) per answered query in the
+throughput run: the cost figure that does not depend on the client.
+
 After each run the bench waits until that server is idle again, so a
 backlog it is still working off does not slow the next run. The figures
 printed are medians over rounds; ratios are to unbound; `cpu` is the
@@ -67,16 +74,17 @@ class Figures:
     lat_mean_ms: list[float] = field(default_factory=list)  # fixed-rate run
     lat_p99_ms: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)          # server CPU share in the throughput run
+    us_per_query: list[float] = field(default_factory=list)  # server CPU us per answered query, same run
     lost: int = 0
 
 
-def start_twindns(ns: Netns, work: Path, extra: list[str]) -> subprocess.Popen:
+def start_twindns(ns: Netns, work: Path, extra: list[str], pin: list[str]) -> subprocess.Popen:
     log = open(work / "twindns.log", "wb")
-    return ns.popen([sys.executable, "-m", "worker", "--listen", f"127.0.0.1:{PORTS['twindns']}",
+    return ns.popen([*pin, sys.executable, "-m", "worker", "--listen", f"127.0.0.1:{PORTS['twindns']}",
                      "--upstream", UPSTREAM, *extra], stdout=log, stderr=subprocess.STDOUT)
 
 
-def start_unbound(ns: Netns, work: Path) -> subprocess.Popen:
+def start_unbound(ns: Netns, work: Path, pin: list[str]) -> subprocess.Popen:
     conf = work / "unbound-fwd.conf"
     conf.write_text("\n".join([
         "server:",
@@ -90,12 +98,12 @@ def start_unbound(ns: Netns, work: Path) -> subprocess.Popen:
         '    local-zone: "test." nodefault',
         "forward-zone:", '    name: "."', f"    forward-addr: {UPSTREAM}@53", ""]))
     log = open(work / "unbound-fwd.log", "wb")
-    return ns.popen(["unbound", "-d", "-p", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    return ns.popen([*pin, "unbound", "-d", "-p", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
 
 
-def start_dnsmasq(ns: Netns, work: Path) -> subprocess.Popen:
+def start_dnsmasq(ns: Netns, work: Path, pin: list[str]) -> subprocess.Popen:
     log = open(work / "dnsmasq.log", "wb")
-    return ns.popen(["dnsmasq", "-k", "--no-resolv", "--no-hosts", "--no-poll", "--user=root",
+    return ns.popen([*pin, "dnsmasq", "-k", "--no-resolv", "--no-hosts", "--no-poll", "--user=root",
                      f"--server={UPSTREAM}#53", "--listen-address=127.0.0.1", "--bind-interfaces",
                      f"--port={PORTS['dnsmasq']}", "--cache-size=10000", "--dns-forward-max=1000",
                      "--pid-file="], stdout=log, stderr=subprocess.STDOUT)
@@ -112,16 +120,17 @@ def wait_answering(ns: Netns, port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"nothing answers on port {port}")
 
 
-def throughput(ns: Netns, port: int, qfile: Path, seconds: float) -> dnsperf.DnsperfResult:
+def throughput(ns: Netns, port: int, qfile: Path, seconds: float, pin: list[str]) -> dnsperf.DnsperfResult:
     argv = dnsperf.dnsperf_argv("127.0.0.1", port, qfile, seconds, clients=4, timeout=2.0)
     argv[argv.index("-q") + 1] = "500"
-    return dnsperf.run(argv, netns=ns)
+    return dnsperf.run([*pin, *argv], netns=ns)
 
 
-def latency(ns: Netns, port: int, qfile: Path, seconds: float, rate: int) -> tuple[float, float, int]:
+def latency(ns: Netns, port: int, qfile: Path, seconds: float, rate: int,
+            pin: list[str]) -> tuple[float, float, int]:
     """(mean ms, p99 ms, lost) from every answer's own latency (dnsperf -v)."""
     argv = dnsperf.dnsperf_argv("127.0.0.1", port, qfile, seconds, qps=rate, clients=4, timeout=2.0)
-    out = subprocess.run(ns.cmd(argv + ["-v"]), capture_output=True, timeout=seconds + 60).stdout
+    out = subprocess.run(ns.cmd([*pin, *argv, "-v"]), capture_output=True, timeout=seconds + 60).stdout
     lat = sorted(float(m) for m in LATENCY_LINE.findall(out))
     if not lat:
         raise RuntimeError(f"no answers: {out[-2000:]!r}")
@@ -156,7 +165,11 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", default=list(PORTS), choices=list(PORTS))
     ap.add_argument("--workloads", nargs="*", default=["hit", "miss"], choices=["hit", "miss"])
     ap.add_argument("--worker-arg", action="append", default=[], help="extra argument for python -m worker")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2,
+                    help="servers on CPU 1, dnsperf on CPU 0 (default with 2+ CPUs)")
     args = ap.parse_args()
+    server_pin = ["taskset", "-c", "1"] if args.pin else []
+    client_pin = ["taskset", "-c", "0"] if args.pin else []
     if os.geteuid() != 0 or shutil.which("dnsperf") is None:
         print("needs root (network namespace) and dnsperf", file=sys.stderr)
         return 2
@@ -167,8 +180,9 @@ def main() -> int:
     try:
         upstream = Unbound(work / "upstream", addr=UPSTREAM, port=53, netns=ns)
         procs = {}
-        starters = {"twindns": lambda: start_twindns(ns, work, args.worker_arg),
-                    "unbound": lambda: start_unbound(ns, work), "dnsmasq": lambda: start_dnsmasq(ns, work)}
+        starters = {"twindns": lambda: start_twindns(ns, work, args.worker_arg, server_pin),
+                    "unbound": lambda: start_unbound(ns, work, server_pin),
+                    "dnsmasq": lambda: start_dnsmasq(ns, work, server_pin)}
         for name in args.only:
             procs[name] = psutil.Process(starters[name]().pid)
             wait_answering(ns, PORTS[name])
@@ -190,27 +204,30 @@ def main() -> int:
                         lat_file = dnsperf.write_queries(
                             work / "miss-l.txt", [(f"l{r}-{i}.{name}.short.test", "A") for i in range(count)])
                     cpu_before, t_before = sum(procs[name].cpu_times()[:2]), time.monotonic()
-                    res = throughput(ns, PORTS[name], tput_file, args.seconds)
-                    fig.cpu.append((sum(procs[name].cpu_times()[:2]) - cpu_before) / (time.monotonic() - t_before))
+                    res = throughput(ns, PORTS[name], tput_file, args.seconds, client_pin)
+                    cpu_used = sum(procs[name].cpu_times()[:2]) - cpu_before
+                    fig.cpu.append(cpu_used / (time.monotonic() - t_before))
+                    fig.us_per_query.append(cpu_used / max(res.completed, 1) * 1e6)
                     fig.qps.append(res.qps)
                     fig.mean_ms.append(res.avg_latency * 1e3)
                     fig.lost += res.lost
                     settle(procs[name])
                     rate = args.rate if workload == "hit" else args.miss_rate
-                    mean, p99, lost = latency(ns, PORTS[name], lat_file, min(args.seconds, 3.0), rate)
+                    mean, p99, lost = latency(ns, PORTS[name], lat_file, min(args.seconds, 3.0), rate, client_pin)
                     settle(procs[name])
                     fig.lat_mean_ms.append(mean)
                     fig.lat_p99_ms.append(p99)
                     fig.lost += lost
-                    print(f"round {r + 1} {workload:4} {name:8} {res.qps:9.0f} qps (cpu {fig.cpu[-1]:4.0%})"
+                    print(f"round {r + 1} {workload:4} {name:8} {res.qps:9.0f} qps (cpu {fig.cpu[-1]:4.0%},"
+                          f" {fig.us_per_query[-1]:5.2f} us/q)"
                           f"  mean {res.avg_latency * 1e3:6.3f} ms"
                           f" | at {rate} qps: mean {mean:6.3f} ms  p99 {p99:6.3f} ms", flush=True)
         load_after = os.getloadavg()
         print(f"\nupstream queries: {upstream.queries()}; load average before {load[0]:.2f}, after {load_after[0]:.2f}"
-              f" ({os.cpu_count()} CPUs)")
+              f" ({os.cpu_count()} CPUs; {'servers on CPU 1, dnsperf on CPU 0' if args.pin else 'not pinned'})")
         print(f"\nmedians over {args.rounds} rounds, {args.seconds:g} s runs (latency runs at a fixed "
               f"{args.rate} qps for hits, {args.miss_rate} qps for misses; p99 over every answer):")
-        print(f"{'workload':8} {'server':8} {'qps':>9} {'x unbound':>9} {'cpu':>5} {'mean ms':>8} {'@rate mean':>10} "
+        print(f"{'workload':8} {'server':8} {'qps':>9} {'x unbound':>9} {'cpu':>5} {'us/q':>6} {'mean ms':>8} {'@rate mean':>10} "
               f"{'@rate p99':>9} {'lost':>5}")
         for workload in args.workloads:
             base = statistics.median(results[(workload, "unbound")].qps) if "unbound" in args.only else None
@@ -219,6 +236,7 @@ def main() -> int:
                 qps = statistics.median(fig.qps)
                 ratio = f"{qps / base:9.2f}" if base else f"{'-':>9}"
                 print(f"{workload:8} {name:8} {qps:9.0f} {ratio} {statistics.median(fig.cpu):5.0%} "
+                      f"{statistics.median(fig.us_per_query):6.2f} "
                       f"{statistics.median(fig.mean_ms):8.3f} "
                       f"{statistics.median(fig.lat_mean_ms):10.3f} {statistics.median(fig.lat_p99_ms):9.3f} "
                       f"{fig.lost:5d}")
