@@ -7,6 +7,11 @@ the second is asked as well, and so on, and any of the servers asked may
 still answer until the zone's timeout runs out. A refused or unreachable
 server hands over at once. So the client gets an answer or an UpstreamError
 (its SERVFAIL) within `timeout`, never silence.
+
+Over UDP, once every server has been asked, the ones still silent are asked
+again (new socket, new ID) on the same schedule, up to ASK_ROUNDS times in
+all: one lost datagram must not cost the client a SERVFAIL, and a client's
+own retry cannot help, since it joins the miss already in flight.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ from worker.upstream_stats import ServerStats
 from worker.upstream_tcp import TcpUpstream
 from worker import upstream_udp
 
+# Times a silent server is asked for one query over UDP (the first ask included).
+ASK_ROUNDS = 3
 # How long a server that failed stays at the back of its zone's order.
 DEMOTE_SECONDS = 30.0
 # Errors that say this host ran short of something, not that the server failed.
@@ -125,11 +132,17 @@ class Forwarder:
                     attempts: list[_Attempt], deadline: float) -> bytes:
         running: set[asyncio.Task] = set()
         hand_over_at = time.monotonic()
+        rounds = 1 if not zone.force_tcp else ASK_ROUNDS    # TCP does not lose a query
         while True:
             now = time.monotonic()
             if now >= deadline:
                 raise UpstreamError(f"no answer for {query.name} from zone {zone.zone} "
                                     f"servers within {zone.timeout}s")
+            if not waiting and running and now >= hand_over_at and rounds < ASK_ROUNDS:
+                rounds += 1
+                for attempt in attempts:
+                    if attempt.task in running and attempt.server not in waiting:
+                        waiting.append(attempt.server)
             if waiting and (now >= hand_over_at or not running):
                 hand_over_at = now + (deadline - now) / (len(waiting) + 1)
                 attempt = _Attempt(waiting.pop(0), hand_over_at)
@@ -140,7 +153,7 @@ class Forwarder:
                 continue
             if not running:
                 raise UpstreamError(f"every server of zone {zone.zone} failed for {query.name}")
-            wake = min(deadline, hand_over_at) if waiting else deadline
+            wake = min(deadline, hand_over_at) if waiting or rounds < ASK_ROUNDS else deadline
             done, _ = await asyncio.wait(running, timeout=max(0.0, wake - now),
                                          return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -175,14 +188,20 @@ class Forwarder:
         """Cancel the attempts still running; those whose query was sent and
         had its share of the time without an answer count as failures."""
         now = time.monotonic()
+        # A server that answered a repeated ask did not fail; one silent to
+        # several asks failed once.
+        settled = [a.server for a in attempts
+                   if a.task.done() and not a.task.cancelled() and a.task.exception() is None]
         for attempt in attempts:
             if attempt.task.done():
                 if not attempt.task.cancelled():
                     attempt.task.exception()  # retrieved: failures were counted in _ask
                 continue
             attempt.task.cancel()
-            if attempt.sent_at is not None and now >= attempt.hand_over_at:
+            if attempt.sent_at is not None and now >= attempt.hand_over_at \
+                    and attempt.server not in settled:
                 attempt.server.failed()
+                settled.append(attempt.server)
 
     def stats(self) -> list[dict]:
         """The "upstream" list of STATS (docs/internals.md), one entry per server."""

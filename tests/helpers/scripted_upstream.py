@@ -8,6 +8,8 @@ Run it inside a test namespace:
 Modes (every real answer is `NAME A 192.0.2.77`, every forged one
 `NAME A 198.51.100.66`):
   answer  UDP and TCP answer every query (TCP pipelined, several per connection)
+  lossy   like answer, but the first UDP datagram asking each name is dropped
+          (a lost packet: only a repeated ask gets the answer)
   silent  count queries, never answer
   tc      UDP answers carry TC=1 and no records; TCP answers are full
   spoof   each UDP query first gets forged answers (from another port of our
@@ -69,6 +71,7 @@ class Server:
         self.udp: asyncio.DatagramTransport | None = None
         self.other_port: socket.socket | None = None
         self.other_ip: socket.socket | None = None
+        self.seen: set = set()      # lossy: names whose first datagram was dropped
 
     def save(self) -> None:
         tmp = self.state.with_suffix(".tmp")
@@ -86,7 +89,9 @@ class Server:
             return
         self.counts["ids"].append(query.id)
         self.save()
-        if self.mode == "answer":
+        if self.mode == "lossy" and query.question[0].name not in self.seen:
+            self.seen.add(query.question[0].name)
+        elif self.mode in ("answer", "lossy"):
             self.udp.sendto(answer(query, REAL), addr)
         elif self.mode == "tc":
             reply = dns.message.make_response(query)
@@ -193,7 +198,7 @@ class Scripted:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--listen", required=True)
-    p.add_argument("--mode", choices=("answer", "silent", "tc", "spoof"), required=True)
+    p.add_argument("--mode", choices=("answer", "lossy", "silent", "tc", "spoof"), required=True)
     p.add_argument("--state", required=True, type=Path)
     p.add_argument("--delay", type=float, default=0.1)
     p.add_argument("--close-after", type=int, default=0)

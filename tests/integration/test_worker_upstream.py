@@ -123,6 +123,22 @@ def test_silent_upstream_gives_servfail_within_timeout(netns, tmp_path, started)
     assert silent.counts()["udp_queries"] >= 1
 
 
+def test_a_lost_upstream_datagram_is_asked_again_not_servfail(netns, tmp_path, started):
+    """One upstream, and the first datagram of every question lost: the worker
+    asks again before the timeout (a client's own retry would only join the
+    miss in flight)."""
+    lossy = started(Scripted, netns, tmp_path, "lossy", addr="127.0.0.3")
+    w = worker_with(netns, tmp_path, started, {"servers": [lossy.server], "timeout": 2})
+    for name in ("lost-once.test", "lost-too.test"):
+        t0 = time.monotonic()
+        reply = w.ask(name)
+        assert reply.rcode() == dns.rcode.NOERROR and addresses(reply) == [REAL]
+        assert time.monotonic() - t0 < 1.9
+    counts = lossy.counts()
+    assert counts["udp_queries"] == 4, counts
+    assert len(set(counts["ids"])) == 4, "each ask has its own ID"
+
+
 def test_spoofed_answers_are_rejected_and_the_real_one_served(netns, tmp_path, started):
     spoofer = started(Scripted, netns, tmp_path, "spoof", addr="127.0.0.3", delay=0.15)
     w = worker_with(netns, tmp_path, started, {"servers": [spoofer.server], "timeout": 1})
