@@ -78,6 +78,7 @@ class ControlServer:
         self._handlers = handlers
         self._server: asyncio.AbstractServer | None = None
         self._path: str | None = None
+        self._connections: set[asyncio.Task] = set()
 
     async def start(self, path: str) -> None:
         sock = bind_control_socket(path)
@@ -91,11 +92,18 @@ class ControlServer:
         if self._path is not None:
             Path(self._path).unlink(missing_ok=True)
             self._path = None
+        # Connections still open (a client that sent nothing yet) end here,
+        # not later against a closed loop.
+        for task in self._connections:
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         def send(obj: dict) -> None:
             writer.write(json.dumps(obj).encode() + b"\n")
 
+        task = asyncio.current_task()
+        self._connections.add(task)
         try:
             uid = peer_uid(writer.get_extra_info("socket"))
             line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
@@ -107,6 +115,7 @@ class ControlServer:
         except (asyncio.TimeoutError, ConnectionError, asyncio.LimitOverrunError, ValueError) as e:
             log.debug("control connection dropped: %s", e)
         finally:
+            self._connections.discard(task)
             writer.close()
 
     async def _dispatch(self, line: bytes, uid: int, progress: Progress) -> dict:
