@@ -25,11 +25,15 @@ class Unreachable(ConnectionError):
 def socket_path(args) -> str:
     if args.socket:
         return args.socket
-    from supervisor.config import ConfigError, load
+    from supervisor.config import Config, ConfigError, load
     try:
         return load(args.config).control_socket
     except ConfigError as e:
-        raise Unreachable(f"cannot find the control socket: {e}") from None
+        # A config being edited must not make a serving node look down: the
+        # running supervisor keeps the config it accepted. Try the default.
+        default = Config.__dataclass_fields__["control_socket"].default
+        print(f"warning: {e}; trying the default control socket {default}", file=sys.stderr)
+        return default
 
 
 def request(path: str, op: str, timeout: float, on_progress=lambda text: None) -> dict:

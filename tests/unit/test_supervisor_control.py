@@ -116,3 +116,16 @@ def test_unreachable_supervisor_is_exit_2(tmp_path, capsys):
     out = capsys.readouterr()
     assert json.loads(out.out)["healthy"] is False
     assert "no supervisor is running" in out.err
+
+
+def test_a_broken_config_on_disk_does_not_hide_the_running_supervisor(tmp_path, capsys):
+    """An operator mid-edit: the running supervisor keeps the config it
+    accepted, so status still asks the default socket instead of saying down."""
+    broken = tmp_path / "twindns.toml"
+    broken.write_text('port = "fifty-three"\n')
+
+    class Args:
+        command, socket, config, json = "status", None, str(broken), True
+    assert client.socket_path(Args()) == "/run/twindns/control.sock"
+    err = capsys.readouterr().err
+    assert "port" in err and "trying the default control socket" in err
