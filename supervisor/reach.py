@@ -12,6 +12,7 @@ the reason.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -59,7 +60,7 @@ def closed_on_the_way(target: str, uid: int, gid: int) -> list[str]:
 def plan(uid: int, gid: int, user: str) -> Reach | None:
     """None when the user reaches the interpreter and the worker code as they
     are; a Reach when exactly one closed directory is in the way."""
-    import worker
+    import worker    # only to locate its files; nothing of it is called
     targets = (os.path.realpath(sys.executable), os.path.dirname(os.path.realpath(worker.__file__)))
     closed = {d for t in targets for d in closed_on_the_way(t, uid, gid)}
     if not closed:
@@ -72,7 +73,22 @@ def plan(uid: int, gid: int, user: str) -> Reach | None:
                                                     or not target.startswith(exposed + os.sep)):
             raise Unreachable(f"user {user!r} cannot reach {target} ({', '.join(sorted(closed))} closed to it); "
                               "install twindns into a Python every user can run (e.g. the system python3)")
+    if not private_mounts_permitted():
+        raise Unreachable(f"user {user!r} cannot reach {covered}, and this supervisor may not make a "
+                          "private mount namespace (under the shipped unit: RestrictNamespaces=yes, no "
+                          "CAP_SYS_ADMIN); install twindns into a Python every user can run "
+                          "(e.g. the system python3)")
     return Reach(covered=covered, exposed=exposed)
+
+
+def private_mounts_permitted(probe: tuple[str, ...] = ("unshare", "--mount", "true")) -> bool:
+    """Whether we may make a private mount namespace: a systemd unit with
+    RestrictNamespaces= or a capability set without CAP_SYS_ADMIN forbids it,
+    and workers that cannot start would crash-loop instead of saying why."""
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def wrap(argv: list[str], reach: Reach, uid: int, gid: int) -> list[str]:

@@ -80,3 +80,11 @@ def test_wrap_drops_to_the_user_with_nothing_left():
     assert {"--reuid=65534", "--regid=65534", "--clear-groups", "--bounding-set=-all",
             "--no-new-privs"} <= set(argv[i:])
     assert argv[-3:] == ["python", "-m", "worker"]
+
+
+def test_private_mounts_permitted_follows_the_probe_command():
+    """Where namespaces are forbidden (the shipped unit), the probe fails and
+    the supervisor refuses with the reason instead of crash-looping workers."""
+    assert reach.private_mounts_permitted(("true",)) is True
+    assert reach.private_mounts_permitted(("false",)) is False
+    assert reach.private_mounts_permitted(("/nonexistent/unshare",)) is False
