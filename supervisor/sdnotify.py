@@ -13,8 +13,8 @@ call is a no-op, so the arbiter calls these unconditionally:
     notifier.stopping()
 
 The environment is left as it is: after `twindns upgrade` the re-executed
-supervisor (same pid) needs it again. Workers must not inherit it: spawn
-them with CHILD_ENV_DROP removed from their environment.
+supervisor (same pid) needs it again. Workers must not inherit it
+(supervisor.spawn scrubs it from their environment).
 """
 from __future__ import annotations
 
@@ -23,8 +23,6 @@ import os
 import socket
 import time
 from typing import Mapping
-
-CHILD_ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 log = logging.getLogger("twindns.sdnotify")
 

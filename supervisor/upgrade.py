@@ -39,6 +39,7 @@ import sys
 from typing import Callable
 
 from supervisor import logs, version
+from supervisor.states import SlotState
 
 HANDOFF_ENV = "TWINDNS_UPGRADE_FD"
 PREFLIGHT_TIMEOUT = 60.0
@@ -153,7 +154,7 @@ def connection_fd(progress) -> int | None:
 async def begin(arbiter, progress: Callable[[str], None]) -> dict:
     """The `upgrade` control op in the running image. Call with the restart lock held."""
     pool = arbiter.pool
-    not_ready = [s["slot"] for s in pool.status() if s["state"] != "ready" or s["replacing"] or s["draining"]]
+    not_ready = [s["slot"] for s in pool.status() if s["state"] != SlotState.READY.value or s["replacing"] or s["draining"]]
     if not_ready:
         return {"ok": False, "error": f"upgrade needs both workers ready and idle; slot {', '.join(not_ready)} "
                                       "is not (see `twindns status`)"}
