@@ -26,8 +26,18 @@ def ensure_tcp_migrate_req(path: str = TCP_MIGRATE_REQ) -> list[str]:
 
 
 def tcp_migrate_req_problems(path: str = TCP_MIGRATE_REQ) -> list[str]:
-    if not os.path.exists(path):
-        return []  # kernel older than 5.14: nothing we can do about it
+    # A kernel older than 5.14, or a read-only /proc/sys (an unprivileged pod,
+    # ProtectKernelTunables=): nothing we can do, so nothing to report; it is
+    # an optimisation for TCP handover, not a condition of serving.
+    if not os.path.exists(path) or _read_only(path):
+        return []
     with open(path) as f:
         value = f.read().strip()
     return [] if value == "1" else [f"net.ipv4.tcp_migrate_req is {value}, want 1"]
+
+
+def _read_only(path: str) -> bool:
+    """True on a read-only mount (access(2) says EROFS), not for a missing privilege."""
+    if os.access(path, os.W_OK):
+        return False
+    return os.statvfs(path).f_flag & os.ST_RDONLY != 0

@@ -184,3 +184,18 @@ def test_bad_config_names_file_and_key(netns, tmp_path):
     proc = twindns_net(netns, "ensure", str(cfg))
     assert proc.returncode == 78 and str(cfg) in proc.stderr and "firewall.backend" in proc.stderr
     assert "nodelocaldns" not in links(netns)
+
+
+def test_read_only_proc_sys_still_gets_interface_and_rules(netns, tmp_path):
+    """An unprivileged pod or ProtectKernelTunables=: /proc/sys is read-only.
+    tcp_migrate_req is an optimisation, so ensure puts everything else in
+    place and verify does not report what nobody here can change."""
+    cfg = write_config(tmp_path / "twindns.toml", "nft")
+    ro = ["unshare", "--mount", "sh", "-c", 'mount --bind -o ro /proc/sys /proc/sys && exec "$@"', "ro"]
+    ensured = twindns_net(netns, "ensure", cfg, prefix=ro)
+    assert ensured.returncode == 0, ensured.stdout + ensured.stderr
+    assert "Traceback" not in ensured.stderr
+    assert sorted(our_lines(netns, "nft")) == sorted(
+        expected_lines(V4, health_ports=(8080, 9253)) + expected_lines(V6, health_ports=(8080, 9253)))
+    verified = twindns_net(netns, "verify", cfg, prefix=ro)
+    assert verified.returncode == 0 and "verify: ok" in verified.stdout, verified.stdout
