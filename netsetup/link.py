@@ -17,6 +17,7 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -171,8 +172,17 @@ def teardown_link(spec: NetSpec) -> list[str]:
             if link.get_attr("IFLA_IFALIAS") == LINK_ALIAS:
                 ipr.link("del", index=link["index"])
                 changes.append(f"deleted interface {link.get_attr('IFLA_IFNAME')}")
-        adopted = _find_link(ipr, spec.interface)
+        # Without the kernel's address marks, the spec's IPs on the spec's
+        # interface are the best guess at ours; with them, an address without
+        # the mark was put there by someone else and stays.
+        adopted = None if kernel_keeps_address_marks() else _find_link(ipr, spec.interface)
         changes += _delete_addresses(ipr, [
             a for a in _addresses(ipr)
             if a.proto == ADDR_PROTO or (adopted and a.index == adopted["index"] and a.address in spec.addresses)])
     return changes
+
+
+def kernel_keeps_address_marks(release: str | None = None) -> bool:
+    """IFA_PROTO on addresses is kept from Linux 6.1 on."""
+    numbers = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
+    return numbers is not None and (int(numbers.group(1)), int(numbers.group(2))) >= (6, 1)

@@ -155,6 +155,16 @@ def test_adopted_interface_stays_with_only_our_addresses_removed(netns):
     assert [a for a in links(netns)["nodelocaldns"] if not a.startswith("fe80:")] == ["10.9.9.9/24"]
 
 
+def test_listen_ip_an_operator_put_on_the_adopted_interface_survives_teardown(netns):
+    """netplan or an operator already serves 169.254.20.10 on nodelocaldns:
+    twindns adopts it and added nothing, so stopping it must not strip it."""
+    netns.add_bridge_address("nodelocaldns", f"{V4}/32")
+    spec = {**SPEC, "addresses": [V4], "manage_firewall": False}
+    api(netns, "ensure", spec)
+    api(netns, "teardown", spec)
+    assert f"{V4}/32" in links(netns)["nodelocaldns"]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_listen_ip_on_another_interface_is_a_clear_error(netns, tmp_path, backend):
     netns.add_bridge_address("other0", f"{V4}/32")
