@@ -164,6 +164,8 @@ class WorkerPool:
 
     # -- events from the worker ------------------------------------------
     def _on_probe_answer(self, worker: Worker, latency: float, text: str) -> None:
+        if worker.kill_cause is not None:
+            return      # SIGKILLed already (an answer sent before): it must not become READY or bind
         worker.probe_misses = 0
         worker.last_probe_latency = latency
         if worker.state is SlotState.STARTING:

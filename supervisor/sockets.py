@@ -112,10 +112,11 @@ class SocketSet:
 
     def steer_away(self) -> None:
         """Take the UDP sockets out of reuseport selection; queued datagrams stay."""
-        for s in self.udp:
-            if is_bound(s):
-                s.connect(s.getsockname())
-        self.steered = True
+        bound = [s for s in self.udp if is_bound(s)]
+        for s in bound:
+            s.connect(s.getsockname())
+        # An unbound socket was not steered: if it is bound later it must be steered then.
+        self.steered = len(bound) == len(self.udp)
 
     def close_tcp(self) -> None:
         """Drop our TCP listeners so the kernel stops picking them once the worker closes its copies."""

@@ -1,0 +1,84 @@
+"""Worker pool, network state and reload logic, with fakes in place of worker
+processes and netsetup children (no root, no namespaces)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+
+import pytest
+
+import supervisor.netstate as netstate
+from supervisor import arbiter as arbiter_mod
+from supervisor.arbiter import Arbiter
+from supervisor.config import Endpoint, parse
+from supervisor.pool import RestartAborted, Runtime, WorkerPool
+from supervisor.slot import Worker
+from supervisor.sockets import SocketSet, is_bound
+from supervisor.states import RestartCause, SlotState
+
+
+class Stub:
+    def close(self) -> None:
+        pass
+
+
+class FakeHandles:
+    def __init__(self, sockets: SocketSet | None = None) -> None:
+        self.sockets = sockets or SocketSet()
+        self.adopted = None
+        self.closed = False
+
+    def release_adopted(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+        self.sockets.close()
+
+
+def free_udp_endpoint() -> Endpoint:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return Endpoint("127.0.0.1", s.getsockname()[1])
+
+
+def attach(pool: WorkerPool, worker: Worker, loop) -> Runtime:
+    rt = Runtime(prober=Stub(), channel=Stub(), ready=loop.create_future(), exited=loop.create_future())
+    pool._runtime[worker.pid] = rt
+    return rt
+
+
+# -- finding 4: a probe answer after SIGKILL ---------------------------------
+def test_probe_answer_after_kill_neither_readies_nor_binds():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pool = WorkerPool(loop, parse("", "x.toml"), None)
+        sockets = SocketSet.open((free_udp_endpoint(),))
+        w = Worker(slot="A", generation=1, pid=4242, started_at=time.monotonic(), handles=FakeHandles(sockets))
+        pool.slots["A"].current = w
+        rt = attach(pool, w, loop)
+        w.kill_cause = RestartCause.BOOT        # SIGKILL sent; its answer was already queued
+        pool._on_probe_answer(w, 0.001, "slot=A")
+        try:
+            assert w.state is SlotState.STARTING
+            assert not any(is_bound(s) for s in sockets.udp)
+            assert not rt.ready.done()
+        finally:
+            sockets.close()
+    asyncio.run(scenario())
+
+
+def test_steered_only_when_every_udp_socket_was_connected():
+    sockets = SocketSet.open((free_udp_endpoint(),))
+    try:
+        sockets.steer_away()                    # not bound yet: nothing to connect
+        assert not sockets.steered
+        sockets.bind_udp()
+        sockets.steer_away()
+        assert sockets.steered
+        s = sockets.udp[0]
+        assert s.getpeername() == s.getsockname()
+    finally:
+        sockets.close()
