@@ -367,8 +367,16 @@ class WorkerPool:
                 await asyncio.shield(rt.exited)
             raise RestartAborted(f"slot {name}: new worker pid {new.pid} did not become ready "
                                  f"({e or 'timeout'}); the old worker keeps serving") from None
+        if not new.alive or new.kill_cause is not None:
+            # Ready, then gone (or being killed) before we got here: _exited already took it
+            # out of `incoming`, or is about to.
+            if new.alive:
+                await asyncio.shield(rt.exited)
+            self.incoming.pop(name, None)
+            raise RestartAborted(f"slot {name}: new worker pid {new.pid} exited after it became ready; "
+                                 "the old worker keeps serving")
         old = slot.current
-        del self.incoming[name]
+        self.incoming.pop(name, None)
         slot.current = new
         slot.respawn_at = None
         adopt = self.orphans.pop(name, None)

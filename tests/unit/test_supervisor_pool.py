@@ -82,3 +82,31 @@ def test_steered_only_when_every_udp_socket_was_connected():
         assert s.getpeername() == s.getsockname()
     finally:
         sockets.close()
+
+
+# -- finding 5: replacement ready, then gone before replace() resumes ---------
+def test_replacement_exiting_right_after_ready_aborts_the_restart():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pool = WorkerPool(loop, parse("", "x.toml"), None)
+        old = Worker(slot="A", generation=1, pid=100, started_at=time.monotonic(),
+                     state=SlotState.READY, handles=FakeHandles())
+        pool.slots["A"].current = old
+        attach(pool, old, loop)
+
+        def fake_start(name, adopt=None):
+            w = Worker(slot=name, generation=2, pid=200, started_at=time.monotonic(), handles=FakeHandles())
+            attach(pool, w, loop)
+            return w
+        pool.start = fake_start
+        task = loop.create_task(pool.replace("A", lambda text: None))
+        await asyncio.sleep(0.01)
+        new = pool.incoming["A"]
+        pool.slots["A"].change_state(new, SlotState.READY, "probe answered")
+        pool._runtime[new.pid].ready.set_result(True)
+        pool._exited(new, -9)                   # its exit is handled before replace() resumes
+        with pytest.raises(RestartAborted, match="exited after it became ready"):
+            await task
+        assert pool.slots["A"].current is old and old.state is SlotState.READY
+        assert "A" not in pool.incoming
+    asyncio.run(scenario())
