@@ -34,6 +34,15 @@ async def run_netjob(operation: str, spec) -> dict:
         proc.kill()
         await proc.wait()
         raise NetworkError(f"netsetup {operation} did not finish in {NETJOB_TIMEOUT:g} s") from None
+    except asyncio.CancelledError:
+        # Cancelling us does not stop the child: left alone it could re-add rules after teardown.
+        if proc.returncode is None:
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                pass
+            await asyncio.shield(proc.wait())
+        raise
     try:
         result = json.loads(out)
     except ValueError:
@@ -54,6 +63,7 @@ class NetworkState:
         self.repairs = 0
         self.next_resync = 0.0
         self.ensured = False
+        self.attempted = False      # an ensure ran (maybe partly): teardown has something to look at
         self.busy = False
 
     @property
@@ -66,6 +76,7 @@ class NetworkState:
         if not self.managed or self.busy:
             return
         self.busy = True
+        self.attempted = True
         try:
             report = await run_netjob("ensure", self.config.net_spec())
         except NetworkError as e:
@@ -91,7 +102,9 @@ class NetworkState:
         return now >= self.next_resync and not self.busy
 
     async def teardown(self) -> None:
-        if not self.managed or not self.ensured:
+        # Also after an ensure that failed or was cut short: it may have done part of its work,
+        # and teardown removes only what carries our marks.
+        if not self.managed or not self.attempted:
             return
         if not self.config.interface.teardown:
             logs.event(log, "netsetup_kept", reason="interface.teardown = false")

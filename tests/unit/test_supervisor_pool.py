@@ -110,3 +110,50 @@ def test_replacement_exiting_right_after_ready_aborts_the_restart():
         assert pool.slots["A"].current is old and old.state is SlotState.READY
         assert "A" not in pool.incoming
     asyncio.run(scenario())
+
+
+# -- findings 2 and 3: network state ----------------------------------------
+MANAGED = '[interface]\nmanage = true\n[firewall]\nmanage = false\n'
+
+
+def test_run_netjob_cancelled_kills_and_reaps_its_child(monkeypatch, tmp_path):
+    pidfile = tmp_path / "pid"
+    real_exec = asyncio.create_subprocess_exec
+
+    async def fake_exec(*argv, **kw):
+        return await real_exec("sh", "-c", f"echo $$ > {pidfile}; exec sleep 30", **kw)
+    monkeypatch.setattr(netstate.asyncio, "create_subprocess_exec", fake_exec)
+    monkeypatch.setattr(netstate, "spec_json", lambda spec: "{}")
+
+    async def scenario():
+        task = asyncio.get_running_loop().create_task(netstate.run_netjob("ensure", None))
+        deadline = time.monotonic() + 5
+        while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        pid = int(pidfile.read_text())
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return pid
+    pid = asyncio.run(scenario())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_teardown_runs_after_an_ensure_that_failed(monkeypatch):
+    calls = []
+
+    async def fake_netjob(operation, spec):
+        calls.append(operation)
+        if operation == "ensure":
+            raise netstate.NetworkError("half done")
+        return {"changes": []}
+    monkeypatch.setattr(netstate, "run_netjob", fake_netjob)
+
+    async def scenario():
+        state = netstate.NetworkState(parse(MANAGED, "x.toml"))
+        with pytest.raises(netstate.NetworkError):
+            await state.ensure()
+        await state.teardown()
+    asyncio.run(scenario())
+    assert calls == ["ensure", "teardown"]
