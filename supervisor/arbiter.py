@@ -245,9 +245,18 @@ class Arbiter:
             logs.event(log, "reload_refused", logging.ERROR, error=str(e))
             return {"ok": False, "error": str(e)}
         async with self._restart_lock:
+            old, old_run_as = self.config, self.pool.run_as
             await self._apply_config(new, run_as)
             progress(f"config {new.path} accepted")
-            return await self._replace_both(progress)
+            result = await self._replace_both(progress)
+            if not result.get("ok"):
+                # The reply says the reload failed: nothing may go on using the new config
+                # (a later crash would respawn on it). A slot replaced before the failure
+                # keeps its new worker until the next restart.
+                await self._apply_config(old, old_run_as, quiet=True)
+                logs.event(log, "reload_rolled_back", logging.WARNING, path=old.path)
+                progress(f"reload failed: back on the previous config {old.path}")
+            return result
 
     @staticmethod
     def _resolve_user(name: str):
@@ -256,9 +265,9 @@ class Arbiter:
             logs.event(log, "worker_user", logging.WARNING, detail=notice)
         return run_as
 
-    async def _apply_config(self, new: Config, run_as) -> None:
+    async def _apply_config(self, new: Config, run_as, quiet: bool = False) -> None:
         for key in ("control_socket", "health_listen", "metrics_listen"):
-            if getattr(new, key) != getattr(self.config, key):
+            if not quiet and getattr(new, key) != getattr(self.config, key):
                 logs.event(log, "reload_deferred", logging.WARNING, key=key,
                            detail="takes effect when the supervisor is restarted")
         self.pool.run_as = run_as

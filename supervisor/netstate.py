@@ -65,6 +65,7 @@ class NetworkState:
         self.ensured = False
         self.attempted = False      # an ensure ran (maybe partly): teardown has something to look at
         self.busy = False
+        self._lock: asyncio.Lock | None = None
 
     @property
     def managed(self) -> bool:
@@ -73,7 +74,17 @@ class NetworkState:
     async def ensure(self) -> None:
         """Put the network state in place; raises NetworkError at start only (later: logged, shown)."""
         self.next_resync = time.monotonic() + self.config.firewall.resync_interval
-        if not self.managed or self.busy:
+        if not self.managed:
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        # One at a time, and a caller never skips its turn: a reload arriving during a
+        # periodic resync must still get its (new) listen IPs put in place.
+        async with self._lock:
+            await self._ensure_once()
+
+    async def _ensure_once(self) -> None:
+        if not self.managed:
             return
         self.busy = True
         self.attempted = True
@@ -109,11 +120,14 @@ class NetworkState:
         if not self.config.interface.teardown:
             logs.event(log, "netsetup_kept", reason="interface.teardown = false")
             return
-        try:
-            report = await run_netjob("teardown", self.config.net_spec())
-            logs.event(log, "netsetup_teardown", changes="; ".join(report.get("changes") or []) or "nothing")
-        except NetworkError as e:
-            logs.event(log, "netsetup_teardown_failed", logging.ERROR, error=str(e))
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:          # after an ensure still running, never before it
+            try:
+                report = await run_netjob("teardown", self.config.net_spec())
+                logs.event(log, "netsetup_teardown", changes="; ".join(report.get("changes") or []) or "nothing")
+            except NetworkError as e:
+                logs.event(log, "netsetup_teardown_failed", logging.ERROR, error=str(e))
 
     def status(self) -> dict:
         c = self.config

@@ -140,6 +140,26 @@ def test_run_netjob_cancelled_kills_and_reaps_its_child(monkeypatch, tmp_path):
         os.kill(pid, 0)
 
 
+def test_ensure_waits_for_a_running_one_instead_of_skipping(monkeypatch):
+    calls = []
+
+    async def fake_netjob(operation, spec):
+        calls.append((operation, spec.addresses))
+        await asyncio.sleep(0.05)
+        return {"backend": "none", "changes": [], "problems": []}
+    monkeypatch.setattr(netstate, "run_netjob", fake_netjob)
+
+    async def scenario():
+        state = netstate.NetworkState(parse(MANAGED, "x.toml"))
+        first = asyncio.get_running_loop().create_task(state.ensure())     # a periodic resync
+        await asyncio.sleep(0.01)
+        state.config = parse('listen = ["169.254.20.10", "169.254.20.11"]\n' + MANAGED, "y.toml")
+        await state.ensure()                                                # a reload's
+        await first
+    asyncio.run(scenario())
+    assert calls == [("ensure", ("169.254.20.10",)), ("ensure", ("169.254.20.10", "169.254.20.11"))]
+
+
 def test_teardown_runs_after_an_ensure_that_failed(monkeypatch):
     calls = []
 
@@ -157,3 +177,38 @@ def test_teardown_runs_after_an_ensure_that_failed(monkeypatch):
         await state.teardown()
     asyncio.run(scenario())
     assert calls == ["ensure", "teardown"]
+
+
+# -- finding 2: a failed reload goes back to the previous config --------------
+def test_reload_that_fails_to_restart_restores_the_previous_config(monkeypatch):
+    old = parse("", "/etc/old.toml")
+    new = parse('listen = ["169.254.20.11"]\n', "/etc/new.toml")
+    monkeypatch.setattr(arbiter_mod, "load", lambda arg: new)
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+
+    async def scenario():
+        arb = Arbiter(old)
+        arb._restart_lock = asyncio.Lock()
+        arb.pool = WorkerPool(asyncio.get_running_loop(), old, None)
+        arb.pool.run_as = "old-user"
+        ensured = []
+
+        async def fake_ensure():
+            ensured.append(arb.network.config.path)
+
+        async def fake_check(config):
+            pass
+
+        async def fake_replace_both(progress):
+            return {"ok": False, "error": "slot A: new worker did not become ready"}
+        arb.network.ensure = fake_ensure
+        arb._worker_check = fake_check
+        arb._replace_both = fake_replace_both
+        arb._resolve_user = lambda name: "old-user"
+        reply = await arb._reload(lambda text: None)
+        return arb, reply, ensured
+    arb, reply, ensured = asyncio.run(scenario())
+    assert reply["ok"] is False
+    assert arb.config is old and arb.pool.config is old and arb.network.config is old
+    assert arb.pool.run_as == "old-user"
+    assert ensured == ["/etc/new.toml", "/etc/old.toml"]
