@@ -35,7 +35,7 @@ def _translated(what: str) -> Iterator[None]:
     iptc = _iptc()
     try:
         yield
-    except iptc.IPTCError as exc:
+    except (iptc.IPTCError, iptc.errors.XTablesError) as exc:
         text = str(exc)
         if "Permission denied" in text or "must be root" in text or "not permitted" in text:
             raise NotPermitted(f"{what}: permission denied: run as root or with CAP_NET_ADMIN") from None
@@ -106,7 +106,13 @@ class LegacyBackend:
             table = opened[name] = self._table(family, name)
             for chain in TABLE_CHAINS[name]:
                 for entry in self._iptc.Chain(table, chain).rules:
-                    decoded = self._iptc.easy.decode_iptc_rule(entry, family == 6)
+                    try:
+                        decoded = self._iptc.easy.decode_iptc_rule(entry, family == 6)
+                    except (self._iptc.errors.XTablesError, self._iptc.IPTCError, ValueError):
+                        # Another agent's rule using an extension this host's
+                        # libxtables cannot decode: never ours (ours always decode),
+                        # so it is left alone and not read.
+                        continue
                     found.append((parse_args(family, name, chain, _decoded_args(decoded)), entry))
         return opened, found
 
