@@ -54,7 +54,13 @@ def test_legacy_writes_wait_for_the_xtables_lock(netns, tmp_path):
         spec = '{"addresses": ["169.254.20.10"], "backend": "legacy"}'
         proc = netns.popen([sys.executable, "-c", API_DRIVER, "ensure", spec, "1"],
                            env={**os.environ, "XTABLES_LOCKFILE": str(lock)})
-        time.sleep(1.0)
+        # The link is made just before the firewall step: from then on the
+        # child is at the lock (a slow start must not pass for waiting).
+        deadline = time.monotonic() + 15
+        while "nodelocaldns" not in netns.run(["ip", "-br", "link"]).stdout:
+            assert proc.poll() is None and time.monotonic() < deadline, "ensure() never got to the firewall"
+            time.sleep(0.05)
+        time.sleep(0.5)
         assert proc.poll() is None, "ensure() did not wait for the xtables lock"
         assert our_lines(netns, "legacy") == []
     finally:
