@@ -166,14 +166,20 @@ def lifetime_and_ttls(resp: wire.Response, data: bytes, policy: CacheConfig) -> 
     if resp.rcode in (wire.RCODE_SERVFAIL, wire.RCODE_REFUSED):
         return float(policy.servfail_ttl), [min(r.ttl, policy.servfail_ttl) for r in records]
     answers = [r for r in records if r.section == 0]
-    negative = resp.rcode == wire.RCODE_NXDOMAIN or (resp.rcode == wire.RCODE_NOERROR and not answers)
+    # NODATA includes a CNAME chain that ends without a record of the asked
+    # type (an AAAA query for a CDN name, say): RFC 2308 negative caching.
+    negative = resp.rcode == wire.RCODE_NXDOMAIN or (resp.rcode == wire.RCODE_NOERROR and (
+        not answers or (resp.qtype not in (wire.TYPE_CNAME, wire.TYPE_ANY)
+                        and not any(r.rtype == resp.qtype for r in answers))))
     if resp.rcode not in (wire.RCODE_NOERROR, wire.RCODE_NXDOMAIN) or resp.flags & (wire.FLAG_TC << 8):
         return 0.0, [r.ttl for r in records]
     if negative:
         soa = next((r for r in records if r.section == 1 and r.rtype == wire.TYPE_SOA), None)
         if soa is None:
             return 0.0, [r.ttl for r in records]
-        lifetime = min(soa.ttl, wire.soa_minimum(data, soa), policy.negative_max_ttl)
+        # A chain's records must not outlive their own TTLs either.
+        lifetime = min(soa.ttl, wire.soa_minimum(data, soa), policy.negative_max_ttl,
+                       *(r.ttl for r in answers))
         return float(lifetime), [min(r.ttl, lifetime) for r in records]
     ttls = [min(max(r.ttl, policy.min_ttl), policy.max_ttl) for r in records]
     return float(min(ttls)), ttls

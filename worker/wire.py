@@ -17,9 +17,11 @@ U16 = struct.Struct(">H")
 U32 = struct.Struct(">I")
 RR_FIXED = struct.Struct(">HHIH")      # type, class, ttl, rdlength
 
+TYPE_CNAME = 5
 TYPE_SOA = 6
 TYPE_OPT = 41
 TYPE_TXT = 16
+TYPE_ANY = 255
 CLASS_IN = 1
 CLASS_CH = 3
 

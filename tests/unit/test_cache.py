@@ -61,6 +61,23 @@ def test_negative_lifetime_rfc2308():
     assert no_soa.expires == 0.0, "no SOA, no negative caching"
 
 
+def test_nodata_behind_a_cname_is_negative():
+    """AAAA for a CDN name: a CNAME, then nothing of the asked type and the
+    target zone's SOA. RFC 2308 NODATA, not a 900-second positive answer."""
+    cdn_soa = "cdn.test. 900 IN SOA ns.cdn.test. h.cdn.test. 1 3600 600 86400 60"
+    data = response("www.test", "AAAA", answers=["www.test. 3600 IN CNAME edge.cdn.test."],
+                    authority=[cdn_soa])
+    e = entry_from_response(data, 0.0, CacheConfig(), None, False)
+    assert e.expires == 60.0 and ttls(e.plain) == [60, 60], "min(SOA TTL, MINIMUM), shown on every record"
+    off = entry_from_response(data, 0.0, CacheConfig(negative_max_ttl=0), None, False)
+    assert off.expires == 0.0
+    chain = response("www.test", "AAAA", answers=["www.test. 3600 IN CNAME edge.cdn.test.",
+                                                  "edge.cdn.test. 20 IN AAAA 2001:db8::1"])
+    assert entry_from_response(chain, 0.0, CacheConfig(), None, False).expires == 20.0, "a full chain is positive"
+    asked = response("www.test", "CNAME", answers=["www.test. 3600 IN CNAME edge.cdn.test."])
+    assert entry_from_response(asked, 0.0, CacheConfig(), None, False).expires == 3600.0
+
+
 def test_servfail_and_refused_cached_servfail_ttl():
     for rcode in (dns.rcode.SERVFAIL, dns.rcode.REFUSED):
         e = entry_from_response(response(rcode=rcode), 0.0, CacheConfig(servfail_ttl=5), None, False)
