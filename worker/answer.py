@@ -97,7 +97,10 @@ class Answerer:
                     entry.mirror_rd and (data[2] ^ body[2]) & wire.FLAG_RD):
                 return self._splice_slow(entry, body, data, z, udp, has_opt, payload)
             if name == entry.qname:
-                if udp:     # a UDP reply fits the client's size, so TCP can reuse it, not the reverse
+                # Only whole, plain queries: a UDP reply fits the client's size (so
+                # TCP may reuse it, not the reverse), and trailing bytes or EDNS
+                # options must not make keys of up to 4 KiB.
+                if udp and len(data) == z + (15 if has_opt else 4):
                     exact = self.exact
                     if len(exact) >= self.exact_limit:
                         exact.clear()
