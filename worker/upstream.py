@@ -2,8 +2,8 @@
 
 The zone is the longest configured suffix of the query name. Its servers are
 tried in order, with servers that failed recently moved to the back. The
-zone's timeout is shared out: the first server gets timeout/n seconds before
-the second is asked as well, and so on, and any of the servers asked may
+zone's timeout is shared out: with n servers not yet asked, the next is
+asked as well after (time left)/(n + 1) without an answer, and so on, and any of the servers asked may
 still answer until the zone's timeout runs out. A refused or unreachable
 server hands over at once. So the client gets an answer or an UpstreamError
 (its SERVFAIL) within `timeout`, never silence.
@@ -33,6 +33,8 @@ from worker import upstream_udp
 
 # Times a silent server is asked for one query over UDP (the first ask included).
 ASK_ROUNDS = 3
+# No repeated ask with less than this left before the zone's timeout.
+MIN_ASK_LEFT = 0.25
 # How long a server that failed stays at the back of its zone's order.
 DEMOTE_SECONDS = 30.0
 # Errors that say this host ran short of something, not that the server failed.
@@ -77,6 +79,7 @@ class _Attempt:
     server: _Server
     hand_over_at: float
     sent_at: float | None = None          # None while waiting for a UDP socket slot
+    over_tcp: bool = False                # TCP (force_tcp, or a retry after TC=1): never re-asked
     task: asyncio.Task | None = field(default=None, repr=False)
 
     def sending(self) -> None:
@@ -140,9 +143,13 @@ class Forwarder:
                                     f"servers within {zone.timeout}s")
             if not waiting and running and now >= hand_over_at and rounds < ASK_ROUNDS:
                 rounds += 1
-                for attempt in attempts:
-                    if attempt.task in running and attempt.server not in waiting:
-                        waiting.append(attempt.server)
+                # Only asks that went out and still wait on UDP; none so late
+                # that an answer could not come back in time.
+                if deadline - now >= MIN_ASK_LEFT:
+                    for attempt in attempts:
+                        if attempt.task in running and attempt.sent_at is not None and not attempt.over_tcp \
+                                and attempt.server not in waiting:
+                            waiting.append(attempt.server)
             if waiting and (now >= hand_over_at or not running):
                 hand_over_at = now + (deadline - now) / (len(waiting) + 1)
                 attempt = _Attempt(waiting.pop(0), hand_over_at)
@@ -175,6 +182,7 @@ class Forwarder:
                     wire, reply = await upstream_udp.exchange(query, server.address,
                                                               server.stats.count_rejected)
                 if reply.flags & dns.flags.TC:
+                    attempt.over_tcp = True
                     wire, _ = await server.tcp.exchange(query)
         except OSError as e:
             if attempt.sent_at is not None and e.errno not in LOCAL_ERRNOS:
@@ -189,9 +197,8 @@ class Forwarder:
         had its share of the time without an answer count as failures."""
         now = time.monotonic()
         # A server that answered a repeated ask did not fail; one silent to
-        # several asks failed once.
-        settled = [a.server for a in attempts
-                   if a.task.done() and not a.task.cancelled() and a.task.exception() is None]
+        # several asks, or refused on a repeated ask (counted in _ask), failed once.
+        settled = [a.server for a in attempts if a.task.done() and not a.task.cancelled()]
         for attempt in attempts:
             if attempt.task.done():
                 if not attempt.task.cancelled():
