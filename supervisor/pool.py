@@ -61,6 +61,14 @@ class Runtime:
     stats_pending: bool = False
 
 
+def _connected(s: socket.socket) -> bool:
+    try:
+        s.getpeername()
+        return True
+    except OSError:
+        return False
+
+
 def exit_code(status: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
@@ -178,6 +186,11 @@ class WorkerPool:
                 self.kill(worker, RestartCause.BOOT)
                 return
             self.slots[worker.slot].change_state(worker, SlotState.READY, f"probe answered: {text}")
+            # Its own sockets are in the group now: the dead ones' it drains (and any orphans
+            # left in the group while nobody was serving) may leave it. The worker waits for
+            # this before it closes its copies.
+            for held in self._unserved_sockets():
+                held.steer_away()
             worker.handles.release_adopted()     # it holds its own copies and drains them
             rt = self._runtime.get(worker.pid)
             if rt is not None and not rt.ready.done():
@@ -248,12 +261,15 @@ class WorkerPool:
         self.on_change()
 
     def _crash(self, slot: WorkerSlot, worker: Worker, code: int, how: str) -> None:
-        """The crash path: steer its sockets away now, respawn (after backoff) with them adopted."""
+        """The crash path: steer its sockets away (if another worker serves), respawn (after
+        backoff) with them adopted."""
         h: WorkerHandles = worker.handles
         if self.plain_close:
             h.sockets.close()       # the control: what dies with the worker is lost
-        elif not h.sockets.steered:
+        elif not h.sockets.steered and self._other_serving(worker):
             h.sockets.steer_away()
+        # else: nobody else serves. Connecting ours too would leave no socket in the group and
+        # clients would be refused; left there, queries queue for the replacement instead.
         cause = worker.kill_cause or (RestartCause.BOOT if code == EX_BOOT or worker.state is SlotState.STARTING
                                       else RestartCause.CRASH)
         slot.change_state(worker, SlotState.FAILED, f"{how} ({cause.value})")
@@ -265,7 +281,7 @@ class WorkerPool:
         # A crash loop would pile them up; keep the newest generations' (older ones held the least).
         held = [s for s in (h.adopted.udp if h.adopted else []) + h.sockets.udp if is_bound(s)]
         keep = MAX_ORPHAN_GENERATIONS * len(self.config.listen)
-        leftover = SocketSet(udp=held[-keep:], steered=True)
+        leftover = SocketSet(udp=held[-keep:], steered=all(_connected(s) for s in held[-keep:]))
         for stale in [s for s in (h.adopted.udp if h.adopted else []) + h.sockets.udp if s not in leftover.udp]:
             stale.close()
         h.sockets.udp, h.adopted = [], None      # moved to `leftover` or closed
@@ -340,15 +356,38 @@ class WorkerPool:
                     logs.event(log, "bad_stats", logging.WARNING, slot=worker.slot, error=str(e))
 
     def kill(self, worker: Worker, cause: RestartCause) -> None:
-        """SIGKILL a worker we give up on; its UDP sockets leave the group at once."""
+        """SIGKILL a worker we give up on; its UDP sockets leave the group at once if another
+        worker serves (else they stay, queueing, until a replacement is bound)."""
         worker.kill_cause = cause
         h: WorkerHandles = worker.handles
-        if worker.state is not SlotState.DRAINING and not h.sockets.steered:
-            h.sockets.steer_away()
+        if worker.state is not SlotState.DRAINING and not h.sockets.steered and self._other_serving(worker):
+            h.sockets.steer_away()      # else left in the group until a replacement binds (see _crash)
         try:
             signal.pidfd_send_signal(h.pidfd, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+    def _unserved_sockets(self) -> list[SocketSet]:
+        """Dead workers' UDP sockets, awaiting a replacement or being drained by one."""
+        held = list(self.orphans.values())
+        for slot in self.slots.values():
+            for w in (slot.current, self.incoming.get(slot.name)):
+                if w is None or w.handles is None:
+                    continue
+                if w.handles.adopted is not None:
+                    held.append(w.handles.adopted)
+                if w.kill_cause is not None and w.state is not SlotState.DRAINING:
+                    held.append(w.handles.sockets)      # killed, exit not handled yet
+        return held
+
+    def _other_serving(self, worker: Worker) -> bool:
+        """Whether a READY worker other than `worker` (not one we are killing) is in the group."""
+        for slot in self.slots.values():
+            for w in (slot.current, self.incoming.get(slot.name)):
+                if (w is not None and w is not worker and w.state is SlotState.READY
+                        and w.kill_cause is None):
+                    return True
+        return False
 
     # -- rolling replacement and drain -------------------------------------
     async def replace(self, name: str, progress: Callable[[str], None]) -> None:

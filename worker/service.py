@@ -22,6 +22,11 @@ from worker.upstream import Forwarder
 
 log = logging.getLogger(__name__)
 
+# An adopted socket is left in the reuseport group until the supervisor steers it away
+# (right after our own sockets are bound); past this we steer it ourselves.
+ADOPTED_STEER_WAIT = 60.0
+ADOPTED_STEER_POLL = 0.01
+
 
 @dataclass
 class Sockets:
@@ -153,14 +158,41 @@ class Service:
             self.control.send_final_stats()
 
     async def _finish_adopted(self, adopted: list[UdpServer]) -> None:
-        """A crashed predecessor's sockets: answer what is queued, then close."""
+        """A crashed predecessor's sockets: answer what is queued, then close.
+
+        When no other worker was serving, the supervisor left them in the
+        reuseport group (queries queue there instead of being refused) and
+        steers them away only once our own sockets are bound. Until then they
+        are served like ours: closing one still in the group would lose its share."""
         for server in adopted:
-            server.steer_away()
+            if not await self._steered_by_supervisor(server):
+                server.steer_away()     # fallback: the supervisor never did
             server.drain_queue()
         await self._wait_answered(adopted, time.monotonic() + DEFAULT_DRAIN_TIMEOUT)
         for server in adopted:
             server.close()
         log.info("adopted %d socket(s): queue answered, closed", len(adopted))
+
+    @staticmethod
+    async def _steered_by_supervisor(server: UdpServer) -> bool:
+        deadline = time.monotonic() + ADOPTED_STEER_WAIT
+        started = False
+        try:
+            while True:
+                try:
+                    server.sock.getpeername()
+                    return True
+                except OSError:
+                    pass        # not connected: still in the group
+                if time.monotonic() >= deadline:
+                    return False
+                if not started:
+                    server.start()
+                    started = True
+                await asyncio.sleep(ADOPTED_STEER_POLL)
+        finally:
+            if started:
+                server.stop()
 
     @staticmethod
     async def _wait_answered(servers: list[UdpServer], deadline: float) -> None:

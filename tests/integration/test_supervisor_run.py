@@ -172,6 +172,37 @@ def test_crash_loop_backs_off_while_the_other_slot_serves(netns, upstream, tmp_p
         s.terminate()
 
 
+def test_both_workers_crashing_queues_clients_instead_of_refusing_them(sup, netns):
+    """With no other worker serving, a crashed worker's sockets stay in the
+    reuseport group: queries sent before the replacements are bound queue
+    there and are answered, instead of being refused (ICMP port unreachable)."""
+    import dns.message
+    from helpers.worker import ns_socket
+    sup.wait_ready()
+    assert query(netns) == (0, ["192.0.2.10"])
+    pids = [w["pid"] for w in sup.status()["workers"]]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.1)                 # both exits handled; the replacements are still starting
+    with ns_socket(netns) as client:
+        ids = set()
+        for i in range(20):
+            q = dns.message.make_query("a.test", "A")
+            q.id = 1000 + i
+            ids.add(q.id)
+            client.sendto(q.to_wire(), (LISTEN, 53))
+        got = set()
+        deadline = time.monotonic() + 10
+        while got != ids and time.monotonic() < deadline:
+            client.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                got.add(dns.message.from_wire(client.recv(4096)).id)
+            except (TimeoutError, OSError):
+                break
+    assert got == ids, f"answered {len(got)} of {len(ids)} queries sent while no worker served"
+    sup.wait_ready()
+
+
 def our_rules(netns) -> list[str]:
     out = netns.run(["iptables-nft-save"]).stdout + netns.run(["iptables-legacy-save"]).stdout
     return [l for l in out.splitlines() if "twindns" in l]

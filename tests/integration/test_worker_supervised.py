@@ -154,6 +154,33 @@ def test_adopts_a_crashed_predecessors_queue(spawn, netns):
     dead_udp.close()
 
 
+def test_adopted_socket_left_in_the_group_is_served_until_steered(spawn, netns):
+    """With no other worker serving, the supervisor leaves a dead worker's
+    socket in the reuseport group (so clients are queued, not refused) and
+    steers it away only once the replacement's own sockets are bound. Until
+    then the replacement serves it and must not close it."""
+    dead_udp, dead_tcp = listen_sockets(netns)
+    dead_tcp.close()
+    with ns_socket(netns) as client:
+        ids = send_queries(client, [f"q{i}.hit.test" for i in range(50)])
+        time.sleep(0.1)
+        w = spawn(adopt=[dead_udp])
+        assert receive_ids(client, 50) == ids
+        time.sleep(0.5)
+        assert _fd_count_of_udp(w, netns) == 2, "an adopted socket still in the group stays open"
+        # Still in the group: a share of new queries lands on it, and is answered.
+        ids = send_queries(client, [f"n{i}.hit.test" for i in range(40)])
+        assert receive_ids(client, 40) == ids
+        dead_udp.connect(dead_udp.getsockname())     # the supervisor steers it away
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _fd_count_of_udp(w, netns) > 1:
+            time.sleep(0.05)
+        assert _fd_count_of_udp(w, netns) == 1, "closed once steered away and answered"
+        ids = send_queries(client, ["after.hit.test"])
+        assert receive_ids(client, 1) == ids
+    dead_udp.close()
+
+
 def _fd_count_of_udp(w: SupervisedWorker, netns) -> int:
     """UDP sockets the worker process holds on port 53 (from ss in the netns)."""
     out = netns.run(["ss", "-uanp"]).stdout

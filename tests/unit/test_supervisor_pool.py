@@ -212,3 +212,75 @@ def test_reload_that_fails_to_restart_restores_the_previous_config(monkeypatch):
     assert arb.config is old and arb.pool.config is old and arb.network.config is old
     assert arb.pool.run_as == "old-user"
     assert ensured == ["/etc/new.toml", "/etc/old.toml"]
+
+
+# -- finding 1: a crash while no other worker serves ---------------------------
+def crash_with_other(other_state: SlotState | None) -> tuple[WorkerPool, SocketSet]:
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pool = WorkerPool(loop, parse("", "x.toml"), None)
+        if other_state is not None:
+            other = Worker(slot="B", generation=1, pid=101, started_at=time.monotonic(),
+                           state=other_state, handles=FakeHandles())
+            pool.slots["B"].current = other
+        sockets = SocketSet.open((free_udp_endpoint(),))
+        sockets.bind_udp()
+        dead = Worker(slot="A", generation=2, pid=102, started_at=time.monotonic(),
+                      state=SlotState.READY, handles=FakeHandles(sockets))
+        pool.slots["A"].current = dead
+        pool.slots["A"].backoff.failures = 1        # a respawn after backoff: no spawn here
+        pool._crash(pool.slots["A"], dead, -9, "signal SIGKILL")
+        return pool, pool.orphans["A"]
+    return asyncio.run(scenario())
+
+
+def connected(s: socket.socket) -> bool:
+    try:
+        s.getpeername()
+        return True
+    except OSError:
+        return False
+
+
+def test_crash_steers_away_only_when_another_worker_serves():
+    _, orphan = crash_with_other(SlotState.READY)
+    try:
+        assert all(connected(s) for s in orphan.udp) and orphan.steered
+    finally:
+        orphan.close()
+    for other in (None, SlotState.STARTING):
+        _, orphan = crash_with_other(other)
+        try:
+            # Left in the group: datagrams queue for the replacement instead of being refused.
+            assert orphan.udp and not any(connected(s) for s in orphan.udp) and not orphan.steered
+        finally:
+            orphan.close()
+
+
+def test_replacement_binding_steers_the_adopted_sockets_before_releasing_them():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pool = WorkerPool(loop, parse("", "x.toml"), None)
+        ep = free_udp_endpoint()
+        adopted = SocketSet.open((ep,))
+        adopted.bind_udp()                          # a dead worker's, left in the group
+        seen = []
+
+        class Handles(FakeHandles):
+            def release_adopted(self) -> None:
+                seen.extend(connected(s) for s in self.adopted.udp)
+                self.adopted.close()
+                self.adopted = None
+        own = SocketSet.open((ep,))
+        w = Worker(slot="A", generation=3, pid=103, started_at=time.monotonic(), handles=Handles(own))
+        w.handles.adopted = adopted
+        pool.slots["A"].current = w
+        attach(pool, w, loop)
+        pool._on_probe_answer(w, 0.001, "slot=A")
+        try:
+            assert w.state is SlotState.READY
+            assert all(is_bound(s) and not connected(s) for s in own.udp)
+            assert seen == [True]
+        finally:
+            own.close()
+    asyncio.run(scenario())
