@@ -42,6 +42,7 @@ class Answerer:
         # Bounded: cleared when it reaches the cache's capacity.
         self.exact: dict[bytes, tuple[Entry, bool]] = {}
         self.exact_limit = max(cache.capacity, 64)
+        self.per_query = stats.per_query
 
     def exact_reply(self, data: bytes, now: float) -> bytes | None:
         """The UDP reply when these exact query bytes were answered from a
@@ -54,11 +55,10 @@ class Answerer:
             del self.exact[data[2:]]
             return None
         entry.referenced = True
-        if self.stats.per_query:
+        if self.per_query:
             entry.udp_hits += 1
-        age = int(now - entry.stored_at)
-        if age != entry.age:
-            entry.render(age)
+        if now >= entry.render_at:
+            entry.render(int(now - entry.stored_at))
         return data[:2] + (entry.with_opt if has_opt else entry.plain)[2:]
 
     def answer(self, data: bytes, udp: bool, send: Send, dest: Any, now: float) -> bytes | None:

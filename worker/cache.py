@@ -23,7 +23,7 @@ class Entry:
 
     __slots__ = ("template", "qname", "qtype", "ttl_offsets", "ttls", "stored_at", "expires", "rcode",
                  "mirror_rd", "do", "age", "plain", "with_opt", "referenced", "ar_plus_one",
-                 "udp_hits", "tcp_hits", "gone")
+                 "udp_hits", "tcp_hits", "gone", "render_at")
 
     def __init__(self, template: bytes, qname_end: int, ttl_offsets: tuple[int, ...], ttls: tuple[int, ...],
                  stored_at: float, lifetime: float, rcode: int, mirror_rd: bool, do: bool) -> None:
@@ -53,6 +53,9 @@ class Entry:
         self.plain = bytes(buf)
         self.with_opt = b"".join((self.plain[:10], self.ar_plus_one, self.plain[12:], wire.opt_record(self.do)))
         self.age = age
+        # time.monotonic() from which the shown TTLs are a second too high:
+        # a hit compares one float instead of recomputing the age.
+        self.render_at = self.stored_at + age + 1
 
     def truncated(self, qname_end: int, has_opt: bool) -> bytes:
         """TC=1 form: header and question only (plus OPT), for a client whose
