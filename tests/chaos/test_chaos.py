@@ -65,12 +65,14 @@ def test_sigstop_is_detected_and_replaced_in_time(netns, start, tmp_path):
     queries = hit_queries(tmp_path / "hit.txt")
     warm(netns, queries)
     # dnsperf waits 5 s per query: what the stopped worker had queued is
-    # answered by its replacement (late), so nothing may be lost at all.
+    # answered by its replacement (late). Only a datagram it had already read
+    # when the signal landed (between its recvfrom and its sendto: on a
+    # cache-hit workload at most one) dies with it.
     out = kill_worker(netns, sup, queries, 8, QPS, signal.SIGSTOP, "SIGSTOP one worker", timeout=5.0)
     print(out.line())
     assert out.notes["restarts"] == {"hang": 1}
     assert out.notes["replaced_after_s"] <= PROBE_INTERVAL * PROBE_FAILURES + 2
-    assert out.result.lost == 0, out.line()
+    assert out.result.lost <= 1, out.line()
     # The replacement starts with a cold cache and answers the queries the
     # stopped worker held all at once; what the upstream drops in that burst
     # becomes SERVFAIL after the upstream timeout. Only those held queries
