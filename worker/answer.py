@@ -89,9 +89,8 @@ class Answerer:
                     entry.udp_hits += 1
                 else:
                     entry.tcp_hits += 1
-            age = int(now - entry.stored_at)
-            if age != entry.age:
-                entry.render(age)
+            if now >= entry.render_at:
+                entry.render(int(now - entry.stored_at))
             body = entry.with_opt if has_opt else entry.plain
             if (udp and len(body) > payload and len(body) > 512) or (
                     entry.mirror_rd and (data[2] ^ body[2]) & wire.FLAG_RD):
@@ -148,9 +147,8 @@ class Answerer:
                count: bool = False) -> bytes:
         if count:
             self.stats.count(udp, q.qtype, entry.rcode)
-        age = int(now - entry.stored_at)
-        if age != entry.age:
-            entry.render(age)
+        if now >= entry.render_at:
+            entry.render(int(now - entry.stored_at))
         body = entry.with_opt if q.has_opt else entry.plain
         return self._splice_slow(entry, body, data, q.qname_end, udp, q.has_opt, q.payload)
 

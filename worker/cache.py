@@ -22,7 +22,7 @@ class Entry:
     """One cached response and its pre-rendered forms for the current age."""
 
     __slots__ = ("template", "qname", "qtype", "ttl_offsets", "ttls", "stored_at", "expires", "rcode",
-                 "mirror_rd", "do", "age", "plain", "with_opt", "referenced", "ar_plus_one",
+                 "mirror_rd", "do", "plain", "with_opt", "referenced", "ar_plus_one",
                  "udp_hits", "tcp_hits", "gone", "render_at")
 
     def __init__(self, template: bytes, qname_end: int, ttl_offsets: tuple[int, ...], ttls: tuple[int, ...],
@@ -41,7 +41,6 @@ class Entry:
         self.referenced = False
         self.gone = False       # set when it leaves the cache (see Cache._leave)
         self.ar_plus_one = wire.U16.pack(wire.U16.unpack_from(template, 10)[0] + 1)
-        self.age = -1
         self.render(0)
 
     def render(self, age: int) -> None:
@@ -52,7 +51,6 @@ class Entry:
             pack(buf, off, ttl - age if ttl > age else 0)
         self.plain = bytes(buf)
         self.with_opt = b"".join((self.plain[:10], self.ar_plus_one, self.plain[12:], wire.opt_record(self.do)))
-        self.age = age
         # time.monotonic() from which the shown TTLs are a second too high:
         # a hit compares one float instead of recomputing the age.
         self.render_at = self.stored_at + age + 1
