@@ -94,6 +94,10 @@ def start_unbound(ns: Netns, work: Path, pin: list[str]) -> subprocess.Popen:
         "    access-control: 0.0.0.0/0 allow", "    num-threads: 1", "    verbosity: 0",
         '    module-config: "iterator"', "    do-not-query-localhost: no", "    do-ip6: no",
         "    msg-cache-size: 64m", "    rrset-cache-size: 128m",
+        # The same receive buffer as the worker (worker/main.py UDP_RCVBUF): a
+        # default-sized queue overflows under dnsperf and the lost queries,
+        # not unbound's CPU, would set its figure.
+        "    so-rcvbuf: 4m",
         # test. is one of unbound's default (RFC 6761) local zones: forward it instead.
         '    local-zone: "test." nodefault',
         "forward-zone:", '    name: "."', f"    forward-addr: {UPSTREAM}@53", ""]))

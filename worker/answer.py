@@ -44,22 +44,28 @@ class Answerer:
         self.exact_limit = max(cache.capacity, 64)
         self.per_query = stats.per_query
 
-    def exact_reply(self, data: bytes, now: float) -> bytes | None:
-        """The UDP reply when these exact query bytes were answered from a
-        live entry before; None sends the query down answer()'s full path."""
-        hit = self.exact.get(data[2:])
+    def exact_body(self, key: bytes, now: float) -> bytes | None:
+        """For query bytes `key` (all but the ID) answered from a live entry
+        before: the reply, still carrying the entry's own ID (bytes 0-1). None
+        sends the query down answer()'s full path. UDP only."""
+        hit = self.exact.get(key)
         if hit is None:
             return None
-        entry, has_opt = hit
+        entry = hit[0]
         if now >= entry.expires or entry.gone:
-            del self.exact[data[2:]]
+            del self.exact[key]
             return None
         entry.referenced = True
         if self.per_query:
             entry.udp_hits += 1
         if now >= entry.render_at:
             entry.render(int(now - entry.stored_at))
-        return data[:2] + (entry.with_opt if has_opt else entry.plain)[2:]
+        return entry.with_opt if hit[1] else entry.plain
+
+    def exact_reply(self, data: bytes, now: float) -> bytes | None:
+        """exact_body() with the client's ID spliced in."""
+        body = self.exact_body(data[2:], now)
+        return None if body is None else data[:2] + body[2:]
 
     def answer(self, data: bytes, udp: bool, send: Send, dest: Any, now: float) -> bytes | None:
         """The reply to send now, PENDING when send(reply, dest) will be called

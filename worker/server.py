@@ -7,7 +7,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from worker import wire
+from worker import mmsg, wire
 from worker.answer import Answerer
 
 # Datagrams handled per wake-up before other sockets get their turn.
@@ -18,8 +18,18 @@ UDP_BATCH = 64
 UDP_RECV_SIZE = 4096
 
 
+def udp_server(sock: socket.socket, answerer: Answerer) -> UdpServer:
+    """The fastest server this platform allows for a bound UDP socket."""
+    try:
+        mmsg.probe()
+    except mmsg.BatchUnavailable:
+        return UdpServer(sock, answerer)
+    return BatchedUdpServer(sock, answerer)
+
+
 class UdpServer:
-    """Answers the datagrams of one bound UDP socket."""
+    """Answers the datagrams of one bound UDP socket, one system call per
+    datagram (the portable form; see BatchedUdpServer)."""
 
     def __init__(self, sock: socket.socket, answerer: Answerer) -> None:
         self.sock = sock
@@ -77,6 +87,36 @@ class UdpServer:
     def close(self) -> None:
         self.stop()
         self.sock.close()
+
+
+class BatchedUdpServer(UdpServer):
+    """UdpServer reading and answering a batch per system call each way
+    (worker/mmsg.py): the hit path's interpreter time drops by about a third."""
+
+    def __init__(self, sock: socket.socket, answerer: Answerer) -> None:
+        super().__init__(sock, answerer)
+        self.batch = mmsg.DatagramBatch(sock, UDP_BATCH, UDP_RECV_SIZE)
+
+    def read_batch(self) -> bool:
+        batch = self.batch
+        n = batch.receive()
+        if not n:
+            return True
+        exact_body, answer, later = self.answerer.exact_body, self.answerer.answer, self._send_later
+        queue, queue_body = batch.queue, batch.queue_body
+        now = time.monotonic()
+        for i, key in enumerate(batch.keys(n)):
+            body = exact_body(key, now)
+            if body is not None:
+                queue_body(i, body)
+                continue
+            reply = answer(batch.message(i), True, later, batch.peer(i), now)
+            if reply:
+                queue(i, reply)
+            elif reply is not None:
+                self.inflight += 1
+        batch.flush()    # what it could not send is dropped, as UdpServer's sendto() errors are
+        return n < UDP_BATCH
 
 
 class ProbeServer(UdpServer):

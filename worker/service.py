@@ -15,7 +15,7 @@ from worker.cache import Cache
 from worker.channel import DEFAULT_DRAIN_TIMEOUT, ControlChannel
 from worker.config import WorkerConfig
 from worker.resolver import LocalAnswers, Resolver
-from worker.server import ProbeServer, TcpLimits, TcpServer, UdpServer
+from worker.server import ProbeServer, TcpLimits, TcpServer, UdpServer, udp_server
 from worker.states import WorkerState
 from worker.stats import Stats
 from worker.upstream import Forwarder
@@ -117,13 +117,13 @@ class Service:
         answerer = Answerer(self.cache, resolver, self.counters)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_drain, DEFAULT_DRAIN_TIMEOUT)
-        self.udp = [UdpServer(s, answerer) for s in self.sockets.udp]
+        self.udp = [udp_server(s, answerer) for s in self.sockets.udp]
         self.tcp = [TcpServer(s, answerer, self.options.tcp) for s in self.sockets.tcp]
         for server in self.udp:
             server.start()
         for server in self.tcp:
             await server.start()
-        self.adopted = [UdpServer(s, answerer) for s in self.sockets.adopt_udp]
+        self.adopted = [udp_server(s, answerer) for s in self.sockets.adopt_udp]
         if self.adopted:
             self.adopting = loop.create_task(self._finish_adopted(self.adopted))
         if self.sockets.probe is not None:

@@ -7,6 +7,7 @@ them per test would cost more than the tests).
 """
 from __future__ import annotations
 
+import signal
 import socket
 import time
 
@@ -213,3 +214,52 @@ def test_client_rd_bit_is_mirrored(stack):
     norec = w.ask("rd.hit.test", flags=0)
     assert not norec.flags & dns.flags.RD
     assert w.ask("rd.hit.test").flags & dns.flags.RD
+
+
+def test_one_batch_of_mixed_datagrams_answers_each_client_with_its_own_reply(stack):
+    """The worker reads queued datagrams in batches (recvmmsg) and sends the
+    immediate replies in one call (sendmmsg). With the worker stopped, 48
+    clients queue cached hits (index and full path, mixed case), misses,
+    garbage and a response packet; after SIGCONT each client gets exactly
+    its own reply: its ID, its question as spelled, its answer."""
+    ns, unbound, w, _ = stack
+    for i in range(8):                      # cached, and (asked twice) in the exact-query index
+        w.ask(f"b{i}.hit.test")
+        w.ask(f"b{i}.hit.test")
+    kinds = []
+    for i in range(48):
+        kind = ("exact", "case", "miss", "garbage", "exact", "response")[i % 6]
+        if kind == "garbage":
+            kinds.append((kind, b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05ab"))
+            continue
+        name = {"exact": f"b{i % 8}.hit.test", "case": f"B{i % 8}.HiT.test", "miss": f"m{i}.short.test",
+                "response": f"b{i % 8}.hit.test"}[kind]
+        q = dns.message.make_query(name, "A")
+        if kind == "response":
+            q.flags |= dns.flags.QR
+        kinds.append((kind, q))
+    clients = [ns_socket(ns) for _ in kinds]
+    try:
+        w.proc.send_signal(signal.SIGSTOP)
+        try:
+            for s, (_, q) in zip(clients, kinds):
+                s.sendto(q if isinstance(q, bytes) else q.to_wire(), w.server)
+        finally:
+            w.proc.send_signal(signal.SIGCONT)
+        for s, (kind, q) in zip(clients, kinds):
+            s.settimeout(0.5 if kind == "response" else 3)
+            if kind == "response":
+                with pytest.raises(socket.timeout):
+                    s.recv(4096)
+                continue
+            reply = dns.message.from_wire(s.recv(4096))
+            if kind == "garbage":
+                assert reply.id == 0x1234 and reply.rcode() == dns.rcode.FORMERR
+                continue
+            assert reply.id == q.id, kind
+            assert reply.question[0].name.to_text() == q.question[0].name.to_text(), kind
+            expect = "192.0.2.2" if kind == "miss" else "192.0.2.1"
+            assert reply.answer[0][0].address == expect, kind
+    finally:
+        for s in clients:
+            s.close()
