@@ -52,14 +52,14 @@ class Answerer:
         if hit is None:
             return None
         entry = hit[0]
-        if now >= entry.expires or entry.gone:
-            del self.exact[key]
-            return None
+        if now >= entry.render_at:      # TTLs a second too high, expired, or gone
+            if now >= entry.expires:
+                del self.exact[key]
+                return None
+            entry.render(int(now - entry.stored_at))
         entry.referenced = True
         if self.per_query:
             entry.udp_hits += 1
-        if now >= entry.render_at:
-            entry.render(int(now - entry.stored_at))
         return entry.with_opt if hit[1] else entry.plain
 
     def exact_reply(self, data: bytes, now: float) -> bytes | None:

@@ -23,7 +23,7 @@ class Entry:
 
     __slots__ = ("template", "qname", "qtype", "ttl_offsets", "ttls", "stored_at", "expires", "rcode",
                  "mirror_rd", "do", "plain", "with_opt", "referenced", "ar_plus_one",
-                 "udp_hits", "tcp_hits", "gone", "render_at")
+                 "udp_hits", "tcp_hits", "render_at")
 
     def __init__(self, template: bytes, qname_end: int, ttl_offsets: tuple[int, ...], ttls: tuple[int, ...],
                  stored_at: float, lifetime: float, rcode: int, mirror_rd: bool, do: bool) -> None:
@@ -39,7 +39,6 @@ class Entry:
         self.mirror_rd = mirror_rd
         self.do = do
         self.referenced = False
-        self.gone = False       # set when it leaves the cache (see Cache._leave)
         self.ar_plus_one = wire.U16.pack(wire.U16.unpack_from(template, 10)[0] + 1)
         self.render(0)
 
@@ -51,9 +50,14 @@ class Entry:
             pack(buf, off, ttl - age if ttl > age else 0)
         self.plain = bytes(buf)
         self.with_opt = b"".join((self.plain[:10], self.ar_plus_one, self.plain[12:], wire.opt_record(self.do)))
-        # time.monotonic() from which the shown TTLs are a second too high:
-        # a hit compares one float instead of recomputing the age.
-        self.render_at = self.stored_at + age + 1
+        # time.monotonic() from which the shown TTLs are a second too high, or
+        # the entry is expired or gone (see leave()): a hit compares one float.
+        self.render_at = min(self.stored_at + age + 1, self.expires)
+
+    def leave(self) -> None:
+        """It is no longer the cache's: holders of a direct reference (the
+        answerer's exact-query index) see it as expired from now on."""
+        self.expires = self.render_at = float("-inf")
 
     def truncated(self, qname_end: int, has_opt: bool) -> bytes:
         """TC=1 form: header and question only (plus OPT), for a client whose
@@ -84,9 +88,7 @@ class Cache:
         self.retire = retire    # told of every entry that leaves (its hit counts)
 
     def _leave(self, entry: Entry) -> None:
-        # `gone` lets holders of a direct reference (the answerer's exact-
-        # query index) notice that the entry is no longer the cache's.
-        entry.gone = True
+        entry.leave()
         self.retire(entry)
 
     def __len__(self) -> int:

@@ -24,7 +24,7 @@ import sys
 MSG_DONTWAIT = 0x40
 _NAME_SIZE = 28                           # sockaddr_in6, the larger of the two families
 _BYTES_DATA = bytes.__basicsize__ - 1     # payload offset in a bytes object (the -1 is its NUL)
-_BODY_DATA = _BYTES_DATA + 2             # the same, past a DNS message's ID
+_REST_DATA = _BYTES_DATA + 2             # the same, past a DNS message's ID
 
 
 class BatchUnavailable(Exception):
@@ -48,10 +48,8 @@ class _Mmsghdr(ctypes.Structure):
 
 _PTR = ctypes.sizeof(ctypes.c_void_p)
 _HDR = ctypes.sizeof(_Mmsghdr)
-# Field positions in integer views of the header arrays (see DatagramBatch.__init__).
-_HDR_PTRS = _HDR // _PTR                  # pointer-sized slots per mmsghdr
-_NAME_SLOT = _Msghdr.name.offset // _PTR  # msg_name among them
-_HDR_U32S = _HDR // 4                     # 32-bit slots per mmsghdr
+# msg_len's position in a 32-bit view of an mmsghdr array.
+_HDR_U32S = _HDR // 4
 _LEN_SLOT = _Mmsghdr.len.offset // 4      # msg_len among them
 
 
@@ -97,22 +95,21 @@ class DatagramBatch:
             h = self.in_hdrs[i].hdr
             h.name, h.namelen = self.names_at + i * _NAME_SIZE, _NAME_SIZE
             h.iov, h.iovlen = ctypes.addressof(self.in_iov[i]), 1
-            # Reply j: the client's ID (2 bytes), then the rest of the reply.
+            # The reply to message i goes to its source in two pieces: the
+            # query's ID (2 bytes, in place), then the rest of the reply
+            # (rest_from/rest_len, set by queue()).
             o = self.out_hdrs[i].hdr
-            o.namelen = namelen
+            o.name, o.namelen = h.name, namelen
             o.iov, o.iovlen = ctypes.addressof(self.out_iov[2 * i]), 2
-            self.out_iov[2 * i].len = 2
+            self.out_iov[2 * i].base, self.out_iov[2 * i].len = self.in_iov[i].base, 2
         # Integer views of single fields: a write is one item store, not a
-        # ctypes attribute. Index i is message i, index j is reply j.
-        in_u32 = memoryview(self.in_hdrs).cast("B").cast("I")
-        self.lengths = in_u32[_LEN_SLOT::_HDR_U32S]
-        out = memoryview(self.out_hdrs).cast("B").cast("P")
-        self.reply_to = out[_NAME_SLOT::_HDR_PTRS]
+        # ctypes attribute. Index i is message i and its reply.
+        self.lengths = memoryview(self.in_hdrs).cast("B").cast("I")[_LEN_SLOT::_HDR_U32S]
         iov = memoryview(self.out_iov).cast("B").cast("P")
-        self.id_from, self.rest_from, self.rest_len = iov[0::4], iov[2::4], iov[3::4]
-        self.message_at = [self.bufs_at + i * bufsize for i in range(size)]
-        self.name_at = [self.names_at + i * _NAME_SIZE for i in range(size)]
-        self.replies: list[bytes] = []    # queued, held alive until flush() sent them
+        self.rest_from, self.rest_len = iov[2::4], iov[3::4]
+        self.replies: list[bytes] = []    # queued, held alive until sent
+        self.run_start = 0                # first message whose queued reply is not sent yet
+        self.sent = 0                     # how many of `replies` are sent
 
     def receive(self) -> int:
         """How many datagrams are now in the buffers (0: none queued); see
@@ -145,33 +142,36 @@ class DatagramBatch:
                     int.from_bytes(raw[24:28], sys.byteorder))
         return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
 
-    def queue(self, source: int, reply: bytes) -> None:
-        """Queue `reply` for the source of message(source)."""
-        self.queue_body(source, reply)
-        self.id_from[len(self.replies) - 1] = id(reply) + _BYTES_DATA
+    def queue(self, i: int, reply: bytes) -> None:
+        """Queue `reply` to message(i) from its source; its first two bytes are
+        sent as the query's ID. Replies go out in runs of consecutive
+        messages: call skip() for a message that gets none, flush() at the end."""
+        self.replies.append(reply)
+        self.rest_from[i] = id(reply) + _REST_DATA
+        self.rest_len[i] = len(reply) - 2
 
-    def queue_body(self, source: int, body: bytes) -> None:
-        """queue() with the ID of message(source) in place of body's first two bytes."""
-        replies = self.replies
-        j = len(replies)
-        replies.append(body)
-        self.id_from[j] = self.message_at[source]
-        self.rest_from[j] = id(body) + _BODY_DATA
-        self.rest_len[j] = len(body) - 2
-        self.reply_to[j] = self.name_at[source]
+    def skip(self, i: int) -> None:
+        """Message i gets no reply now: send the run queued before it."""
+        self._send_run(i)
+        self.run_start = i + 1
 
-    def flush(self) -> int:
-        """Send what queue() queued; returns how many could not be sent (a
-        full send buffer, an unroutable client: UDP may drop)."""
-        count = len(self.replies)
-        done = failed = 0
-        while done < count:
-            n = self._sendmmsg(self.fd, ctypes.byref(self.out_hdrs, done * _HDR), count - done, 0)
-            if n > 0:
-                done += n
-            else:
-                failed += 1     # the datagram at `done` failed; the rest go on
-                done += 1
+    def flush(self, n: int) -> None:
+        """Send the queued replies to messages up to n (what receive() returned)."""
+        self._send_run(n)
+        self.run_start = self.sent = 0
         self.replies.clear()
-        return failed
 
+    def _send_run(self, end: int) -> None:
+        start = self.run_start
+        if len(self.replies) - self.sent != end - start:
+            # A slot without a queued reply still points at an old one: never
+            # send it. Drop the batch's replies so the next batch starts clean.
+            self.run_start = self.sent = 0
+            self.replies.clear()
+            raise RuntimeError(f"replies queued for messages {start}..{end - 1} are not one per message")
+        self.sent = len(self.replies)
+        # A datagram the kernel refuses (full send buffer, unroutable client)
+        # is dropped, as UDP may; the rest of the run goes on.
+        while start < end:
+            sent = self._sendmmsg(self.fd, ctypes.byref(self.out_hdrs, start * _HDR), end - start, 0)
+            start += sent if sent > 0 else 1

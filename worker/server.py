@@ -103,19 +103,19 @@ class BatchedUdpServer(UdpServer):
         if not n:
             return True
         exact_body, answer, later = self.answerer.exact_body, self.answerer.answer, self._send_later
-        queue, queue_body = batch.queue, batch.queue_body
+        queue = batch.queue
         now = time.monotonic()
         for i, key in enumerate(batch.keys(n)):
-            body = exact_body(key, now)
-            if body is not None:
-                queue_body(i, body)
-                continue
-            reply = answer(batch.message(i), True, later, batch.peer(i), now)
-            if reply:
-                queue(i, reply)
-            elif reply is not None:
-                self.inflight += 1
-        batch.flush()    # what it could not send is dropped, as UdpServer's sendto() errors are
+            reply = exact_body(key, now)
+            if reply is None:
+                reply = answer(batch.message(i), True, later, batch.peer(i), now)
+                if not reply:
+                    if reply is not None:
+                        self.inflight += 1
+                    batch.skip(i)
+                    continue
+            queue(i, reply)     # every reply carries its query's ID: the batch sends it from there
+        batch.flush(n)
         return n < UDP_BATCH
 
 

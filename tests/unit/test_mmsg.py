@@ -52,15 +52,27 @@ def test_replies_go_to_their_own_source_with_the_query_id(pair):
     for n, c in enumerate(clients):
         c.sendto(bytes([0x10, n]) + b"q", server.getsockname())
     assert batch.receive() == 3
-    # Queued out of order, and message 1 gets no reply (a miss, or dropped).
-    batch.queue_body(2, b"\xff\xff" + b"body-for-2")
-    batch.queue(0, b"\x77\x77" + b"whole-reply-for-0")
-    assert batch.flush() == 0
-    assert clients[2].recv(512) == b"\x10\x02" + b"body-for-2", "the query's ID, then the body"
-    assert clients[0].recv(512) == b"\x77\x77" + b"whole-reply-for-0", "queue() sends the reply as it is"
+    batch.queue(0, b"\xff\xff" + b"reply-0")
+    batch.skip(1)           # message 1 gets no reply now (a miss, or dropped)
+    batch.queue(2, b"\x77\x77" + b"reply-2")
+    batch.flush(3)
+    assert clients[0].recv(512) == b"\x10\x00" + b"reply-0", "the query's ID, then the reply's rest"
+    assert clients[2].recv(512) == b"\x10\x02" + b"reply-2"
     clients[1].settimeout(0.2)
     with pytest.raises(socket.timeout):
         clients[1].recv(512)
+
+
+def test_a_message_left_without_reply_or_skip_is_never_sent(pair):
+    """Its slot would still point at an earlier batch's reply."""
+    server, clients = pair
+    batch = mmsg.DatagramBatch(server, 8, 512)
+    for c in clients[:2]:
+        c.sendto(b"\x00\x00q", server.getsockname())
+    assert batch.receive() == 2
+    batch.queue(1, b"\x00\x00reply")
+    with pytest.raises(RuntimeError, match="not one per message"):
+        batch.flush(2)
 
 
 def test_a_datagram_longer_than_the_buffer_arrives_cut(pair):
