@@ -1,6 +1,12 @@
 """The miss path: one upstream query per distinct key in flight, shared by
 every client that asks the same question meanwhile; the answer is stored and
-handed to each waiting client."""
+handed to each waiting client.
+
+It works on wire bytes and callbacks: the upstream query is built from the
+client's parsed question, the answer is checked and stored without a
+dnspython message, and no Future or Task is made per miss. dnspython is left
+for the rare local answers (class CH).
+"""
 from __future__ import annotations
 
 import asyncio
@@ -8,19 +14,17 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-import dns.flags
 import dns.message
 import dns.name
-import dns.rdataclass
 import dns.rcode
 import dns.rdatatype
-import dns.rdtypes.ANY.OPT
 import dns.rrset
 
 from worker import wire
 from worker.cache import Cache, Entry, entry_from_response
 from worker.config import CacheConfig, HeaderRule
-from worker.upstream import Forwarder, UpstreamError
+from worker.upstream import Forwarder, zone_labels
+from worker.upstream_query import UpstreamQuery
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +34,8 @@ Waiter = Callable[[Entry], None]
 # SERVFAIL at once: a flood of unique names (or a slow upstream) must not
 # grow memory without bound; unbound's num-queries-per-thread plays this role.
 MAX_PENDING = 10000
-
-
-def longest_match(rules: Sequence[tuple[dns.name.Name, HeaderRule]],
-                  qname: dns.name.Name) -> HeaderRule | None:
-    """The rule whose zone is the longest suffix of qname, if any."""
-    best, best_len = None, -1
-    for zone, rule in rules:
-        if qname.is_subdomain(zone) and len(zone) > best_len:
-            best, best_len = rule, len(zone)
-    return best
+# Local answers and SERVFAILs are made per miss and never stored.
+UNCACHED = CacheConfig(servfail_ttl=0)
 
 
 class LocalAnswers:
@@ -61,6 +57,14 @@ class LocalAnswers:
         return reply.to_wire()
 
 
+def servfail_response(q: wire.Question) -> bytes:
+    """What an upstream's SERVFAIL to our query for q would be: header
+    (QR, RD, RA, the client's CD) and question."""
+    flags = bytes((wire.FLAG_QR | wire.FLAG_RD,
+                   wire.FLAG_RA | (wire.FLAG_CD if q.cd else 0) | wire.RCODE_SERVFAIL))
+    return b"\x00\x00" + flags + b"\x00\x01\x00\x00\x00\x00\x00\x00" + q.key[:-1]
+
+
 class Resolver:
     """Fills the cache from upstream."""
 
@@ -71,70 +75,71 @@ class Resolver:
         self.max_pending = max_pending
         self.cache = cache
         self.policy = policy
-        self.headers = tuple((dns.name.from_text(r.zone), r) for r in headers)
+        self.headers = {zone_labels(r.zone): r for r in headers}
         self.local = local
-        self.pending: dict[bytes, asyncio.Future] = {}
-        self.opt_rdata = dns.rdtypes.ANY.OPT.OPT(wire.OUR_UDP_PAYLOAD, dns.rdatatype.OPT, ())
+        # Key -> the clients waiting for its answer, while its query is upstream.
+        self.pending: dict[bytes, list[Waiter]] = {}
         self.upstream_failures = 0
         self.overloaded = 0
 
     def miss(self, q: wire.Question, waiter: Waiter) -> bool:
         """Call waiter(entry) once an answer for q is known (it always is:
-        an upstream failure gives a SERVFAIL entry). False, and no call, when
-        max_pending distinct questions are already in flight."""
-        fut = self.pending.get(q.key)
-        if fut is None:
-            if len(self.pending) >= self.max_pending:
-                self.overloaded += 1
-                return False
-            fut = asyncio.get_running_loop().create_future()
-            self.pending[q.key] = fut
-            asyncio.get_running_loop().create_task(self._fetch(q, fut))
-        fut.add_done_callback(lambda f: waiter(f.result()))
+        an upstream failure gives a SERVFAIL entry), never before miss()
+        returns. False, and no call, when max_pending distinct questions are
+        already in flight."""
+        waiters = self.pending.get(q.key)
+        if waiters is not None:
+            waiters.append(waiter)
+            return True
+        if len(self.pending) >= self.max_pending:
+            self.overloaded += 1
+            return False
+        self.pending[q.key] = [waiter]
+        try:
+            if q.qclass == wire.CLASS_CH:
+                asyncio.get_running_loop().call_soon(self._finish, q.key, self._local(q))
+            else:
+                self.forwarder.ask(UpstreamQuery.from_question(q), lambda answer: self._answered(q, answer))
+        except Exception:  # noqa: BLE001 - waiters must always get an answer
+            log.exception("miss path failed for %r", q.key)
+            asyncio.get_running_loop().call_soon(self._finish, q.key, self._servfail(q))
         return True
 
-    def _query(self, q: wire.Question) -> dns.message.Message:
-        """The upstream query for q. Built field by field: make_query() spends
-        most of its ~16 us re-creating the same OPT record (this takes ~5 us)."""
-        query = dns.message.QueryMessage()
-        query.flags = dns.flags.RD | (dns.flags.CD if q.cd else 0)
-        query.question.append(dns.rrset.RRset(dns.name.Name(wire.labels(q.key)), q.qclass, q.qtype))
-        opt = dns.rrset.RRset(dns.name.root, wire.OUR_UDP_PAYLOAD, dns.rdatatype.OPT)
-        opt.add(self.opt_rdata, wire.EDNS_DO if q.do else 0)
-        query.opt = opt
-        return query
-
-    async def _fetch(self, q: wire.Question, fut: asyncio.Future) -> None:
+    def _answered(self, q: wire.Question, answer: bytes | None) -> None:
+        """The forwarder's outcome for q: store it, hand it to the waiters."""
         try:
-            fut.set_result(await self._resolve(q))
-        except BaseException as e:  # noqa: BLE001 - waiters must always get an answer
-            if not isinstance(e, Exception):
-                fut.cancel()
-                raise
+            entry = self._entry(q, answer)
+        except Exception:  # noqa: BLE001 - waiters must always get an answer
             log.exception("miss path failed for %r", q.key)
-            fut.set_result(self._servfail(self._query(q)))
-        finally:
-            self.pending.pop(q.key, None)
+            entry = self._servfail(q)
+        self._finish(q.key, entry)
 
-    async def _resolve(self, q: wire.Question) -> Entry:
-        query = self._query(q)
-        if q.qclass == wire.CLASS_CH:
-            return entry_from_response(self.local.answer(query), time.monotonic(),
-                                       CacheConfig(servfail_ttl=0), None, q.do)
-        try:
-            answer = await self.forwarder.forward(query)
-            rule = longest_match(self.headers, query.question[0].name)
-            entry = entry_from_response(answer, time.monotonic(), self.policy, rule, q.do)
-        except (UpstreamError, wire.WireError):
+    def _entry(self, q: wire.Question, answer: bytes | None) -> Entry:
+        if answer is None:
             self.upstream_failures += 1
-            return self._servfail(query)
+            return self._servfail(q)
+        rule = wire.longest_zone(self.headers, q.key[:-5]) if self.headers else None
+        try:
+            entry = entry_from_response(answer, time.monotonic(), self.policy, rule, q.do)
+        except wire.WireError:
+            self.upstream_failures += 1
+            return self._servfail(q)
         if entry.expires > entry.stored_at:
             self.cache.put(q.key, entry)
         return entry
 
-    def _servfail(self, query: dns.message.Message) -> Entry:
-        reply = dns.message.make_response(query)
-        reply.set_rcode(dns.rcode.SERVFAIL)
-        reply.flags |= dns.flags.RA
-        return entry_from_response(reply.to_wire(), time.monotonic(), CacheConfig(servfail_ttl=0),
-                                   None, bool(query.ednsflags & dns.flags.DO))
+    def _finish(self, key: bytes, entry: Entry) -> None:
+        for waiter in self.pending.pop(key):
+            try:
+                waiter(entry)
+            except Exception:  # noqa: BLE001 - one client's failure must not cost the others theirs
+                log.exception("answering a client for %r failed", key)
+
+    def _local(self, q: wire.Question) -> Entry:
+        # Rare (probes), so dnspython may build it: from the bytes we would send upstream.
+        query = dns.message.from_wire(UpstreamQuery.from_question(q).wire(0))
+        return entry_from_response(self.local.answer(query), time.monotonic(), UNCACHED, None, q.do)
+
+    @staticmethod
+    def _servfail(q: wire.Question) -> Entry:
+        return entry_from_response(servfail_response(q), time.monotonic(), UNCACHED, None, q.do)

@@ -5,31 +5,38 @@ tried in order, with servers that failed recently moved to the back. The
 zone's timeout is shared out: with n servers not yet asked, the next is
 asked as well after (time left)/(n + 1) without an answer, and so on, and any of the servers asked may
 still answer until the zone's timeout runs out. A refused or unreachable
-server hands over at once. So the client gets an answer or an UpstreamError
+server hands over at once. So the client gets an answer or a failure
 (its SERVFAIL) within `timeout`, never silence.
 
 Over UDP, once every server has been asked, the ones still silent are asked
 again (new socket, new ID) on the same schedule, up to ASK_ROUNDS times in
 all: one lost datagram must not cost the client a SERVFAIL, and a client's
 own retry cannot help, since it joins the miss already in flight.
+
+A miss is a small state machine (_Race) driven by callbacks: its UDP
+sockets' readers and one timer. Only TCP exchanges (force_tcp, or a retry
+after TC=1) run as Tasks.
 """
 from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable
 from typing import Sequence
 
-import dns.flags
-import dns.message
 import dns.name
 
+from worker import wire
 from worker.config import UpstreamZone, format_server
 from worker.upstream_query import UpstreamQuery
 from worker.upstream_stats import ServerStats
 from worker.upstream_tcp import TcpUpstream
-from worker import upstream_udp
+from worker.upstream_udp import UdpExchange, UdpUpstream, socket_budget
+
+log = logging.getLogger(__name__)
 
 # Times a silent server is asked for one query over UDP (the first ask included).
 ASK_ROUNDS = 3
@@ -41,18 +48,28 @@ DEMOTE_SECONDS = 30.0
 LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
                           errno.EADDRNOTAVAIL})
 
+# forward()'s callback: the answer's wire, or None when no server gave a usable one in time.
+Done = Callable[[bytes | None], None]
+
 
 class UpstreamError(Exception):
     """No upstream server gave a usable answer in time."""
 
 
-@dataclass
+def zone_labels(zone: str) -> tuple[bytes, ...]:
+    """A zone's key for wire.longest_zone(): its lower-case labels, root last."""
+    return tuple(label.lower() for label in dns.name.from_text(zone).labels)
+
+
 class _Server:
-    """One upstream server: its counters, its TCP connection, when it last failed."""
-    address: tuple[str, int]
-    stats: ServerStats
-    tcp: TcpUpstream
-    failed_at: float | None = None
+    """One upstream server: its counters, its UDP and TCP sides, when it last failed."""
+
+    __slots__ = ("address", "stats", "udp", "tcp", "failed_at")
+
+    def __init__(self, address: tuple[str, int], stats: ServerStats, tcp: TcpUpstream,
+                 failed_at: float | None = None) -> None:
+        self.address, self.stats, self.tcp, self.failed_at = address, stats, tcp, failed_at
+        self.udp = UdpUpstream(address, stats.count_rejected)
 
     def demoted(self, now: float) -> bool:
         return self.failed_at is not None and now - self.failed_at < DEMOTE_SECONDS
@@ -62,10 +79,6 @@ class _Server:
         self.failed_at = time.monotonic()
 
 
-def _labels(name: dns.name.Name) -> tuple[bytes, ...]:
-    return tuple(label.lower() for label in name.labels)
-
-
 def failover_order(servers: Sequence[_Server], now: float) -> list[_Server]:
     """`servers` in configured order, except that those that failed in the
     last DEMOTE_SECONDS come last, the longest-ago failure first."""
@@ -73,18 +86,167 @@ def failover_order(servers: Sequence[_Server], now: float) -> list[_Server]:
     return sorted(servers, key=lambda s: (True, s.failed_at) if s.demoted(now) else (False, 0.0))
 
 
-@dataclass
 class _Attempt:
-    """One server being asked, and when the next server should be asked too."""
-    server: _Server
-    hand_over_at: float
-    sent_at: float | None = None          # None while waiting for a UDP socket slot
-    over_tcp: bool = False                # TCP (force_tcp, or a retry after TC=1): never re-asked
-    task: asyncio.Task | None = field(default=None, repr=False)
+    """One server being asked for one miss, and when the next server should
+    be asked too."""
+
+    __slots__ = ("race", "server", "hand_over_at", "sent_at", "over_tcp", "finished", "queued",
+                 "exchange", "task")
+
+    def __init__(self, race: _Race, server: _Server, hand_over_at: float) -> None:
+        self.race, self.server, self.hand_over_at = race, server, hand_over_at
+        self.sent_at: float | None = None       # None while waiting for a UDP socket slot
+        self.over_tcp = False                   # TCP (force_tcp, or a retry after TC=1): never re-asked
+        self.finished = False                   # answered or failed (not: cancelled)
+        self.queued = False                     # waiting for a UDP socket slot
+        self.exchange: UdpExchange | None = None
+        self.task: asyncio.Task | None = None
 
     def sending(self) -> None:
         self.sent_at = time.monotonic()
         self.server.stats.queries += 1
+
+    def answered(self, data: bytes) -> None:
+        server = self.server
+        server.stats.answered(time.monotonic() - self.sent_at)
+        server.failed_at = None
+        self.race.attempt_answered(self, data)
+
+    def failed(self, error: BaseException) -> None:
+        if isinstance(error, OSError) and self.sent_at is not None and error.errno not in LOCAL_ERRNOS:
+            self.server.failed()
+        self.race.attempt_failed(self)
+
+
+class _Race:
+    """One miss on its way upstream: its zone's servers asked on the
+    schedule in this module's docstring until one answers or the zone's
+    timeout passes; then done(answer or None), exactly once."""
+
+    __slots__ = ("forwarder", "query", "zone", "done", "deadline", "waiting", "attempts", "running",
+                 "hand_over_at", "rounds", "timer", "over", "stepping", "starting")
+
+    def __init__(self, forwarder: Forwarder, query: UpstreamQuery, zone: UpstreamZone,
+                 servers: list[_Server], done: Done) -> None:
+        now = time.monotonic()
+        self.forwarder, self.query, self.zone, self.done = forwarder, query, zone, done
+        self.deadline = now + zone.timeout
+        self.waiting = failover_order(servers, now)
+        self.attempts: list[_Attempt] = []
+        self.running = 0                    # attempts neither finished nor cancelled
+        self.hand_over_at = now
+        self.rounds = 1 if not zone.force_tcp else ASK_ROUNDS   # TCP does not lose a query
+        self.timer: asyncio.TimerHandle | None = None
+        self.over = False
+        # True while _step() runs: an attempt that fails at once is taken
+        # into account by the running step instead of starting another.
+        self.stepping = False
+        self.starting = False      # True while ask() has not returned
+
+    def start(self) -> None:
+        self.starting = True
+        try:
+            self._step()
+        finally:
+            self.starting = False
+
+    def _step(self) -> None:
+        """Ask whoever is due, then sleep until the next thing is due."""
+        self.stepping = True
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= self.deadline:
+                    return self._end(None)
+                waiting = self.waiting
+                if not waiting and self.running and now >= self.hand_over_at and self.rounds < ASK_ROUNDS:
+                    self.rounds += 1
+                    # Only asks that went out and still wait on UDP; none so late
+                    # that an answer could not come back in time.
+                    if self.deadline - now >= MIN_ASK_LEFT:
+                        for attempt in self.attempts:
+                            if not attempt.finished and attempt.sent_at is not None and not attempt.over_tcp \
+                                    and attempt.server not in waiting:
+                                waiting.append(attempt.server)
+                if waiting and (now >= self.hand_over_at or not self.running):
+                    self.hand_over_at = now + (self.deadline - now) / (len(waiting) + 1)
+                    attempt = _Attempt(self, waiting.pop(0), self.hand_over_at)
+                    self.attempts.append(attempt)
+                    self.running += 1
+                    self.forwarder.start(attempt, self.query, self.zone.force_tcp)
+                    if self.over:
+                        return
+                    continue
+                if not self.running:
+                    return self._end(None)
+                wake = min(self.deadline, self.hand_over_at) if waiting or self.rounds < ASK_ROUNDS \
+                    else self.deadline
+                if self.timer is not None:
+                    self.timer.cancel()
+                self.timer = asyncio.get_running_loop().call_later(wake - now, self._wake)
+                return
+        finally:
+            self.stepping = False
+
+    def _wake(self) -> None:
+        self.timer = None
+        self._guarded(self._step)
+
+    def attempt_answered(self, attempt: _Attempt, data: bytes) -> None:
+        attempt.finished = True
+        self.running -= 1
+        self._guarded(self._end, data)
+
+    def attempt_failed(self, attempt: _Attempt) -> None:
+        """This server failed: ask the next one now."""
+        attempt.finished = True
+        self.running -= 1
+        self.hand_over_at = time.monotonic()
+        if not self.stepping and not self.over:
+            self._guarded(self._step)
+
+    def _guarded(self, step: Callable, *args) -> None:
+        """Run a step from a callback; a bug must still end the miss (its
+        clients get SERVFAIL) rather than leave them waiting for ever."""
+        try:
+            step(*args)
+        except Exception:  # noqa: BLE001 - logged; the miss ends as a failure
+            log.exception("upstream query for %s failed", self.query.name_text)
+            if not self.over:
+                self._end(None)
+
+    def _end(self, answer: bytes | None) -> None:
+        if self.over:
+            return
+        self.over = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self._settle()
+        # Attempts point back at their race: without this cycle the whole
+        # miss is freed by reference counting, not by the cyclic collector.
+        self.attempts.clear()
+        if self.starting:
+            # done() must not run before ask() returns: an outcome known at once waits a turn.
+            asyncio.get_running_loop().call_soon(self.done, answer)
+        else:
+            self.done(answer)
+
+    def _settle(self) -> None:
+        """Cancel the attempts still running; those whose query was sent and
+        had its share of the time without an answer count as failures."""
+        now = time.monotonic()
+        # A server that answered a repeated ask did not fail; one silent to
+        # several asks, or refused on a repeated ask (counted when it failed), failed once.
+        settled = [a.server for a in self.attempts if a.finished]
+        for attempt in self.attempts:
+            if attempt.finished:
+                continue
+            self.forwarder.cancel(attempt)
+            if attempt.sent_at is not None and now >= attempt.hand_over_at \
+                    and attempt.server not in settled:
+                attempt.server.failed()
+                settled.append(attempt.server)
 
 
 class Forwarder:
@@ -93,11 +255,13 @@ class Forwarder:
     def __init__(self, zones: Sequence[UpstreamZone]) -> None:
         # Keyed by lower-cased labels: suffix lookups by tuple slicing cost far
         # less than building and hashing dns.name.Name parents.
-        self._zones = {_labels(dns.name.from_text(z.zone)): z for z in zones}
+        self._zones = {zone_labels(z.zone): z for z in zones}
         self._servers: dict[tuple[str, int], _Server] = {}
         # Bounds the UDP sockets open at once, so a burst of misses queues
         # here instead of running out of file descriptors.
-        self._udp_slots = asyncio.Semaphore(upstream_udp.socket_budget())
+        self._udp_budget = socket_budget()
+        self._udp_open = 0
+        self._udp_queue: deque[tuple[_Attempt, UpstreamQuery]] = deque()
         for zone in zones:
             for address in zone.servers:
                 if address not in self._servers:
@@ -105,110 +269,106 @@ class Forwarder:
                     self._servers[address] = _Server(address, stats,
                                                      TcpUpstream(address, stats.count_rejected))
 
-    def zone_for(self, name: dns.name.Name) -> UpstreamZone:
-        """The zone with the longest suffix match of `name`."""
-        labels = _labels(name)
-        for i in range(len(labels)):
-            zone = self._zones.get(labels[i:])
-            if zone is not None:
-                return zone
-        raise UpstreamError(f"no upstream configured for {name}")
+    def zone_for(self, name: bytes) -> UpstreamZone:
+        """The zone with the longest suffix match of `name` (a lower-case name wire)."""
+        zone = wire.longest_zone(self._zones, name)
+        if zone is None:
+            raise UpstreamError(f"no upstream configured for {name!r}")
+        return zone
 
-    async def forward(self, query: dns.message.Message) -> bytes:
-        """Pick the zone by longest match of query.question[0].name, try its
+    def ask(self, query: UpstreamQuery, done: Done) -> None:
+        """Pick the zone by longest match of the query's name, try its
         servers with failover, over UDP (TC=1 retried over TCP) or TCP when
         force_tcp, with a random ID per attempt, accepting only answers from
-        the queried address/port with matching ID and question; return the
-        response wire. Raises UpstreamError when nothing usable arrived
-        within the zone's timeout."""
-        outgoing = UpstreamQuery.from_message(query)
-        zone = self.zone_for(outgoing.name)
-        deadline = time.monotonic() + zone.timeout
-        waiting = failover_order([self._servers[a] for a in zone.servers], time.monotonic())
-        attempts: list[_Attempt] = []
-        try:
-            return await self._race(outgoing, zone, waiting, attempts, deadline)
-        finally:
-            self._settle(attempts)
+        the queried address/port with matching ID and question; then call
+        done(response wire), or done(None) when nothing usable arrived
+        within the zone's timeout. done is never called before ask returns."""
+        zone = wire.longest_zone(self._zones, query.qname)
+        if zone is None:
+            asyncio.get_running_loop().call_soon(done, None)
+            return
+        _Race(self, query, zone, [self._servers[a] for a in zone.servers], done).start()
 
-    async def _race(self, query: UpstreamQuery, zone: UpstreamZone, waiting: list[_Server],
-                    attempts: list[_Attempt], deadline: float) -> bytes:
-        running: set[asyncio.Task] = set()
-        hand_over_at = time.monotonic()
-        rounds = 1 if not zone.force_tcp else ASK_ROUNDS    # TCP does not lose a query
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                raise UpstreamError(f"no answer for {query.name} from zone {zone.zone} "
-                                    f"servers within {zone.timeout}s")
-            if not waiting and running and now >= hand_over_at and rounds < ASK_ROUNDS:
-                rounds += 1
-                # Only asks that went out and still wait on UDP; none so late
-                # that an answer could not come back in time.
-                if deadline - now >= MIN_ASK_LEFT:
-                    for attempt in attempts:
-                        if attempt.task in running and attempt.sent_at is not None and not attempt.over_tcp \
-                                and attempt.server not in waiting:
-                            waiting.append(attempt.server)
-            if waiting and (now >= hand_over_at or not running):
-                hand_over_at = now + (deadline - now) / (len(waiting) + 1)
-                attempt = _Attempt(waiting.pop(0), hand_over_at)
-                attempt.task = asyncio.get_running_loop().create_task(
-                    self._ask(attempt, query, zone.force_tcp))
-                attempts.append(attempt)
-                running.add(attempt.task)
-                continue
-            if not running:
-                raise UpstreamError(f"every server of zone {zone.zone} failed for {query.name}")
-            wake = min(deadline, hand_over_at) if waiting or rounds < ASK_ROUNDS else deadline
-            done, _ = await asyncio.wait(running, timeout=max(0.0, wake - now),
-                                         return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                running.discard(task)
-                if task.exception() is None:
-                    return task.result()
-                # This server failed: ask the next one now.
-                hand_over_at = time.monotonic()
+    async def forward(self, query: UpstreamQuery) -> bytes:
+        """ask() as a coroutine (for tests and tools); raises UpstreamError."""
+        answer = asyncio.get_running_loop().create_future()
+        self.ask(query, lambda data: answer.done() or answer.set_result(data))
+        data = await answer
+        if data is None:
+            raise UpstreamError(f"no usable answer for {query.name_text}")
+        return data
 
-    async def _ask(self, attempt: _Attempt, query: UpstreamQuery, force_tcp: bool) -> bytes:
-        server = attempt.server
+    def start(self, attempt: _Attempt, query: UpstreamQuery, force_tcp: bool) -> None:
+        """Send the attempt's query (or queue it for a UDP socket slot)."""
+        if force_tcp:
+            attempt.sending()
+            attempt.task = asyncio.get_running_loop().create_task(self._over_tcp(attempt, query))
+        elif self._udp_open < self._udp_budget:
+            self._send_udp(attempt, query)
+        else:
+            attempt.queued = True
+            self._udp_queue.append((attempt, query))
+
+    def _send_udp(self, attempt: _Attempt, query: UpstreamQuery) -> None:
+        self._udp_open += 1
+        attempt.sending()
         try:
-            if force_tcp:
-                attempt.sending()
-                wire, _ = await server.tcp.exchange(query)
-            else:
-                async with self._udp_slots:
-                    attempt.sending()
-                    wire, reply = await upstream_udp.exchange(query, server.address,
-                                                              server.stats.count_rejected)
-                if reply.flags & dns.flags.TC:
-                    attempt.over_tcp = True
-                    wire, _ = await server.tcp.exchange(query)
+            attempt.exchange = attempt.server.udp.ask(
+                query, lambda data: self._udp_answered(attempt, query, data),
+                lambda error: self._udp_failed(attempt, error))
         except OSError as e:
-            if attempt.sent_at is not None and e.errno not in LOCAL_ERRNOS:
-                server.failed()
-            raise
-        server.stats.answered(time.monotonic() - attempt.sent_at)
-        server.failed_at = None
-        return wire
+            self._udp_closed()
+            attempt.failed(e)
 
-    def _settle(self, attempts: list[_Attempt]) -> None:
-        """Cancel the attempts still running; those whose query was sent and
-        had its share of the time without an answer count as failures."""
-        now = time.monotonic()
-        # A server that answered a repeated ask did not fail; one silent to
-        # several asks, or refused on a repeated ask (counted in _ask), failed once.
-        settled = [a.server for a in attempts if a.task.done() and not a.task.cancelled()]
-        for attempt in attempts:
-            if attempt.task.done():
-                if not attempt.task.cancelled():
-                    attempt.task.exception()  # retrieved: failures were counted in _ask
-                continue
+    def _udp_answered(self, attempt: _Attempt, query: UpstreamQuery, data: bytes) -> None:
+        attempt.exchange = None
+        self._udp_closed()
+        if data[2] & wire.FLAG_TC:
+            attempt.over_tcp = True
+            attempt.task = asyncio.get_running_loop().create_task(self._over_tcp(attempt, query))
+        else:
+            attempt.answered(data)
+
+    def _udp_failed(self, attempt: _Attempt, error: OSError) -> None:
+        attempt.exchange = None
+        self._udp_closed()
+        attempt.failed(error)
+
+    def _udp_closed(self) -> None:
+        """A UDP socket slot is free: the next queued attempt gets it, from
+        the loop (not inside the caller, which may be settling its own miss)."""
+        self._udp_open -= 1
+        if self._udp_queue:
+            asyncio.get_running_loop().call_soon(self._send_queued)
+
+    def _send_queued(self) -> None:
+        while self._udp_queue and self._udp_open < self._udp_budget:
+            attempt, query = self._udp_queue.popleft()
+            attempt.queued = False
+            self._send_udp(attempt, query)
+
+    async def _over_tcp(self, attempt: _Attempt, query: UpstreamQuery) -> None:
+        try:
+            data = await attempt.server.tcp.exchange(query)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure hands over to the next server
+            attempt.failed(e)
+            return
+        attempt.answered(data)
+
+    def cancel(self, attempt: _Attempt) -> None:
+        """Stop an attempt that has not finished: close its socket, leave the
+        queue, or cancel its TCP exchange."""
+        if attempt.exchange is not None:
+            attempt.exchange.close()
+            attempt.exchange = None
+            self._udp_closed()
+        elif attempt.queued:
+            attempt.queued = False
+            self._udp_queue = deque(item for item in self._udp_queue if item[0] is not attempt)
+        if attempt.task is not None:
             attempt.task.cancel()
-            if attempt.sent_at is not None and now >= attempt.hand_over_at \
-                    and attempt.server not in settled:
-                attempt.server.failed()
-                settled.append(attempt.server)
 
     def stats(self) -> list[dict]:
         """The "upstream" list of STATS (docs/internals.md), one entry per server."""

@@ -1,18 +1,23 @@
 """One query on its way upstream, and the test an answer must pass to be
-taken as the reply to it (same ID, a response, same opcode, same question).
+taken as the reply to it (same ID, a response, opcode QUERY, one question
+equal to ours).
 
-The caller checks the source address; this module checks the content.
+Both are done on wire bytes: the query is built from the client's parsed
+question (worker/wire.py) and checked answers are handed on as bytes, so a
+cache miss never builds a dnspython message (that cost more than the rest
+of the miss path together). The caller checks the source address; this
+module checks the content.
 """
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.opcode
+from worker import wire
+
+# Header bytes 2..12 of every query we send: RD=1 (CD=0), one question, one
+# additional record (our OPT).
+_HEADER_TAIL = b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01"
+_HEADER_TAIL_CD = b"\x01\x10\x00\x01\x00\x00\x00\x00\x00\x01"
 
 
 class Rejected(Exception):
@@ -24,42 +29,54 @@ def random_id() -> int:
     return secrets.randbits(16)
 
 
-@dataclass(frozen=True)
 class UpstreamQuery:
-    name: dns.name.Name
-    rdtype: int
-    rdclass: int
-    opcode: int
-    tail: bytes               # the query's wire format after its 2-byte ID
+    """The question we ask upstream, in wire form, and the test for its answer."""
+
+    __slots__ = ("qname", "type_class", "tail")
+
+    def __init__(self, qname: bytes, qtype: int, qclass: int, do: bool, cd: bool) -> None:
+        """`qname`: an uncompressed, valid name wire (case is kept)."""
+        self.qname = qname.lower()
+        self.type_class = wire.U16.pack(qtype) + wire.U16.pack(qclass)
+        self.tail = (_HEADER_TAIL_CD if cd else _HEADER_TAIL) + self.qname + self.type_class + wire.opt_record(do)
 
     @classmethod
-    def from_message(cls, query: dns.message.Message) -> "UpstreamQuery":
-        if len(query.question) != 1:
-            raise ValueError("an upstream query has exactly one question")
-        q = query.question[0]
-        return cls(name=q.name, rdtype=q.rdtype, rdclass=q.rdclass,
-                   opcode=query.opcode(), tail=query.to_wire()[2:])
+    def from_question(cls, q: wire.Question) -> UpstreamQuery:
+        """The upstream query for a client's question: its lower-cased name,
+        type and class, its CD bit, our payload size and its DO bit."""
+        return cls(q.key[:-5], q.qtype, q.qclass, q.do, q.cd)
+
+    @property
+    def qtype(self) -> int:
+        return wire.U16.unpack_from(self.type_class)[0]
+
+    @property
+    def name_text(self) -> str:
+        """The name in presentation form, for messages."""
+        return ".".join(label.decode("ascii", "backslashreplace") for label in wire.labels(self.qname)) or "."
 
     def wire(self, query_id: int) -> bytes:
-        return query_id.to_bytes(2, "big") + self.tail
+        return wire.U16.pack(query_id) + self.tail
 
-    def answer(self, wire: bytes, query_id: int) -> dns.message.Message:
-        """`wire` parsed as far as its question, if it answers this query
-        sent with `query_id`; Rejected otherwise."""
-        if len(wire) < 12 or int.from_bytes(wire[:2], "big") != query_id:
+    def check(self, data: bytes, query_id: int) -> None:
+        """Raise Rejected unless `data` answers this query sent with
+        `query_id`: same ID, QR=1, opcode QUERY, exactly one question, equal
+        to ours (the name in any case). Only the header and question are
+        read; the caller parses the rest (wire.parse_response)."""
+        name_end = 12 + len(self.qname)
+        if len(data) < name_end + 4:
+            raise Rejected("shorter than our header and question")
+        if data[0] << 8 | data[1] != query_id:
             raise Rejected("wrong ID")
-        try:
-            reply = dns.message.from_wire(wire, question_only=True)
-        except dns.exception.DNSException as e:
-            raise Rejected(f"malformed: {e}") from None
-        if not reply.flags & dns.flags.QR or reply.opcode() != self.opcode:
+        if not data[2] & wire.FLAG_QR or data[2] & 0x78:
             raise Rejected("not a response to our opcode")
-        if len(reply.question) != 1:
+        if data[4:6] != b"\x00\x01":
             raise Rejected("question count is not 1")
-        # Name comparison is case-insensitive, so answers to a 0x20-randomised
-        # query (or from servers that lower-case names) still match.
-        q = reply.question[0]
-        if q.name != self.name or q.rdtype != self.rdtype or q.rdclass != self.rdclass:
+        # Case-insensitive, so answers to a 0x20-randomised query (or from
+        # servers that lower-case names) still match. The question name sits
+        # at offset 12, where no compression pointer can point backwards, and
+        # ours is a self-delimiting name wire: equal bytes are the same name.
+        # (Length bytes are below 64, so lower() leaves them alone; type and
+        # class are compared as they are: type 65 is 0x0041, an "A".)
+        if data[12:name_end].lower() != self.qname or data[name_end:name_end + 4] != self.type_class:
             raise Rejected("wrong question")
-        return reply
-

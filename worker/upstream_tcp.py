@@ -13,8 +13,6 @@ import asyncio
 import socket
 from typing import Callable
 
-import dns.message
-
 from worker.upstream_query import Rejected, UpstreamQuery, random_id
 
 IDLE_SECONDS = 10.0
@@ -33,7 +31,7 @@ class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  on_reject: Callable[[], None]) -> None:
         self._reader, self._writer, self._on_reject = reader, writer, on_reject
-        self._pending: dict[int, tuple[UpstreamQuery, asyncio.Future]] = {}
+        self._pending: dict[int, tuple[UpstreamQuery, asyncio.Future[bytes]]] = {}
         self._idle_timer: asyncio.TimerHandle | None = None
         self.closed = False
         self.answered = 0
@@ -57,7 +55,7 @@ class _Connection:
             raise
         return cls(reader, writer, on_reject)
 
-    async def exchange(self, query: UpstreamQuery) -> tuple[bytes, dns.message.Message]:
+    async def exchange(self, query: UpstreamQuery) -> bytes:
         if self.closed:
             raise ConnectionClosed("connection closed")
         if len(self._pending) >= MAX_IN_FLIGHT:
@@ -96,12 +94,12 @@ class _Connection:
             return
         query, done = entry
         try:
-            reply = query.answer(wire, int.from_bytes(wire[:2], "big"))
+            query.check(wire, int.from_bytes(wire[:2], "big"))
         except Rejected:
             self._on_reject()
             return
         self.answered += 1
-        done.set_result((wire, reply))
+        done.set_result(wire)
 
     def _arm_idle_timer(self) -> None:
         if not self._pending and not self.closed and self._idle_timer is None:
@@ -145,7 +143,7 @@ class TcpUpstream:
                 self._connection = await _Connection.open(self.server, self._on_reject)
             return self._connection
 
-    async def exchange(self, query: UpstreamQuery) -> tuple[bytes, dns.message.Message]:
+    async def exchange(self, query: UpstreamQuery) -> bytes:
         """Send `query` and wait (until cancelled) for its answer.
         Raises OSError when the server cannot be reached."""
         connection = await self._current()

@@ -9,8 +9,11 @@ cost more than the rest of the hit path together.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
+
+T = TypeVar("T")
 
 HEADER = struct.Struct(">HBBHHHH")
 U16 = struct.Struct(">H")
@@ -102,6 +105,18 @@ def labels(name: bytes) -> list[bytes]:
         i += name[i] + 1
     out.append(b"")
     return out
+
+
+def longest_zone(zones: Mapping[tuple[bytes, ...], T], name: bytes) -> T | None:
+    """The value of the longest zone in `zones` that holds `name` (a
+    lower-case, uncompressed, valid name wire); zones are keyed by their
+    lower-case labels, root label (b"") last. None when no zone holds it."""
+    found = labels(name)
+    for i in range(len(found)):
+        value = zones.get(tuple(found[i:]))
+        if value is not None:
+            return value
+    return None
 
 
 def read_name(data: bytes, off: int) -> tuple[bytes, int]:

@@ -264,8 +264,13 @@ def test_ipv6_upstream_over_udp_and_tcp(netns, tmp_path, started):
 FORWARD_AND_REPORT = """
 import asyncio, json, sys
 import dns.message, uvloop
+from worker import wire
 from worker.config import UpstreamZone
 from worker.upstream import Forwarder, UpstreamError
+from worker.upstream_query import UpstreamQuery
+
+def query(name):
+    return UpstreamQuery.from_question(wire.parse_query(dns.message.make_query(name, "A").to_wire()))
 
 async def main():
     servers = tuple((ip, int(port)) for ip, port in (s.rsplit(":", 1) for s in sys.argv[1:]))
@@ -273,7 +278,7 @@ async def main():
     results = []
     for name in ("one.test", "two.test", "three.test"):
         try:
-            reply = dns.message.from_wire(await forwarder.forward(dns.message.make_query(name, "A")))
+            reply = dns.message.from_wire(await forwarder.forward(query(name)))
             results.append(reply.answer[0][0].address)
         except UpstreamError:
             results.append("UpstreamError")
@@ -307,16 +312,20 @@ def test_per_server_stats(netns, tmp_path, started):
 BURST = """
 import asyncio, collections, json, sys
 import dns.message, uvloop
+from worker import wire
 from worker.config import UpstreamZone
 from worker.upstream import Forwarder
+from worker.upstream_query import UpstreamQuery
+
+def query(name):
+    return UpstreamQuery.from_question(wire.parse_query(dns.message.make_query(name, "A").to_wire()))
 
 async def main():
     forwarder = Forwarder([UpstreamZone(".", (("127.0.0.2", 53),), timeout=5.0)])
     outcomes = collections.Counter()
     async def one(i):
         try:
-            reply = dns.message.from_wire(await forwarder.forward(
-                dns.message.make_query(f"b{i}.hit.test", "A")))
+            reply = dns.message.from_wire(await forwarder.forward(query(f"b{i}.hit.test")))
             outcomes[reply.answer[0][0].address] += 1
         except Exception as e:
             outcomes[repr(e)] += 1

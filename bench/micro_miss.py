@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Microbenchmark of the worker's miss path in-process (no root): worker CPU
+microseconds per cache miss, from answer() to the client's reply, against a
+trivial upstream in a subprocess (its CPU is not counted).
+
+    python3 bench/micro_miss.py [--misses 20000] [--concurrency 50] [--profile]
+
+Every query asks a new name, so each one goes upstream over UDP. The client
+side (receiving queries, sending replies) is not included: it is the same
+for hits and misses, and bench/bench_cache.py measures the whole thing.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import pstats
+import resource
+import subprocess
+import sys
+import time
+
+import dns.message
+import uvloop
+
+from worker.answer import Answerer
+from worker.cache import Cache
+from worker.config import CacheConfig, UpstreamZone
+from worker.resolver import LocalAnswers, Resolver
+from worker.stats import Stats
+from worker.upstream import Forwarder
+
+# The upstream: answers every query with one A record (TTL 1) and an OPT,
+# echoing ID and question. Blocking, one process: it is not what we measure.
+RESPONDER = r"""
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+rr = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x01\x00\x04\xc0\x00\x02\x01"
+opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
+while True:
+    data, addr = s.recvfrom(4096)
+    i = 12
+    while data[i]:
+        i += data[i] + 1
+    q = data[12:i + 5]
+    s.sendto(data[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x01" + q + rr + opt, addr)
+"""
+
+
+def start_responder() -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-c", RESPONDER], stdout=subprocess.PIPE, text=True)
+    return proc, int(proc.stdout.readline())
+
+
+def client_queries(misses: int) -> list[bytes]:
+    """One query (RD, EDNS) per unique name; only the first is made by dnspython."""
+    first = dns.message.make_query("m0.miss.test.", "A", use_edns=0).to_wire()
+    head, tail = first[:12], first[12 + len(b"\x02m0"):]
+    return [head + bytes((len(label),)) + label + tail
+            for label in (f"m{i}".encode() for i in range(misses))]
+
+
+async def run(port: int, queries: list[bytes], concurrency: int) -> tuple[float, float, float, dict]:
+    misses = len(queries)
+    forwarder = Forwarder([UpstreamZone(".", (("127.0.0.1", port),), timeout=2.0)])
+    cache = Cache(misses + 10)
+    stats = Stats()
+    answerer = Answerer(cache, Resolver(forwarder, cache, CacheConfig(), (), LocalAnswers("x")), stats)
+    done = asyncio.get_running_loop().create_future()
+    state = {"next": 0, "answered": 0}
+
+    def ask() -> None:
+        i = state["next"]
+        if i >= misses:
+            return
+        state["next"] = i + 1
+        reply = answerer.answer(queries[i], True, replied, None, time.monotonic())
+        if reply:           # answered at once (a SERVFAIL when overloaded)
+            replied(reply, None)
+
+    def replied(_reply: bytes, _dest) -> None:
+        state["answered"] += 1
+        if state["answered"] == misses:
+            done.set_result(None)
+        else:
+            ask()
+
+    collections0 = [g["collections"] for g in gc.get_stats()]
+    usage0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for _ in range(concurrency):
+        ask()
+    await done
+    usage, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - wall0
+    user, system = usage.ru_utime - usage0.ru_utime, usage.ru_stime - usage0.ru_stime
+    collections = [g["collections"] - c for g, c in zip(gc.get_stats(), collections0)]
+    print(f"garbage collections by generation: {collections}")
+    await forwarder.close()
+    return user, system, wall, stats.snapshot({}, cache, forwarder)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--misses", type=int, default=20000)
+    ap.add_argument("--concurrency", type=int, default=50)
+    ap.add_argument("--profile", action="store_true", help="print a cProfile of one run")
+    args = ap.parse_args()
+    responder, port = start_responder()
+    try:
+        uvloop.run(run(port, client_queries(500), args.concurrency))     # warm-up
+        queries = client_queries(args.misses)
+        profiler = cProfile.Profile() if args.profile else None
+        if profiler:
+            profiler.enable()
+        user, system, wall, snapshot = uvloop.run(run(port, queries, args.concurrency))
+        if profiler:
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+    finally:
+        responder.kill()
+        responder.wait()
+    up = snapshot["upstream"][0]
+    print(f"{args.misses} misses, {args.concurrency} in flight: {(user + system) / args.misses * 1e6:6.1f} us CPU "
+          f"per miss (user {user / args.misses * 1e6:.1f}, system {system / args.misses * 1e6:.1f}), "
+          f"{args.misses / wall:7.0f} misses/s; upstream queries {up['queries']} errors {up['errors']} "
+          f"rejected {up['rejected']}")
+
+
+if __name__ == "__main__":
+    main()
