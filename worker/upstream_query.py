@@ -63,15 +63,17 @@ class UpstreamQuery:
         `query_id`: same ID, QR=1, opcode QUERY, exactly one question, equal
         to ours (the name in any case). Only the header and question are
         read; the caller parses the rest (wire.parse_response)."""
-        name_end = 12 + len(self.qname)
-        if len(data) < name_end + 4:
-            raise Rejected("shorter than our header and question")
+        if len(data) < 12:
+            raise Rejected("shorter than a header")
         if data[0] << 8 | data[1] != query_id:
             raise Rejected("wrong ID")
         if not data[2] & wire.FLAG_QR or data[2] & 0x78:
             raise Rejected("not a response to our opcode")
         if data[4:6] != b"\x00\x01":
             raise Rejected("question count is not 1")
+        name_end = 12 + len(self.qname)
+        if len(data) < name_end + 4:
+            raise Rejected("shorter than our question")
         # Case-insensitive, so answers to a 0x20-randomised query (or from
         # servers that lower-case names) still match. The question name sits
         # at offset 12, where no compression pointer can point backwards, and
