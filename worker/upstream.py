@@ -34,7 +34,7 @@ from worker.config import UpstreamZone, format_server
 from worker.upstream_query import UpstreamQuery
 from worker.upstream_stats import ServerStats
 from worker.upstream_tcp import TcpUpstream
-from worker.upstream_udp import UdpExchange, UdpUpstream, socket_budget
+from worker.upstream_udp import SocketWatch, UdpExchange, UdpUpstream, socket_budget
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,9 @@ class _Server:
 
     __slots__ = ("address", "stats", "udp", "tcp", "failed_at")
 
-    def __init__(self, address: tuple[str, int], stats: ServerStats, tcp: TcpUpstream,
+    def __init__(self, address: tuple[str, int], stats: ServerStats, udp: UdpUpstream, tcp: TcpUpstream,
                  failed_at: float | None = None) -> None:
-        self.address, self.stats, self.tcp, self.failed_at = address, stats, tcp, failed_at
-        self.udp = UdpUpstream(address, stats.count_rejected)
+        self.address, self.stats, self.udp, self.tcp, self.failed_at = address, stats, udp, tcp, failed_at
 
     def demoted(self, now: float) -> bool:
         return self.failed_at is not None and now - self.failed_at < DEMOTE_SECONDS
@@ -262,12 +261,14 @@ class Forwarder:
         self._udp_budget = socket_budget()
         self._udp_open = 0
         self._udp_queue: deque[tuple[_Attempt, UpstreamQuery]] = deque()
+        self._udp_sockets = SocketWatch()
         for zone in zones:
             for address in zone.servers:
                 if address not in self._servers:
                     stats = ServerStats(format_server(address))
-                    self._servers[address] = _Server(address, stats,
-                                                     TcpUpstream(address, stats.count_rejected))
+                    self._servers[address] = _Server(
+                        address, stats, UdpUpstream(address, stats.count_rejected, self._udp_sockets),
+                        TcpUpstream(address, stats.count_rejected))
 
     def zone_for(self, name: bytes) -> UpstreamZone:
         """The zone with the longest suffix match of `name` (a lower-case name wire)."""
@@ -375,4 +376,5 @@ class Forwarder:
         return [s.stats.as_dict() for s in self._servers.values()]
 
     async def close(self) -> None:
+        self._udp_sockets.close()
         await asyncio.gather(*(s.tcp.close() for s in self._servers.values()))

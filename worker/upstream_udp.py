@@ -9,14 +9,18 @@ from any other address or port before they reach us, and an ICMP "port
 unreachable" from a server that is down arrives as ConnectionRefusedError, so
 failover starts at once instead of after a timeout.
 
-The socket is a plain non-blocking one watched with loop.add_reader, and
-results are delivered through callbacks: an asyncio datagram endpoint and a
-Task per query cost more CPU than the rest of a cache miss.
+The socket is a plain non-blocking one and results are delivered through
+callbacks: an asyncio datagram endpoint and a Task per query cost more CPU
+than the rest of a cache miss. The sockets are watched through one epoll
+set of our own (SocketWatch), itself one fd on the event loop: uvloop's
+add_reader/remove_reader make and free a poll handle per socket (~4 us),
+epoll.register is one system call, and close() takes the socket out.
 """
 from __future__ import annotations
 
 import asyncio
 import resource
+import select
 import socket
 from typing import Callable
 
@@ -26,6 +30,8 @@ from worker.upstream_query import Rejected, UpstreamQuery, random_id
 MAX_SOCKETS = 4096
 # The largest UDP payload; servers may send more than the size we offered.
 MAX_DATAGRAM = 65535
+# Ready sockets taken from the epoll set per wake-up; the rest wait a turn.
+READY_BATCH = 64
 
 
 def socket_budget() -> int:
@@ -38,27 +44,63 @@ def socket_budget() -> int:
     return max(16, min(MAX_SOCKETS, soft // 2))
 
 
+class SocketWatch:
+    """Calls a socket's callback when it is readable, for many short-lived
+    sockets: one epoll set, watched by the running loop as a single fd."""
+
+    def __init__(self) -> None:
+        self._epoll: select.epoll | None = None      # made on first use, inside the loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._callbacks: dict[int, Callable[[], None]] = {}
+
+    def watch(self, fd: int, callback: Callable[[], None]) -> None:
+        """Until unwatch(fd): callback() whenever fd is readable. Closing the
+        socket after unwatch() takes it out of the set (it is never dup()ed)."""
+        if self._epoll is None:
+            self._epoll = select.epoll()
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._epoll.fileno(), self._ready)
+        self._epoll.register(fd, select.EPOLLIN)
+        self._callbacks[fd] = callback
+
+    def unwatch(self, fd: int) -> None:
+        del self._callbacks[fd]
+
+    def _ready(self) -> None:
+        callbacks = self._callbacks
+        for fd, _events in self._epoll.poll(0, READY_BATCH):
+            # An fd closed by an earlier callback of this batch has no
+            # callback, or belongs to a new socket: reading it finds nothing.
+            callback = callbacks.get(fd)
+            if callback is not None:
+                callback()
+
+    def close(self) -> None:
+        if self._epoll is not None:
+            self._loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+            self._epoll = None
+
+
 class UdpUpstream:
     """One upstream server reached over UDP: opens an exchange per query."""
 
-    def __init__(self, server: tuple[str, int], on_reject: Callable[[], None]) -> None:
+    def __init__(self, server: tuple[str, int], on_reject: Callable[[], None], sockets: SocketWatch) -> None:
         self.server = server
         self.family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
         self.on_reject = on_reject
+        self.sockets = sockets
         # The server's address as the kernel reports a datagram's source
         # (getpeername of a connected socket): learnt once, then compared.
         self.peer: tuple[str, int] | None = None
-        # One receive buffer for every exchange: the loop runs one callback at a time.
-        self.buffer = bytearray(MAX_DATAGRAM)
 
     def ask(self, query: UpstreamQuery, on_answer: Callable[[bytes], None],
             on_error: Callable[[Exception], None]) -> UdpExchange:
         """Send `query` on a new socket now; later on_answer(wire) with the
         first datagram that answers it, or on_error(OSError), unless the
         exchange is closed first. Raises OSError if it cannot be sent."""
-        sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        sock = socket.socket(self.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         try:
-            sock.setblocking(False)
             # A numeric address: connect() resolves nothing and never blocks.
             sock.connect(self.server)
             if self.peer is None:
@@ -74,29 +116,26 @@ class UdpUpstream:
 class UdpExchange:
     """One query sent on its own connected socket, waiting for its answer."""
 
-    __slots__ = ("_upstream", "_sock", "_fd", "_loop", "_query", "_query_id", "_on_answer", "_on_error")
+    __slots__ = ("_upstream", "_sock", "_fd", "_query", "_query_id", "_on_answer", "_on_error")
 
     def __init__(self, upstream: UdpUpstream, sock: socket.socket, query: UpstreamQuery, query_id: int,
                  on_answer: Callable[[bytes], None], on_error: Callable[[Exception], None]) -> None:
         self._upstream, self._sock, self._query, self._query_id = upstream, sock, query, query_id
         self._on_answer, self._on_error = on_answer, on_error
         self._fd = sock.fileno()
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._fd, self._readable)
+        upstream.sockets.watch(self._fd, self._readable)
 
     def _readable(self) -> None:
         upstream = self._upstream
-        buffer = upstream.buffer
         while True:
             try:
-                size, source = self._sock.recvfrom_into(buffer)
+                data, source = self._sock.recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:     # e.g. ConnectionRefusedError: ICMP port unreachable
                 self.close()
                 self._on_error(e)
                 return
-            data = bytes(buffer[:size])
             # The kernel already filters a connected socket; checked again so
             # the rule does not depend on how the socket was set up.
             if (source[0], source[1]) != upstream.peer:
@@ -114,6 +153,6 @@ class UdpExchange:
     def close(self) -> None:
         """Stop waiting; no callback comes after this. Idempotent."""
         if self._fd >= 0:
-            self._loop.remove_reader(self._fd)
+            self._upstream.sockets.unwatch(self._fd)
             self._sock.close()
             self._fd = -1

@@ -64,9 +64,11 @@ def test_latency_histogram_is_non_cumulative_with_inclusive_upper_bounds():
 def test_recently_failed_servers_are_tried_last_for_a_while():
     from worker.upstream import DEMOTE_SECONDS, _Server, failover_order
     from worker.upstream_tcp import TcpUpstream
+    from worker.upstream_udp import SocketWatch, UdpUpstream
 
     def server(ip, failed_at=None):
-        return _Server((ip, 53), ServerStats(ip), TcpUpstream((ip, 53), lambda: None), failed_at)
+        return _Server((ip, 53), ServerStats(ip), UdpUpstream((ip, 53), lambda: None, SocketWatch()),
+                       TcpUpstream((ip, 53), lambda: None), failed_at)
     now = 1000.0
     a, b, c, d = server("10.0.0.1", now - 5), server("10.0.0.2"), server("10.0.0.3", now - 9), \
         server("10.0.0.4", now - DEMOTE_SECONDS - 1)
