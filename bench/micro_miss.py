@@ -97,7 +97,8 @@ async def run(port: int, queries: list[bytes], concurrency: int) -> tuple[float,
     usage, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - wall0
     user, system = usage.ru_utime - usage0.ru_utime, usage.ru_stime - usage0.ru_stime
     collections = [g["collections"] - c for g, c in zip(gc.get_stats(), collections0)]
-    print(f"garbage collections by generation: {collections}")
+    print(f"garbage collections by generation: {collections}; "
+          f"page faults per miss: {(usage.ru_minflt - usage0.ru_minflt) / misses:.2f}")
     await forwarder.close()
     return user, system, wall, stats.snapshot({}, cache, forwarder)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import MappingProxyType
 
 from worker import wire
@@ -157,25 +157,27 @@ def _flags(template: bytearray, rule: HeaderRule | None) -> bool:
     return "rd" not in rule.set and "rd" not in rule.clear
 
 
-def lifetime_and_ttls(resp: wire.Response, data: bytes, policy: CacheConfig) -> tuple[float, list[int]]:
-    """How long to cache this response and the TTL to show for each record.
+def lifetime_and_ttls(resp: wire.Response, records: Sequence[wire.Record], data: bytes,
+                      policy: CacheConfig) -> tuple[float, list[int]]:
+    """How long to cache this response and the TTL to show for each of
+    `records` (the response's records without its OPT).
 
     Positive answers: every TTL clamped to [min_ttl, max_ttl], lifetime the
     smallest. Negative answers (RFC 2308): min(SOA TTL, SOA MINIMUM,
     negative_max_ttl), shown as the SOA's TTL. SERVFAIL/REFUSED: servfail_ttl.
     Anything else, or a negative answer without SOA: not cached (lifetime 0).
     """
-    records = [r for r in resp.records if r.rtype != wire.TYPE_OPT]
-    if resp.rcode in (wire.RCODE_SERVFAIL, wire.RCODE_REFUSED):
+    rcode = resp.rcode
+    if rcode == wire.RCODE_SERVFAIL or rcode == wire.RCODE_REFUSED:
         return float(policy.servfail_ttl), [min(r.ttl, policy.servfail_ttl) for r in records]
+    if (rcode != wire.RCODE_NOERROR and rcode != wire.RCODE_NXDOMAIN) or resp.flags & (wire.FLAG_TC << 8):
+        return 0.0, [r.ttl for r in records]
     answers = [r for r in records if r.section == 0]
     # NODATA includes a CNAME chain that ends without a record of the asked
     # type (an AAAA query for a CDN name, say): RFC 2308 negative caching.
-    negative = resp.rcode == wire.RCODE_NXDOMAIN or (resp.rcode == wire.RCODE_NOERROR and (
-        not answers or (resp.qtype not in (wire.TYPE_CNAME, wire.TYPE_ANY)
-                        and not any(r.rtype == resp.qtype for r in answers))))
-    if resp.rcode not in (wire.RCODE_NOERROR, wire.RCODE_NXDOMAIN) or resp.flags & (wire.FLAG_TC << 8):
-        return 0.0, [r.ttl for r in records]
+    qtype = resp.qtype
+    negative = rcode == wire.RCODE_NXDOMAIN or not answers or (
+        qtype != wire.TYPE_CNAME and qtype != wire.TYPE_ANY and not any(r.rtype == qtype for r in answers))
     if negative:
         soa = next((r for r in records if r.section == 1 and r.rtype == wire.TYPE_SOA), None)
         if soa is None:
@@ -184,7 +186,8 @@ def lifetime_and_ttls(resp: wire.Response, data: bytes, policy: CacheConfig) -> 
         lifetime = min(soa.ttl, wire.soa_minimum(data, soa), policy.negative_max_ttl,
                        *(r.ttl for r in answers))
         return float(lifetime), [min(r.ttl, lifetime) for r in records]
-    ttls = [min(max(r.ttl, policy.min_ttl), policy.max_ttl) for r in records]
+    low, high = policy.min_ttl, policy.max_ttl
+    ttls = [min(max(r.ttl, low), high) for r in records]
     return float(min(ttls)), ttls
 
 
@@ -193,23 +196,21 @@ def entry_from_response(data: bytes, now: float, policy: CacheConfig,
     """An Entry for upstream response `data` (raises wire.WireError). Its
     lifetime is 0 when it must not be cached; the caller checks `expires`."""
     resp = wire.parse_response(data)
-    records = list(resp.records)
-    opts = [r for r in records if r.rtype == wire.TYPE_OPT]
+    records = resp.records
     template = bytearray(data)
-    if opts:
+    if records and records[-1].rtype == wire.TYPE_OPT:
         # Replies get our own OPT per client; the upstream's is dropped. It is
         # the last record in practice; only then can it be cut without
         # breaking a compression pointer that might point into it.
-        if len(opts) > 1 or opts[0] is not records[-1]:
-            raise wire.WireError("OPT record is not the last record")
-        del template[opts[0].start:]
+        del template[records[-1].start:]
         wire.U16.pack_into(template, 10, wire.U16.unpack_from(template, 10)[0] - 1)
-        records.pop()
-    lifetime, ttls = lifetime_and_ttls(resp, data, policy)
+        records = records[:-1]
+    if any(r.rtype == wire.TYPE_OPT for r in records):
+        raise wire.WireError("OPT record is not the last record")
+    lifetime, ttls = lifetime_and_ttls(resp, records, data, policy)
     mirror_rd = _flags(template, rule)
+    # The question as we asked it: lower case (parse_response() saw it uncompressed).
     name_end = resp.question_end - 4
-    if name_end - 12 != len(resp.qname):
-        raise wire.WireError("compressed question name")
     template[12:name_end] = resp.qname
     return Entry(bytes(template), name_end, tuple(r.ttl_offset for r in records), tuple(ttls),
                  now, lifetime, resp.rcode, mirror_rd, do)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 T = TypeVar("T")
@@ -19,6 +18,7 @@ HEADER = struct.Struct(">HBBHHHH")
 U16 = struct.Struct(">H")
 U32 = struct.Struct(">I")
 RR_FIXED = struct.Struct(">HHIH")      # type, class, ttl, rdlength
+QUESTION_FIXED = struct.Struct(">HH")   # type, class
 
 TYPE_CNAME = 5
 TYPE_SOA = 6
@@ -119,40 +119,6 @@ def longest_zone(zones: Mapping[tuple[bytes, ...], T], name: bytes) -> T | None:
     return None
 
 
-def read_name(data: bytes, off: int) -> tuple[bytes, int]:
-    """(uncompressed lower-case name wire, offset past the name at `off`).
-    Each pointer must point strictly before the label that holds it, so the
-    walk always moves backwards and ends."""
-    out = bytearray()
-    after = -1
-    end = len(data)
-    while True:
-        if off >= end:
-            raise ShortMessage("name runs past the end")
-        length = data[off]
-        if length == 0:
-            out.append(0)
-            return bytes(out).lower(), (off + 1 if after < 0 else after)
-        if length >= 0xC0:
-            if off + 1 >= end:
-                raise ShortMessage("pointer runs past the end")
-            target = (length & 0x3F) << 8 | data[off + 1]
-            if target >= off:
-                raise BadName("compression pointer does not point backwards")
-            if after < 0:
-                after = off + 2
-            off = target
-            continue
-        if length > MAX_LABEL:
-            raise BadName(f"label type 0x{length:02x} unsupported")
-        if off + 1 + length > end:
-            raise ShortMessage("label runs past the end")
-        out += data[off:off + 1 + length]
-        if len(out) >= MAX_NAME:
-            raise BadName("name longer than 255 bytes")
-        off += length + 1
-
-
 class Question(NamedTuple):
     """What the hit path needs from a query: the cache key and how to answer.
     (A NamedTuple: it is built once per query, and that is the cheapest.)"""
@@ -179,7 +145,7 @@ def parse_query(data: bytes) -> Question:
     end = len(data)
     if qend + 4 > end:
         raise ShortMessage("question runs past the end")
-    qtype, qclass = struct.unpack_from(">HH", data, qend)
+    qtype, qclass = QUESTION_FIXED.unpack_from(data, qend)
     cd = bool(b3 & FLAG_CD)
     has_opt, payload, do = False, CLASSIC_UDP_PAYLOAD, False
     if ar or an or ns:
@@ -246,9 +212,9 @@ def badvers_reply(data: bytes, question_end: int) -> bytes:
     return data[:2] + flags + b"\x00\x01\x00\x00\x00\x00\x00\x01" + data[12:question_end] + opt
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """Where one resource record sits in a message (for TTL patching)."""
+class Record(NamedTuple):
+    """Where one resource record sits in a message (for TTL patching).
+    (A NamedTuple: a miss builds one per record, and that is the cheapest.)"""
     section: int         # 0 answer, 1 authority, 2 additional
     rtype: int
     start: int           # offset of the owner name
@@ -257,8 +223,7 @@ class Record:
     end: int             # offset past the rdata
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(NamedTuple):
     """A parsed upstream response: its header and where its records are."""
     flags: int
     rcode: int
@@ -270,32 +235,37 @@ class Response:
 
 
 def parse_response(data: bytes) -> Response:
-    """Walk a whole response, bounded; raises WireError."""
-    if len(data) < 12:
+    """Walk a whole response, bounded; raises WireError. The question name
+    must be uncompressed: at offset 12 there is nothing for a pointer to
+    point back to but the header."""
+    size = len(data)
+    if size < 12:
         raise ShortMessage("shorter than a DNS header")
     _id, b2, b3, qd, an, ns, ar = HEADER.unpack_from(data)
     if qd != 1:
         raise WireError(f"qdcount is {qd}, expected 1")
-    qname, off = read_name(data, 12)
-    if off + 4 > len(data):
+    name_end = skip_name(data, 12, pointers=False)
+    question_end = name_end + 4
+    if question_end > size:
         raise ShortMessage("question runs past the end")
-    qtype, qclass = struct.unpack_from(">HH", data, off)
-    question_end = off + 4
-    off = question_end
+    qtype, qclass = QUESTION_FIXED.unpack_from(data, name_end)
     records = []
-    for section, count in enumerate((an, ns, ar)):
+    append, unpack = records.append, RR_FIXED.unpack_from
+    off = question_end
+    for section, count in ((0, an), (1, ns), (2, ar)):
         for _ in range(count):
             start = off
             off = skip_name(data, off)
-            if off + 10 > len(data):
+            if off + 10 > size:
                 raise ShortMessage("record runs past the end")
-            rtype, _cls, ttl, rdlen = RR_FIXED.unpack_from(data, off)
+            rtype, _cls, ttl, rdlen = unpack(data, off)
             end = off + 10 + rdlen
-            if end > len(data):
+            if end > size:
                 raise ShortMessage("rdata runs past the end")
-            records.append(Record(section, rtype, start, off + 4, ttl, end))
+            append(Record(section, rtype, start, off + 4, ttl, end))
             off = end
-    return Response(b2 << 8 | b3, b3 & 0x0F, qname, qtype, qclass, question_end, tuple(records))
+    return Response(b2 << 8 | b3, b3 & 0x0F, data[12:name_end].lower(), qtype, qclass, question_end,
+                    tuple(records))
 
 
 def soa_minimum(data: bytes, rec: Record) -> int:

@@ -63,15 +63,23 @@ def test_name_longer_than_255_rejected():
         wire.parse_query(packet)
 
 
-def test_read_name_follows_only_backward_pointers():
+def test_skip_name_takes_only_backward_pointers():
     data = b"\x00" * 12 + b"\x01a\x04test\x00" + b"\x01b\xc0\x0c"
-    assert wire.read_name(data, 20) == (b"\x01b\x01a\x04test\x00", 24)
+    assert wire.skip_name(data, 20) == 24
     loop = b"\x00" * 12 + b"\xc0\x0c"
     with pytest.raises(wire.BadName):
-        wire.read_name(loop, 12)
+        wire.skip_name(loop, 12)
     forward = b"\x00" * 12 + b"\xc0\x0e\x00"
     with pytest.raises(wire.BadName):
-        wire.read_name(forward, 12)
+        wire.skip_name(forward, 12)
+    with pytest.raises(wire.BadName):
+        wire.skip_name(data, 20, pointers=False)
+
+
+def test_response_with_a_compressed_question_name_is_refused():
+    data = b"\x00\x00\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00" + b"\xc0\x04" + b"\x00\x01\x00\x01"
+    with pytest.raises(wire.WireError):
+        wire.parse_response(data)
 
 
 def test_error_reply_keeps_id_and_rd():
