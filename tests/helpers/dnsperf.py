@@ -56,10 +56,12 @@ def parse(out: str) -> DnsperfResult:
 
 def dnsperf_argv(server: str, port: int, queryfile: Path, seconds: float,
                  qps: int | None = None, clients: int = 4, threads: int = 1,
-                 timeout: float = 2.0, tcp: bool = False) -> list[str]:
+                 timeout: float = 2.0, tcp: bool = False, buffer_kib: int | None = None) -> list[str]:
     argv = ["dnsperf", "-s", server, "-p", str(port), "-d", str(queryfile),
             "-l", str(seconds), "-c", str(clients), "-T", str(threads),
             "-t", str(timeout), "-q", "1000"]
+    if buffer_kib:
+        argv += ["-b", str(buffer_kib)]     # capped by net.core.rmem_max
     if qps:
         argv += ["-Q", str(qps)]
     if tcp:
