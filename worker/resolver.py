@@ -76,6 +76,7 @@ class Resolver:
         self.cache = cache
         self.policy = policy
         self.headers = {zone_labels(r.zone): r for r in headers}
+        self.header_depth = max(map(len, self.headers), default=0)
         self.local = local
         # Key -> the clients waiting for its answer, while its query is upstream.
         self.pending: dict[bytes, list[Waiter]] = {}
@@ -118,7 +119,7 @@ class Resolver:
         if answer is None:
             self.upstream_failures += 1
             return self._servfail(q)
-        rule = wire.longest_zone(self.headers, q.key[:-5]) if self.headers else None
+        rule = wire.longest_zone(self.headers, q.key[:-5], self.header_depth) if self.headers else None
         try:
             entry = entry_from_response(answer, time.monotonic(), self.policy, rule, q.do)
         except wire.WireError:

@@ -81,6 +81,8 @@ class _Server:
 def failover_order(servers: Sequence[_Server], now: float) -> list[_Server]:
     """`servers` in configured order, except that those that failed in the
     last DEMOTE_SECONDS come last, the longest-ago failure first."""
+    if all(s.failed_at is None for s in servers):
+        return list(servers)
     # sorted() is stable: the others keep their configured order.
     return sorted(servers, key=lambda s: (True, s.failed_at) if s.demoted(now) else (False, 0.0))
 
@@ -126,7 +128,7 @@ class _Race:
                  "hand_over_at", "rounds", "timer", "over", "stepping", "starting")
 
     def __init__(self, forwarder: Forwarder, query: UpstreamQuery, zone: UpstreamZone,
-                 servers: list[_Server], done: Done) -> None:
+                 servers: Sequence[_Server], done: Done) -> None:
         now = time.monotonic()
         self.forwarder, self.query, self.zone, self.done = forwarder, query, zone, done
         self.deadline = now + zone.timeout
@@ -252,9 +254,6 @@ class Forwarder:
     """Sends queries to the configured upstreams and returns their answers."""
 
     def __init__(self, zones: Sequence[UpstreamZone]) -> None:
-        # Keyed by lower-cased labels: suffix lookups by tuple slicing cost far
-        # less than building and hashing dns.name.Name parents.
-        self._zones = {zone_labels(z.zone): z for z in zones}
         self._servers: dict[tuple[str, int], _Server] = {}
         # Bounds the UDP sockets open at once, so a burst of misses queues
         # here instead of running out of file descriptors.
@@ -269,13 +268,17 @@ class Forwarder:
                     self._servers[address] = _Server(
                         address, stats, UdpUpstream(address, stats.count_rejected, self._udp_sockets),
                         TcpUpstream(address, stats.count_rejected))
+        # Keyed by lower-cased labels: suffix lookups by tuple slicing cost far
+        # less than building and hashing dns.name.Name parents.
+        self._zones = {zone_labels(z.zone): (z, tuple(self._servers[a] for a in z.servers)) for z in zones}
+        self._zone_depth = max(map(len, self._zones), default=0)
 
     def zone_for(self, name: bytes) -> UpstreamZone:
         """The zone with the longest suffix match of `name` (a lower-case name wire)."""
-        zone = wire.longest_zone(self._zones, name)
-        if zone is None:
+        found = wire.longest_zone(self._zones, name, self._zone_depth)
+        if found is None:
             raise UpstreamError(f"no upstream configured for {name!r}")
-        return zone
+        return found[0]
 
     def ask(self, query: UpstreamQuery, done: Done) -> None:
         """Pick the zone by longest match of the query's name, try its
@@ -284,11 +287,11 @@ class Forwarder:
         the queried address/port with matching ID and question; then call
         done(response wire), or done(None) when nothing usable arrived
         within the zone's timeout. done is never called before ask returns."""
-        zone = wire.longest_zone(self._zones, query.qname)
-        if zone is None:
+        found = wire.longest_zone(self._zones, query.qname, self._zone_depth)
+        if found is None:
             asyncio.get_running_loop().call_soon(done, None)
             return
-        _Race(self, query, zone, [self._servers[a] for a in zone.servers], done).start()
+        _Race(self, query, found[0], found[1], done).start()
 
     async def forward(self, query: UpstreamQuery) -> bytes:
         """ask() as a coroutine (for tests and tools); raises UpstreamError."""

@@ -13,7 +13,7 @@ import asyncio
 import socket
 from typing import Callable
 
-from worker.upstream_query import Rejected, UpstreamQuery, random_id
+from worker.upstream_query import RandomIds, Rejected, UpstreamQuery
 
 IDLE_SECONDS = 10.0
 # Beyond this many queries in flight on one connection, new ones fail fast
@@ -32,6 +32,7 @@ class _Connection:
                  on_reject: Callable[[], None]) -> None:
         self._reader, self._writer, self._on_reject = reader, writer, on_reject
         self._pending: dict[int, tuple[UpstreamQuery, asyncio.Future[bytes]]] = {}
+        self._ids = RandomIds()
         self._idle_timer: asyncio.TimerHandle | None = None
         self.closed = False
         self.answered = 0
@@ -60,9 +61,9 @@ class _Connection:
             raise ConnectionClosed("connection closed")
         if len(self._pending) >= MAX_IN_FLIGHT:
             raise ConnectionError(f"{MAX_IN_FLIGHT} queries already in flight")
-        query_id = random_id()
+        query_id = self._ids.next()
         while query_id in self._pending:
-            query_id = random_id()
+            query_id = self._ids.next()
         done = asyncio.get_running_loop().create_future()
         self._pending[query_id] = (query, done)
         self._disarm_idle_timer()

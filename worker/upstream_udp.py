@@ -24,7 +24,7 @@ import select
 import socket
 from typing import Callable
 
-from worker.upstream_query import Rejected, UpstreamQuery, random_id
+from worker.upstream_query import RandomIds, Rejected, UpstreamQuery
 
 # Unbound's default outgoing-range: UDP sockets per thread.
 MAX_SOCKETS = 4096
@@ -93,6 +93,7 @@ class UdpUpstream:
         # The server's address as the kernel reports a datagram's source
         # (getpeername of a connected socket): learnt once, then compared.
         self.peer: tuple[str, int] | None = None
+        self.ids = RandomIds()
 
     def ask(self, query: UpstreamQuery, on_answer: Callable[[bytes], None],
             on_error: Callable[[Exception], None]) -> UdpExchange:
@@ -105,7 +106,7 @@ class UdpUpstream:
             sock.connect(self.server)
             if self.peer is None:
                 self.peer = sock.getpeername()[:2]
-            query_id = random_id()
+            query_id = self.ids.next()
             sock.send(query.wire(query_id))
             return UdpExchange(self, sock, query, query_id, on_answer, on_error)
         except BaseException:

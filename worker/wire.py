@@ -107,12 +107,13 @@ def labels(name: bytes) -> list[bytes]:
     return out
 
 
-def longest_zone(zones: Mapping[tuple[bytes, ...], T], name: bytes) -> T | None:
+def longest_zone(zones: Mapping[tuple[bytes, ...], T], name: bytes, depth: int = MAX_NAME) -> T | None:
     """The value of the longest zone in `zones` that holds `name` (a
     lower-case, uncompressed, valid name wire); zones are keyed by their
-    lower-case labels, root label (b"") last. None when no zone holds it."""
+    lower-case labels, root label (b"") last, and have at most `depth`
+    labels (so longer suffixes are not looked up). None when no zone holds it."""
     found = labels(name)
-    for i in range(len(found)):
+    for i in range(max(0, len(found) - depth), len(found)):
         value = zones.get(tuple(found[i:]))
         if value is not None:
             return value

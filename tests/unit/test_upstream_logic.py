@@ -7,14 +7,20 @@ import pytest
 
 from worker.config import UpstreamZone
 from worker.upstream import Forwarder, UpstreamError
-from worker.upstream_query import random_id
+from worker.upstream_query import RandomIds
 from worker.upstream_stats import LATENCY_BUCKETS, ServerStats
 
 
 def test_random_ids_cover_the_16_bit_space():
-    ids = {random_id() for _ in range(2000)}
-    assert all(0 <= i < 65536 for i in ids)
-    assert len(ids) > 1900          # ~30 collisions expected from 2000 draws of 65536
+    ids = RandomIds()
+    drawn = [ids.next() for _ in range(2000)]
+    assert all(0 <= i < 65536 for i in drawn)
+    assert len(set(drawn)) > 1900          # ~30 collisions expected from 2000 draws of 65536
+    # Across refills, and two sources do not repeat each other.
+    more = [ids.next() for _ in range(3 * RandomIds.ID_BATCH)]
+    assert len(set(more)) > 3 * RandomIds.ID_BATCH * 0.9
+    other = RandomIds()
+    assert [other.next() for _ in range(20)] != drawn[:20]
 
 
 def test_longest_zone_match():

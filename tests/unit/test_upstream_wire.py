@@ -197,3 +197,6 @@ def test_longest_zone():
     assert zone("xcluster.local.") == "root"
     assert zone(".") == "root"
     assert wire.longest_zone({(b"local", b""): 1}, b"\x03com\x00") is None
+    # Told the most labels a zone has (4, root included) it finds the same; told 3, not the deepest.
+    assert wire.longest_zone(zones, dns.name.from_text("a.b.svc.cluster.local.").to_wire(), 4) == "svc"
+    assert wire.longest_zone(zones, dns.name.from_text("a.b.svc.cluster.local.").to_wire(), 3) == "cluster"
