@@ -173,5 +173,6 @@ class DatagramBatch:
         # A datagram the kernel refuses (full send buffer, unroutable client)
         # is dropped, as UDP may; the rest of the run goes on.
         while start < end:
-            sent = self._sendmmsg(self.fd, ctypes.byref(self.out_hdrs, start * _HDR), end - start, 0)
+            # MSG_DONTWAIT whatever the socket's mode: the GIL is held during the call.
+            sent = self._sendmmsg(self.fd, ctypes.byref(self.out_hdrs, start * _HDR), end - start, MSG_DONTWAIT)
             start += sent if sent > 0 else 1
