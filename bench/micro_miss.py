@@ -3,9 +3,10 @@
 microseconds per cache miss, from answer() to the client's reply, against a
 trivial upstream in a subprocess (its CPU is not counted).
 
-    python3 bench/micro_miss.py [--misses 20000] [--concurrency 50] [--profile]
+    python3 bench/micro_miss.py [--misses 20000] [--concurrency 50] [--tcp] [--profile]
 
-Every query asks a new name, so each one goes upstream over UDP. The client
+Every query asks a new name, so each one goes upstream (over UDP, or with
+--tcp over one reused TCP connection). The client
 side (receiving queries, sending replies) is not included: it is the same
 for hits and misses, and bench/bench_cache.py measures the whole thing.
 """
@@ -51,8 +52,41 @@ while True:
 """
 
 
-def start_responder() -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-c", RESPONDER], stdout=subprocess.PIPE, text=True)
+# The same over TCP: one connection at a time, queries pipelined.
+TCP_RESPONDER = r"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 0))
+s.listen(8)
+print(s.getsockname()[1], flush=True)
+rr = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x01\x00\x04\xc0\x00\x02\x01"
+opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
+while True:
+    conn, _ = s.accept()
+    buf = b""
+    while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+        out = []
+        while len(buf) >= 2 and len(buf) >= 2 + (buf[0] << 8 | buf[1]):
+            n = buf[0] << 8 | buf[1]
+            data, buf = buf[2:2 + n], buf[2 + n:]
+            i = 12
+            while data[i]:
+                i += data[i] + 1
+            reply = data[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x01" + data[12:i + 5] + rr + opt
+            out.append(len(reply).to_bytes(2, "big") + reply)
+        conn.sendall(b"".join(out))
+    conn.close()
+"""
+
+
+def start_responder(tcp: bool) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-c", TCP_RESPONDER if tcp else RESPONDER],
+                            stdout=subprocess.PIPE, text=True)
     return proc, int(proc.stdout.readline())
 
 
@@ -64,9 +98,10 @@ def client_queries(misses: int) -> list[bytes]:
             for label in (f"m{i}".encode() for i in range(misses))]
 
 
-async def run(port: int, queries: list[bytes], concurrency: int) -> tuple[float, float, float, dict]:
+async def run(port: int, queries: list[bytes], concurrency: int,
+              tcp: bool = False) -> tuple[float, float, float, dict]:
     misses = len(queries)
-    forwarder = Forwarder([UpstreamZone(".", (("127.0.0.1", port),), timeout=2.0)])
+    forwarder = Forwarder([UpstreamZone(".", (("127.0.0.1", port),), timeout=2.0, force_tcp=tcp)])
     cache = Cache(misses + 10)
     stats = Stats()
     answerer = Answerer(cache, Resolver(forwarder, cache, CacheConfig(), (), LocalAnswers("x")), stats)
@@ -108,15 +143,16 @@ def main() -> None:
     ap.add_argument("--misses", type=int, default=20000)
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--profile", action="store_true", help="print a cProfile of one run")
+    ap.add_argument("--tcp", action="store_true", help="upstream over TCP (force_tcp), one reused connection")
     args = ap.parse_args()
-    responder, port = start_responder()
+    responder, port = start_responder(args.tcp)
     try:
-        uvloop.run(run(port, client_queries(500), args.concurrency))     # warm-up
+        uvloop.run(run(port, client_queries(500), args.concurrency, args.tcp))     # warm-up
         queries = client_queries(args.misses)
         profiler = cProfile.Profile() if args.profile else None
         if profiler:
             profiler.enable()
-        user, system, wall, snapshot = uvloop.run(run(port, queries, args.concurrency))
+        user, system, wall, snapshot = uvloop.run(run(port, queries, args.concurrency, args.tcp))
         if profiler:
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(30)

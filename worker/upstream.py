@@ -224,8 +224,8 @@ class _Race:
             self.timer.cancel()
             self.timer = None
         self._settle()
-        # Attempts point back at their race: without this cycle the whole
-        # miss is freed by reference counting, not by the cyclic collector.
+        # Attempts point back at their race: dropping them breaks the cycle,
+        # so the miss is freed by reference counting, not by the cyclic collector.
         self.attempts.clear()
         if self.starting:
             # done() must not run before ask() returns: an outcome known at once waits a turn.

@@ -1,10 +1,11 @@
-"""DNS wire format by hand, for the hit path and for storing answers.
+"""DNS wire format by hand, for the hit path, the miss path and for storing answers.
 
 Everything here is bounded: names are walked label by label with the RFC 1035
 limits (63-byte labels, 255-byte names), compression pointers may only point
 backwards (so a loop is impossible), and every read checks the buffer length.
-dnspython is kept for the miss path; parsing a full message per cache hit would
-cost more than the rest of the hit path together.
+dnspython is kept for rare messages (local CH answers); building or parsing a
+dnspython message per query would cost more than the rest of a hit, or of a
+miss, together.
 """
 from __future__ import annotations
 
