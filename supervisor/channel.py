@@ -27,15 +27,16 @@ class ControlChannel:
         self.closed = False
         loop.add_reader(sock.fileno(), self._readable)
 
-    async def request(self, op: str, reply_within: float, **fields) -> dict:
-        """Send {"op": op, ...}; return the reply, or raise ChannelClosed / TimeoutError."""
+    async def request(self, op: str, reply_within: float, fds: tuple[int, ...] = (), **fields) -> dict:
+        """Send {"op": op, ...} (with `fds` attached, SCM_RIGHTS; ours stay
+        open); return the reply, or raise ChannelClosed / TimeoutError."""
         if self.closed:
             raise ChannelClosed(op)
         rid = next(self._ids)
         fut = self._loop.create_future()
         self._waiting[rid] = fut
         try:
-            self._sock.send(json.dumps({"id": rid, "op": op, **fields}).encode())
+            socket.send_fds(self._sock, [json.dumps({"id": rid, "op": op, **fields}).encode()], list(fds))
             return await asyncio.wait_for(fut, reply_within)
         except (BlockingIOError, OSError) as e:
             raise ChannelClosed(f"{op}: {e}") from None

@@ -424,9 +424,32 @@ class WorkerPool:
         slot.restarts[RestartCause.ROLLING] += 1
         self.on_change()
         if old is not None and old.alive:
+            if not self.plain_close:
+                await self._hand_over_cache(old, new)
             progress(f"slot {name}: draining pid {old.pid} generation {old.generation}")
             await self.retire(old)
         progress(f"slot {name}: done, pid {new.pid} generation {new.generation} serving")
+
+    async def _hand_over_cache(self, old: Worker, new: Worker) -> None:
+        """Give `new` a pipe to read `old`'s cache from (docs/internals.md,
+        cache_send / cache_receive); the workers stream it while `old`
+        drains. Best effort: without it the new worker only starts cold."""
+        old_rt, new_rt = self._runtime.get(old.pid), self._runtime.get(new.pid)
+        if old_rt is None or new_rt is None:
+            return
+        read_end, write_end = os.pipe()
+        try:
+            for rt, op, fd in ((new_rt, "cache_receive", read_end), (old_rt, "cache_send", write_end)):
+                reply = await rt.channel.request(op, 1.0, fds=(fd,))
+                if not reply.get("ok"):
+                    raise ChannelClosed(f"{op}: {reply.get('error')}")
+            logs.event(log, "cache_handoff", slot=new.slot, from_pid=old.pid, to_pid=new.pid)
+        except (ChannelClosed, TimeoutError) as e:
+            logs.event(log, "cache_handoff_failed", logging.WARNING, slot=new.slot, from_pid=old.pid,
+                       to_pid=new.pid, error=str(e) or "timeout")
+        finally:
+            os.close(read_end)
+            os.close(write_end)
 
     async def retire(self, worker: Worker) -> None:
         """Drain `worker` (steer away, tell it, wait) and wait until it exits."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 from collections.abc import Callable
 
@@ -14,15 +15,21 @@ MAX_MESSAGE = 65536
 DEFAULT_DRAIN_TIMEOUT = 5.0
 
 
+CACHE_OPS = {"cache_send": "send", "cache_receive": "receive"}
+
+
 class ControlChannel:
-    """Answers `stats` and `drain` requests. The handlers only record what was
-    asked (`request_drain`); the service's main coroutine does the work."""
+    """Answers `stats`, `drain`, `cache_send` and `cache_receive` requests.
+    The handlers only record what was asked (`request_drain`, `cache_pipe`);
+    the service does the work."""
 
     def __init__(self, sock: socket.socket, stats: Callable[[], dict],
-                 request_drain: Callable[[float], None]) -> None:
+                 request_drain: Callable[[float], None],
+                 cache_pipe: Callable[[str, int], None] = lambda direction, fd: os.close(fd)) -> None:
         self.sock = sock
         self.stats = stats
         self.request_drain = request_drain
+        self.cache_pipe = cache_pipe
         self.loop = asyncio.get_running_loop()
 
     def start(self) -> None:
@@ -31,36 +38,50 @@ class ControlChannel:
 
     def _readable(self) -> None:
         try:
-            msg = self.sock.recv(MAX_MESSAGE)
+            msg, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_MESSAGE, 1)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            msg = b""
+            msg, fds = b"", []
         if not msg:
             # The supervisor is gone: nobody will ever ask us to drain.
             log.warning("control channel closed; draining")
             self.loop.remove_reader(self.sock.fileno())
             self.request_drain(DEFAULT_DRAIN_TIMEOUT)
             return
-        self._send(self._handle(msg))
+        self._send(self._handle(msg, fds))
 
-    def _handle(self, msg: bytes) -> dict:
+    def _handle(self, msg: bytes, fds: list[int]) -> dict:
+        """The reply; every fd that came with msg is taken over or closed."""
+        reply, taken = self._reply(msg, fds[0] if fds else None)
+        for fd in fds[1:] if taken else fds:
+            os.close(fd)
+        return reply
+
+    def _reply(self, msg: bytes, fd: int | None) -> tuple[dict, bool]:
+        """(the reply, whether the request's fd was handed on)."""
         try:
             req = json.loads(msg)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            return {"id": None, "ok": False, "error": f"not a JSON object: {e}"}
+            return {"id": None, "ok": False, "error": f"not a JSON object: {e}"}, False
         if not isinstance(req, dict):
-            return {"id": None, "ok": False, "error": "not a JSON object"}
+            return {"id": None, "ok": False, "error": "not a JSON object"}, False
         rid, op = req.get("id"), req.get("op")
         if op == "stats":
-            return {"id": rid, "ok": True, "stats": self.stats()}
+            return {"id": rid, "ok": True, "stats": self.stats()}, False
         if op == "drain":
             timeout = req.get("timeout", DEFAULT_DRAIN_TIMEOUT)
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-                return {"id": rid, "ok": False, "error": f"drain timeout {timeout!r}: expected seconds >= 0"}
+                return {"id": rid, "ok": False, "error": f"drain timeout {timeout!r}: expected seconds >= 0"}, False
             self.request_drain(float(timeout))
-            return {"id": rid, "ok": True}
-        return {"id": rid, "ok": False, "error": f"unknown op {op!r}: expected 'stats' or 'drain'"}
+            return {"id": rid, "ok": True}, False
+        if op in CACHE_OPS:
+            if fd is None:
+                return {"id": rid, "ok": False, "error": f"{op}: expected a pipe end passed with the message"}, False
+            self.cache_pipe(CACHE_OPS[op], fd)
+            return {"id": rid, "ok": True}, True
+        return {"id": rid, "ok": False,
+                "error": f"unknown op {op!r}: expected 'stats', 'drain', 'cache_send' or 'cache_receive'"}, False
 
     def _send(self, obj: dict) -> None:
         try:

@@ -14,6 +14,7 @@ from worker.answer import Answerer
 from worker.cache import Cache
 from worker.channel import DEFAULT_DRAIN_TIMEOUT, ControlChannel
 from worker.config import WorkerConfig
+from worker.handoff import HandoffError, fingerprint, receive_cache, send_cache
 from worker.resolver import LocalAnswers, Resolver
 from worker.server import ProbeServer, TcpLimits, TcpServer, UdpServer, udp_server
 from worker.states import WorkerState
@@ -76,6 +77,7 @@ class Service:
         self.adopting: asyncio.Task | None = None
         self.probe: ProbeServer | None = None
         self.control: ControlChannel | None = None
+        self.handoffs: set[asyncio.Task] = set()       # cache streams to or from a sibling worker
 
     def change_state(self, new: WorkerState) -> None:
         if not self.state.may_become(new):
@@ -90,6 +92,28 @@ class Service:
         if self.drain_timeout is None:
             self.drain_timeout = timeout
         self.stop_requested.set()
+
+    def cache_pipe(self, direction: str, fd: int) -> None:
+        """Called from the control channel with a pipe end from the supervisor:
+        stream our cache into it ("send") or load the one in it ("receive")."""
+        config_print = fingerprint(self.config)
+        coro = (send_cache(self.cache, fd, config_print) if direction == "send"
+                else receive_cache(self.cache, fd, config_print))
+        task = asyncio.get_running_loop().create_task(self._hand_over(direction, coro))
+        self.handoffs.add(task)
+        task.add_done_callback(self.handoffs.discard)
+
+    @staticmethod
+    async def _hand_over(direction: str, coro) -> None:
+        started = time.monotonic()
+        try:
+            count = await coro
+        except (HandoffError, OSError) as e:
+            # Best effort: a worker without the old cache only has more misses.
+            log.warning("cache handoff (%s) stopped: %s", direction, e)
+            return
+        log.info("cache handoff: %s %d entries in %.3f s", "sent" if direction == "send" else "stored",
+                 count, time.monotonic() - started)
 
     def stats(self) -> dict:
         return self.counters.snapshot(self.identity.stats_fields(), self.cache, self.forwarder)
@@ -133,7 +157,7 @@ class Service:
             self.probe = ProbeServer(self.sockets.probe, probe_answerer)
             self.probe.start()
         if self.sockets.control is not None:
-            self.control = ControlChannel(self.sockets.control, self.stats, self.request_drain)
+            self.control = ControlChannel(self.sockets.control, self.stats, self.request_drain, self.cache_pipe)
             self.control.start()
 
     async def _drain(self, deadline: float) -> None:
@@ -147,6 +171,11 @@ class Service:
             server.drain_queue()
         await asyncio.gather(*(server.finish(deadline) for server in self.tcp),
                              self._wait_answered(self.udp + self.adopted, deadline))
+        if self.handoffs:
+            # Our cache is still on its way to our successor.
+            _done, late = await asyncio.wait(self.handoffs, timeout=max(0.0, deadline - time.monotonic()))
+            for task in late:
+                task.cancel()
         if self.adopting is not None:
             self.adopting.cancel()
         for server in self.udp + self.adopted:

@@ -12,9 +12,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import dns.message
 import pytest
 
 from helpers.twindns import LISTEN, Supervisor, reachable_python, write_config
+from helpers.worker import query as ns_query
 
 pytestmark = pytest.mark.netns
 
@@ -112,6 +114,30 @@ def test_rolling_restart_replaces_both_slots_one_at_a_time(sup, netns):
         assert after[slot]["restarts_by_cause"]["rolling"] == 1
         assert not os.path.exists(f"/proc/{before[slot]['pid']}")
     assert query(netns) == (0, ["192.0.2.10"])
+
+
+def test_rolling_restart_hands_the_cache_to_the_new_workers(sup, netns, upstream):
+    """Names cached before `twindns restart` are still hits after it: each
+    old worker streams its cache to its successor (no upstream query)."""
+    sup.wait_ready()
+    names = [f"keep{i}.hit.test" for i in range(40)]
+    # Each worker has its own cache, and the kernel picks the worker by the
+    # client's source port: 16 asks from fresh sockets put a name in both
+    # (missing one has probability 2 * 2**-16 per name).
+    for name in names * 16:
+        assert ns_query(netns, (LISTEN, 53), dns.message.make_query(name, "A")).answer
+    sup.wait(lambda st: all((w["cache_entries"] or 0) >= len(names) for w in st["workers"]), 10,
+             "every name cached in both workers")
+    asked = upstream.queries()
+    p = sup.cli("restart")
+    assert p.returncode == 0, p.stderr
+    deadline = time.monotonic() + 5      # the new workers log when the stream has ended
+    while sup.output().count("cache handoff: stored") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sup.output().count("cache handoff: stored") >= 2, sup.output()[-3000:]
+    for name in names:
+        assert ns_query(netns, (LISTEN, 53), dns.message.make_query(name, "A")).answer[0][0].address == "192.0.2.1"
+    assert upstream.queries() == asked, "every name was answered from a handed-over cache"
 
 
 def test_reload_refuses_an_invalid_config_and_applies_a_valid_one(sup, netns):

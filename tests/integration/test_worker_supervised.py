@@ -3,6 +3,8 @@ by the parent and inherited, config through a pipe, probe and control
 socketpairs; draining and adopting a crashed predecessor's sockets."""
 from __future__ import annotations
 
+import json
+import os
 import socket
 import struct
 import time
@@ -232,3 +234,27 @@ def test_drain_finishes_open_tcp_connections(spawn, netns):
         busy.close()
         idle.close()
         silent.close()
+
+
+def test_cache_ops_take_a_pipe_end_and_close_fds_they_do_not_use(spawn):
+    """cache_send / cache_receive need a pipe end (SCM_RIGHTS); an fd sent
+    with any other op is closed by the worker, not leaked."""
+    w = spawn()
+    w.control.settimeout(5)
+    w.control.send(json.dumps({"id": 1, "op": "cache_send"}).encode())
+    reply = json.loads(w.control.recv(65536))
+    assert reply["ok"] is False and "expected a pipe end" in reply["error"]
+    read_end, write_end = os.pipe()
+    socket.send_fds(w.control, [json.dumps({"id": 2, "op": "stats"}).encode()], [write_end])
+    os.close(write_end)
+    assert json.loads(w.control.recv(65536))["ok"] is True
+    os.set_blocking(read_end, False)
+    deadline = time.monotonic() + 5
+    while True:     # EOF once no write end is open anywhere: the worker closed its copy
+        try:
+            if os.read(read_end, 1) == b"":
+                break
+        except BlockingIOError:
+            assert time.monotonic() < deadline, "the worker kept the fd it was sent with 'stats'"
+            time.sleep(0.05)
+    os.close(read_end)

@@ -1,0 +1,194 @@
+"""Handing the cache to the next worker of a rolling restart.
+
+The supervisor gives the old worker the write end and the new worker the
+read end of a pipe (docs/internals.md, control ops `cache_send` and
+`cache_receive`). The old worker streams its live entries; the new one
+stores those it does not have yet, so a restart does not turn every hit
+into a miss. Both run on the same host, and time.monotonic() is the same
+clock in every process there, so stored_at and expires travel as they are.
+
+The stream is a header (magic, config fingerprint) and records, each length
+prefixed. The reader is bounded like the wire parser: a record that does
+not fit its own length, or an entry whose offsets point outside its
+template, ends the load (what came before it is kept). A worker whose
+config differs (a reload) discards the stream: entries made under another
+policy or from other upstreams must not be served.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import struct
+import time
+from collections.abc import Iterable, Iterator
+
+from worker.cache import Cache, Entry
+from worker.config import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"TWC1"
+_HEADER = struct.Struct("!4s32s")
+_RECORD_LEN = struct.Struct("!I")
+# key length, template length, qname end, rcode, flags, TTL count, stored_at, expires
+_FIXED = struct.Struct("!HHHBBHdd")
+_TTL = struct.Struct("!HI")
+_MIRROR_RD, _DO = 1, 2
+MAX_RECORD = 70000              # a template is one DNS message (64 KiB at most)
+RECORDS_PER_SLICE = 500         # the sender yields to its event loop between slices
+
+
+class HandoffError(Exception):
+    """A cache stream that is not one we can load."""
+
+
+def fingerprint(config: WorkerConfig) -> bytes:
+    """The same for two workers exactly when their cache, upstream and
+    header config are the same (sets sorted: their order varies by process)."""
+    text = json.dumps(dataclasses.asdict(config), sort_keys=True, default=sorted)
+    return hashlib.sha256(text.encode()).digest()
+
+
+def encode_entry(key: bytes, entry: Entry) -> bytes:
+    flags = (_MIRROR_RD if entry.mirror_rd else 0) | (_DO if entry.do else 0)
+    qname_end = 12 + len(entry.qname)
+    body = b"".join((_FIXED.pack(len(key), len(entry.template), qname_end, entry.rcode, flags,
+                                 len(entry.ttls), entry.stored_at, entry.expires),
+                     key, entry.template,
+                     b"".join(_TTL.pack(off, ttl) for off, ttl in zip(entry.ttl_offsets, entry.ttls))))
+    return _RECORD_LEN.pack(len(body)) + body
+
+
+def decode_entry(body: bytes) -> tuple[bytes, Entry]:
+    """One record's body; HandoffError when it does not hold together."""
+    if len(body) < _FIXED.size:
+        raise HandoffError("record shorter than its fixed part")
+    key_len, tlen, qname_end, rcode, flags, nttl, stored_at, expires = _FIXED.unpack_from(body)
+    if len(body) != _FIXED.size + key_len + tlen + nttl * _TTL.size:
+        raise HandoffError("record length does not match its fields")
+    if not 12 < qname_end <= tlen - 4 or key_len == 0 or not expires >= stored_at:
+        raise HandoffError("entry fields out of range")
+    at = _FIXED.size
+    key = body[at:at + key_len]
+    template = body[at + key_len:at + key_len + tlen]
+    ttls = [_TTL.unpack_from(body, at + key_len + tlen + i * _TTL.size) for i in range(nttl)]
+    if any(off < qname_end or off + 4 > tlen for off, _ in ttls):
+        raise HandoffError("TTL offset outside the template")
+    entry = Entry(template, qname_end, tuple(off for off, _ in ttls), tuple(ttl for _, ttl in ttls),
+                  stored_at, expires - stored_at, rcode, bool(flags & _MIRROR_RD), bool(flags & _DO))
+    return key, entry
+
+
+def encode_stream(config_print: bytes, entries: Iterable[tuple[bytes, Entry]]) -> Iterator[bytes]:
+    """Header, then one chunk per RECORDS_PER_SLICE entries."""
+    yield _HEADER.pack(MAGIC, config_print)
+    chunk: list[bytes] = []
+    for key, entry in entries:
+        chunk.append(encode_entry(key, entry))
+        if len(chunk) >= RECORDS_PER_SLICE:
+            yield b"".join(chunk)
+            chunk = []
+    if chunk:
+        yield b"".join(chunk)
+
+
+class StreamReader:
+    """Turns the bytes of a cache stream, as they arrive, into entries."""
+
+    def __init__(self, config_print: bytes) -> None:
+        self.config_print = config_print
+        self.buf = bytearray()
+        self.header_seen = False
+
+    def feed(self, data: bytes) -> list[tuple[bytes, Entry]]:
+        self.buf += data
+        if not self.header_seen:
+            if len(self.buf) < _HEADER.size:
+                return []
+            magic, theirs = _HEADER.unpack_from(self.buf)
+            if magic != MAGIC:
+                raise HandoffError("not a twindns cache stream")
+            if theirs != self.config_print:
+                raise HandoffError("made under a different config")
+            del self.buf[:_HEADER.size]
+            self.header_seen = True
+        out = []
+        buf = self.buf
+        while len(buf) >= _RECORD_LEN.size:
+            (length,) = _RECORD_LEN.unpack_from(buf)
+            if length > MAX_RECORD:
+                raise HandoffError(f"record of {length} bytes")
+            if len(buf) < _RECORD_LEN.size + length:
+                break
+            out.append(decode_entry(bytes(buf[_RECORD_LEN.size:_RECORD_LEN.size + length])))
+            del buf[:_RECORD_LEN.size + length]
+        return out
+
+    def check_end(self) -> None:
+        """At EOF: nothing at all (the sender never got its end) is fine;
+        a cut header or record is not."""
+        if self.buf:
+            raise HandoffError("stream ended inside a record")
+
+
+async def send_cache(cache: Cache, fd: int, config_print: bytes) -> int:
+    """Write every live entry to fd (a pipe's write end; closed at the end).
+    Yields to the loop between slices and while the pipe is full, so the
+    worker keeps serving. Returns the entries sent."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    writable = asyncio.Event()
+    loop.add_writer(fd, writable.set)
+    try:
+        # A snapshot, oldest first (the receiver keeps the order): the cache
+        # changes while we yield.
+        now = time.monotonic()
+        live = [(key, entry) for key, entry in cache.entries.items() if now < entry.expires]
+        for chunk in encode_stream(config_print, live):
+            view = memoryview(chunk)
+            while view:
+                try:
+                    view = view[os.write(fd, view):]
+                except BlockingIOError:
+                    writable.clear()
+                    await writable.wait()
+            await asyncio.sleep(0)
+        return len(live)
+    finally:
+        loop.remove_writer(fd)
+        os.close(fd)
+
+
+async def receive_cache(cache: Cache, fd: int, config_print: bytes) -> int:
+    """Store the entries read from fd that the cache does not hold yet (ours
+    are newer); returns how many were stored. Stops at EOF or a bad record."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    readable = asyncio.Event()
+    loop.add_reader(fd, readable.set)
+    reader = StreamReader(config_print)
+    stored = 0
+    try:
+        while True:
+            try:
+                data = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                readable.clear()
+                await readable.wait()
+                continue
+            if not data:
+                break
+            now = time.monotonic()
+            for key, entry in reader.feed(data):
+                if key not in cache.entries and now < entry.expires:
+                    cache.put(key, entry)
+                    stored += 1
+        reader.check_end()
+        return stored
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
