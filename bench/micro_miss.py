@@ -64,22 +64,15 @@ rr = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x01\x00\x04\xc0\x00\x02\x01"
 opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
 while True:
     conn, _ = s.accept()
-    buf = b""
-    while True:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        buf += chunk
-        out = []
-        while len(buf) >= 2 and len(buf) >= 2 + (buf[0] << 8 | buf[1]):
-            n = buf[0] << 8 | buf[1]
-            data, buf = buf[2:2 + n], buf[2 + n:]
-            i = 12
-            while data[i]:
-                i += data[i] + 1
-            reply = data[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x01" + data[12:i + 5] + rr + opt
-            out.append(len(reply).to_bytes(2, "big") + reply)
-        conn.sendall(b"".join(out))
+    frames = conn.makefile("rb")
+    while len(head := frames.read(2)) == 2:
+        data = frames.read(head[0] << 8 | head[1])
+        i = 12
+        while data[i]:
+            i += data[i] + 1
+        reply = data[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x01" + data[12:i + 5] + rr + opt
+        conn.sendall(len(reply).to_bytes(2, "big") + reply)
+    frames.close()
     conn.close()
 """
 

@@ -14,8 +14,8 @@ all: one lost datagram must not cost the client a SERVFAIL, and a client's
 own retry cannot help, since it joins the miss already in flight.
 
 A miss is a small state machine (_Race) driven by callbacks: its UDP
-sockets' readers and one timer. Only TCP exchanges (force_tcp, or a retry
-after TC=1) run as Tasks.
+sockets' readers or its TCP connection's, and one timer. No Task or Future
+is made per miss.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from worker import wire
 from worker.config import UpstreamZone, format_server
 from worker.upstream_query import UpstreamQuery
 from worker.upstream_stats import ServerStats
-from worker.upstream_tcp import TcpUpstream
+from worker.upstream_tcp import TcpExchange, TcpUpstream
 from worker.upstream_udp import SocketWatch, UdpExchange, UdpUpstream, socket_budget
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class _Attempt:
     be asked too."""
 
     __slots__ = ("race", "server", "hand_over_at", "sent_at", "over_tcp", "finished", "queued",
-                 "exchange", "task")
+                 "exchange", "tcp")
 
     def __init__(self, race: _Race, server: _Server, hand_over_at: float) -> None:
         self.race, self.server, self.hand_over_at = race, server, hand_over_at
@@ -101,7 +101,7 @@ class _Attempt:
         self.finished = False                   # answered or failed (not: cancelled)
         self.queued = False                     # waiting for a UDP socket slot
         self.exchange: UdpExchange | None = None
-        self.task: asyncio.Task | None = None
+        self.tcp: TcpExchange | None = None
 
     def sending(self) -> None:
         self.sent_at = time.monotonic()
@@ -306,7 +306,7 @@ class Forwarder:
         """Send the attempt's query (or queue it for a UDP socket slot)."""
         if force_tcp:
             attempt.sending()
-            attempt.task = asyncio.get_running_loop().create_task(self._over_tcp(attempt, query))
+            self._send_tcp(attempt, query)
         elif self._udp_open < self._udp_budget:
             self._send_udp(attempt, query)
         else:
@@ -329,7 +329,7 @@ class Forwarder:
         self._udp_closed()
         if data[2] & wire.FLAG_TC:
             attempt.over_tcp = True
-            attempt.task = asyncio.get_running_loop().create_task(self._over_tcp(attempt, query))
+            self._send_tcp(attempt, query)
         else:
             attempt.answered(data)
 
@@ -351,15 +351,21 @@ class Forwarder:
             attempt.queued = False
             self._send_udp(attempt, query)
 
-    async def _over_tcp(self, attempt: _Attempt, query: UpstreamQuery) -> None:
-        try:
-            data = await attempt.server.tcp.exchange(query)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any failure hands over to the next server
-            attempt.failed(e)
-            return
+    def _send_tcp(self, attempt: _Attempt, query: UpstreamQuery) -> None:
+        exchange = attempt.server.tcp.ask(query, lambda data: self._tcp_answered(attempt, data),
+                                          lambda error: self._tcp_failed(attempt, error))
+        if not attempt.finished:        # it may have failed at once
+            attempt.tcp = exchange
+
+    @staticmethod
+    def _tcp_answered(attempt: _Attempt, data: bytes) -> None:
+        attempt.tcp = None
         attempt.answered(data)
+
+    @staticmethod
+    def _tcp_failed(attempt: _Attempt, error: Exception) -> None:
+        attempt.tcp = None
+        attempt.failed(error)
 
     def cancel(self, attempt: _Attempt) -> None:
         """Stop an attempt that has not finished: close its socket, leave the
@@ -371,8 +377,9 @@ class Forwarder:
         elif attempt.queued:
             attempt.queued = False
             self._udp_queue = deque(item for item in self._udp_queue if item[0] is not attempt)
-        if attempt.task is not None:
-            attempt.task.cancel()
+        if attempt.tcp is not None:
+            attempt.tcp.close()
+            attempt.tcp = None
 
     def stats(self) -> list[dict]:
         """The "upstream" list of STATS (docs/internals.md), one entry per server."""
