@@ -87,7 +87,7 @@ class WorkerPool:
         self.orphans: dict[str, SocketSet] = {}     # dead worker's UDP sockets awaiting a replacement
         self.generation = 0
         self._runtime: dict[int, Runtime] = {}
-        self._polls: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()
         self.plain_close = os.environ.get(PLAIN_CLOSE_ENV) == "1"
         self.stopping = False
 
@@ -197,7 +197,23 @@ class WorkerPool:
                 rt.ready.set_result(True)
             logs.event(log, "worker_ready", slot=worker.slot, pid=worker.pid,
                        generation=worker.generation, after=f"{time.monotonic() - worker.started_at:.3f}")
+            if self.incoming.get(worker.slot) is not worker and any(self.slots[worker.slot].restarts.values()):
+                self._copy_cache_from_sibling(worker)
             self.on_change()
+
+    def _copy_cache_from_sibling(self, worker: Worker) -> None:
+        """A respawned worker (after a crash, hang or failed boot) has no
+        predecessor to hand it a cache: take a copy of the other slot's, which
+        holds the popular names too (clients' source ports spread every name
+        over both workers). Rolling replacements get their predecessor's."""
+        for slot in self.slots.values():
+            other = slot.current
+            if (other is not None and other is not worker and other.state is SlotState.READY
+                    and other.kill_cause is None and other.alive):
+                task = self.loop.create_task(self._hand_over_cache(other, worker))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
 
     def _unprivileged(self, worker: Worker) -> bool:
         """A worker must hold no capability; one that does is killed before it counts as ready."""
@@ -336,8 +352,8 @@ class WorkerPool:
                         rt.next_stats = now + STATS_EVERY
                         rt.stats_pending = True
                         task = self.loop.create_task(self._poll_stats(worker, rt))
-                        self._polls.add(task)           # a task nobody references may be collected
-                        task.add_done_callback(self._polls.discard)
+                        self._tasks.add(task)           # a task nobody references may be collected
+                        task.add_done_callback(self._tasks.discard)
 
     async def _poll_stats(self, worker: Worker, rt: Runtime) -> None:
         try:
@@ -432,8 +448,8 @@ class WorkerPool:
 
     async def _hand_over_cache(self, old: Worker, new: Worker) -> None:
         """Give `new` a pipe to read `old`'s cache from (docs/internals.md,
-        cache_send / cache_receive); the workers stream it while `old`
-        drains. Best effort: without it the new worker only starts cold."""
+        cache_send / cache_receive); the workers stream it while `old` goes
+        on (serving, or draining). Best effort: without it `new` starts cold."""
         old_rt, new_rt = self._runtime.get(old.pid), self._runtime.get(new.pid)
         if old_rt is None or new_rt is None:
             return

@@ -116,28 +116,57 @@ def test_rolling_restart_replaces_both_slots_one_at_a_time(sup, netns):
     assert query(netns) == (0, ["192.0.2.10"])
 
 
-def test_rolling_restart_hands_the_cache_to_the_new_workers(sup, netns, upstream):
-    """Names cached before `twindns restart` are still hits after it: each
-    old worker streams its cache to its successor (no upstream query)."""
-    sup.wait_ready()
-    names = [f"keep{i}.hit.test" for i in range(40)]
-    # Each worker has its own cache, and the kernel picks the worker by the
-    # client's source port: 16 asks from fresh sockets put a name in both
-    # (missing one has probability 2 * 2**-16 per name).
+def cache_in_both_workers(sup, netns, names: list[str]) -> None:
+    """Each worker has its own cache, and the kernel picks the worker by the
+    client's source port: 16 asks from fresh sockets put a name in both
+    (missing one has probability 2 * 2**-16 per name)."""
     for name in names * 16:
         assert ns_query(netns, (LISTEN, 53), dns.message.make_query(name, "A")).answer
     sup.wait(lambda st: all((w["cache_entries"] or 0) >= len(names) for w in st["workers"]), 10,
              "every name cached in both workers")
-    asked = upstream.queries()
+
+
+def wait_for_handoffs(sup, count: int, seen_before: int) -> None:
+    deadline = time.monotonic() + 5      # a receiving worker logs when the stream has ended
+    while sup.output().count("cache handoff: stored") < seen_before + count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sup.output().count("cache handoff: stored") >= seen_before + count, sup.output()[-3000:]
+
+
+def asked_upstream_for(netns, upstream, names: list[str], rounds: int) -> int:
+    before = upstream.queries()
+    for name in names * rounds:
+        reply = ns_query(netns, (LISTEN, 53), dns.message.make_query(name, "A"))
+        assert reply.answer[0][0].address == "192.0.2.1"
+    return upstream.queries() - before
+
+
+def test_rolling_restart_hands_the_cache_to_the_new_workers(sup, netns, upstream):
+    """Names cached before `twindns restart` are still hits after it: each
+    old worker streams its cache to its successor."""
+    sup.wait_ready()
+    names = [f"keep{i}.hit.test" for i in range(40)]
+    cache_in_both_workers(sup, netns, names)
+    seen = sup.output().count("cache handoff: stored")
     p = sup.cli("restart")
     assert p.returncode == 0, p.stderr
-    deadline = time.monotonic() + 5      # the new workers log when the stream has ended
-    while sup.output().count("cache handoff: stored") < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert sup.output().count("cache handoff: stored") >= 2, sup.output()[-3000:]
-    for name in names:
-        assert ns_query(netns, (LISTEN, 53), dns.message.make_query(name, "A")).answer[0][0].address == "192.0.2.1"
-    assert upstream.queries() == asked, "every name was answered from a handed-over cache"
+    wait_for_handoffs(sup, 2, seen)
+    assert asked_upstream_for(netns, upstream, names, 1) == 0, "every name answered from a handed-over cache"
+
+
+def test_a_killed_workers_replacement_copies_the_other_workers_cache(sup, netns, upstream):
+    sup.wait_ready()
+    names = [f"copy{i}.hit.test" for i in range(40)]
+    cache_in_both_workers(sup, netns, names)
+    assert "cache handoff" not in sup.output(), "workers started together copy nothing"
+    victim = sup.workers()["A"]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    sup.wait(lambda st: st["workers"][0]["pid"] not in (None, victim) and st["workers"][0]["state"] == "ready",
+             15, "slot A replaced")
+    wait_for_handoffs(sup, 1, 0)
+    # 4 asks per name from fresh sockets reach the replacement too (all but
+    # 2**-4 of the names): none of them goes upstream.
+    assert asked_upstream_for(netns, upstream, names, 4) == 0
 
 
 def test_reload_refuses_an_invalid_config_and_applies_a_valid_one(sup, netns):
