@@ -23,7 +23,7 @@ class Entry:
 
     __slots__ = ("template", "qname", "qtype", "ttl_offsets", "ttls", "stored_at", "expires", "rcode",
                  "mirror_rd", "do", "plain", "with_opt", "referenced", "ar_plus_one",
-                 "udp_hits", "tcp_hits", "render_at")
+                 "udp_hits", "tcp_hits", "render_at", "stale_until")
 
     def __init__(self, template: bytes, qname_end: int, ttl_offsets: tuple[int, ...], ttls: tuple[int, ...],
                  stored_at: float, lifetime: float, rcode: int, mirror_rd: bool, do: bool) -> None:
@@ -39,6 +39,7 @@ class Entry:
         self.mirror_rd = mirror_rd
         self.do = do
         self.referenced = False
+        self.stale_until: float | None = None   # set by Cache.put (serve_stale)
         self.ar_plus_one = wire.U16.pack(wire.U16.unpack_from(template, 10)[0] + 1)
         self.render(0)
 
@@ -53,6 +54,14 @@ class Entry:
         # time.monotonic() from which the shown TTLs are a second too high, or
         # the entry is expired or gone (see leave()): a hit compares one float.
         self.render_at = min(self.stored_at + age + 1, self.expires)
+
+    def stale_copy(self, now: float) -> "Entry":
+        """This expired answer served again (RFC 8767): every TTL 30 seconds,
+        cacheable for those 30, still bound by this entry's stale_until."""
+        copy = Entry(self.template, 12 + len(self.qname), self.ttl_offsets, tuple(STALE_TTL for _ in self.ttls),
+                     now, STALE_TTL, self.rcode, self.mirror_rd, self.do)
+        copy.stale_until = self.stale_until
+        return copy
 
     def leave(self) -> None:
         """It is no longer the cache's: holders of a direct reference (the
@@ -70,6 +79,10 @@ class Entry:
         return t[:2] + head + b"\x00\x00" + t[12:question_end]
 
 
+# RFC 8767 section 4: a stale answer's TTL, and how long it is reused before upstream is asked again.
+STALE_TTL = 30
+
+
 class Cache:
     """A bounded map from query key to Entry.
 
@@ -78,8 +91,11 @@ class Cache:
     popular ones), then CLOCK (second chance) over insertion order: O(1)
     amortised, and a hit only sets a flag instead of reordering."""
 
-    def __init__(self, capacity: int, retire: Callable[[Entry], None] = lambda entry: None) -> None:
+    def __init__(self, capacity: int, retire: Callable[[Entry], None] = lambda entry: None,
+                 serve_stale: float = 0.0) -> None:
         self.capacity = capacity
+        self.serve_stale = serve_stale          # seconds an expired entry is kept for stale()
+        self.stale_served = 0
         self.entries: OrderedDict[bytes, Entry] = OrderedDict()
         # (expires, sequence, key, entry); items of entries that left are skipped when popped.
         self.expiry: list[tuple[float, int, bytes, Entry]] = []
@@ -99,13 +115,27 @@ class Cache:
         if entry is None:
             return None
         if now >= entry.expires:
-            del self.entries[key]
-            self._leave(entry)
+            if now >= entry.stale_until:
+                del self.entries[key]
+                self._leave(entry)
             return None
         entry.referenced = True
         return entry
 
+    def stale(self, key: bytes, now: float) -> Entry | None:
+        """For a miss whose upstreams failed: a copy of the expired answer
+        still within serve_stale, now cached for STALE_TTL seconds."""
+        entry = self.entries.get(key)
+        if entry is None or not entry.expires <= now < entry.stale_until:
+            return None
+        copy = entry.stale_copy(now)
+        self.put(key, copy)
+        self.stale_served += 1
+        return copy
+
     def put(self, key: bytes, entry: Entry) -> None:
+        if entry.stale_until is None:
+            entry.stale_until = entry.expires + self.serve_stale
         if self.capacity <= 0:
             self._leave(entry)
             return

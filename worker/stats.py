@@ -56,6 +56,7 @@ class Stats:
             "queries_total": sum(q[3] for q in queries),
             "cache_hits": self.retired_hits + live_hits, "cache_misses": self.cache_misses,
             "cache_evictions": cache.evictions, "cache_entries": len(cache),
+            "cache_stale_served": cache.stale_served,
             "malformed": self.malformed, "formerr": self.formerr,
             "upstream": forwarder.stats(),
         }

@@ -177,3 +177,27 @@ def test_in_flight_misses_are_bounded():
         return accepted, joined, resolver.overloaded
 
     assert asyncio.run(scenario()) == ([True, True, True, False], True, 1)
+
+
+def test_an_expired_entry_is_kept_for_serve_stale_and_served_only_by_stale():
+    cache = Cache(10, serve_stale=100.0)
+    data = response(answers=["a.test. 60 IN A 192.0.2.1"])
+    cache.put(b"k", entry_from_response(data, 0.0, CacheConfig(), None, False))
+    assert cache.get(b"k", 61.0) is None, "expired: a miss, so upstream is asked first"
+    assert b"k" in cache.entries, "but kept for serve-stale"
+    assert cache.stale(b"k", 30.0) is None, "not expired yet: nothing stale to serve"
+    copy = cache.stale(b"k", 61.0)
+    assert ttls(copy.plain) == [30] and copy.expires == 91.0, "RFC 8767: TTL 30, reused for 30 s"
+    assert cache.get(b"k", 70.0) is copy and cache.stale_served == 1
+    # The window is the original answer's: 60 + 100 s, however often it is refreshed.
+    assert cache.stale(b"k", 159.0) is not None
+    assert cache.stale(b"k", 189.5) is None
+    assert cache.get(b"k", 189.5) is None and b"k" not in cache.entries, "past the window: gone"
+
+
+def test_serve_stale_0_drops_an_entry_at_expiry():
+    cache = Cache(10)
+    data = response(answers=["a.test. 60 IN A 192.0.2.1"])
+    cache.put(b"k", entry_from_response(data, 0.0, CacheConfig(), None, False))
+    assert cache.get(b"k", 60.0) is None and b"k" not in cache.entries
+    assert cache.stale(b"k", 60.0) is None
