@@ -118,16 +118,26 @@ class Resolver:
     def _entry(self, q: wire.Question, answer: bytes | None) -> Entry:
         if answer is None:
             self.upstream_failures += 1
-            return self._servfail(q)
+            return self._stale_or_servfail(q)
         rule = wire.longest_zone(self.headers, q.key[:-5], self.header_depth) if self.headers else None
         try:
             entry = entry_from_response(answer, time.monotonic(), self.policy, rule, q.do)
         except wire.WireError:
             self.upstream_failures += 1
-            return self._servfail(q)
+            return self._stale_or_servfail(q)
+        if entry.rcode == wire.RCODE_SERVFAIL:
+            # The upstream could not resolve it either (RFC 8767: serve stale).
+            stale = self.cache.stale(q.key, entry.stored_at)
+            if stale is not None:
+                return stale
         if entry.expires > entry.stored_at:
             self.cache.put(q.key, entry)
         return entry
+
+    def _stale_or_servfail(self, q: wire.Question) -> Entry:
+        """Every upstream failed: the expired answer if serve_stale still
+        allows it (cached for 30 s), else SERVFAIL."""
+        return self.cache.stale(q.key, time.monotonic()) or self._servfail(q)
 
     def _finish(self, key: bytes, entry: Entry) -> None:
         for waiter in self.pending.pop(key):
