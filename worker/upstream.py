@@ -44,9 +44,10 @@ ASK_ROUNDS = 3
 MIN_ASK_LEFT = 0.25
 # How long a server that failed stays at the back of its zone's order.
 DEMOTE_SECONDS = 30.0
-# Errors that say this host ran short of something, not that the server failed.
+# Errors that say this host ran short of something, not that the server failed
+# (EAGAIN: a send buffer full; the socket is sent on without waiting).
 LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
-                          errno.EADDRNOTAVAIL})
+                          errno.EADDRNOTAVAIL, errno.EAGAIN})
 
 # forward()'s callback: the answer's wire, or None when no server gave a usable one in time.
 Done = Callable[[bytes | None], None]

@@ -1,0 +1,91 @@
+"""Resolver.miss() with a fake forwarder (no sockets): one upstream query per
+key in flight, every waiter answered once and never before miss() returns,
+the longest header rule applied, SERVFAIL (uncached) when upstream fails,
+local CH answers."""
+from __future__ import annotations
+
+import asyncio
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rrset
+import uvloop
+
+from worker import wire
+from worker.cache import Cache
+from worker.config import CacheConfig, HeaderRule
+from worker.resolver import LocalAnswers, Resolver
+
+
+class FakeForwarder:
+    """Answers each ask on the next turn of the loop: one A record, or (`fail`) no usable answer."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.asked: list[bytes] = []
+        self.fail = fail
+
+    def ask(self, query, done) -> None:
+        sent = query.wire(0)
+        self.asked.append(sent)
+        reply = None
+        if not self.fail:
+            message = dns.message.make_response(dns.message.from_wire(sent))
+            message.flags |= dns.flags.AA | dns.flags.RA
+            message.answer.append(dns.rrset.from_text(message.question[0].name, 60, "IN", "A", "192.0.2.1"))
+            reply = message.to_wire()
+        asyncio.get_running_loop().call_soon(done, reply)
+
+
+def question(name: str, rdclass: str = "IN", rdtype: str = "A") -> wire.Question:
+    return wire.parse_query(dns.message.make_query(name, rdtype, rdclass).to_wire())
+
+
+def resolve(forwarder, names: list[str], headers=(), rdclass: str = "IN", rdtype: str = "A"):
+    """Ask each name (concurrently); (entries per name in order of asking, calls before miss() returned, cache)."""
+    async def scenario():
+        cache = Cache(100)
+        resolver = Resolver(forwarder, cache, CacheConfig(), headers, LocalAnswers("slot=A"))
+        got: list[tuple[str, object]] = []
+        early = 0
+        for name in names:
+            resolver.miss(question(name, rdclass, rdtype), lambda e, name=name: got.append((name, e)))
+            early += len(got)
+        await asyncio.sleep(0.01)
+        return got, early, cache, resolver
+    return uvloop.run(scenario())
+
+
+def test_identical_misses_share_one_query_and_each_waiter_is_answered_once():
+    forwarder = FakeForwarder()
+    got, early, cache, resolver = resolve(forwarder, ["a.test.", "A.Test.", "b.test.", "a.test."])
+    assert early == 0
+    assert len(forwarder.asked) == 2
+    assert sorted(name for name, _ in got) == ["A.Test.", "a.test.", "a.test.", "b.test."]
+    assert len(cache) == 2 and not resolver.pending
+
+
+def test_the_longest_header_rule_applies():
+    rules = (HeaderRule("test.", set=frozenset({"aa"})), HeaderRule("ttl.test.", clear=frozenset({"ra"})))
+    got, _, _, _ = resolve(FakeForwarder(), ["x.ttl.test.", "x.other.test.", "x.example."], rules)
+    flags = {name: (entry.template[2], entry.template[3]) for name, entry in got}
+    assert not flags["x.ttl.test."][0] & wire.FLAG_AA and not flags["x.ttl.test."][1] & wire.FLAG_RA
+    assert flags["x.other.test."][0] & wire.FLAG_AA and flags["x.other.test."][1] & wire.FLAG_RA
+    assert not flags["x.example."][0] & wire.FLAG_AA      # no rule: answers from a cache are not authoritative
+
+
+def test_upstream_failure_is_an_uncached_servfail_to_every_waiter():
+    got, early, cache, resolver = resolve(FakeForwarder(fail=True), ["a.test.", "a.test."])
+    assert early == 0 and len(got) == 2
+    assert all(entry.rcode == dns.rcode.SERVFAIL and entry.expires <= entry.stored_at for _, entry in got)
+    assert len(cache) == 0 and resolver.upstream_failures == 1
+
+
+def test_class_ch_is_answered_locally_never_upstream():
+    forwarder = FakeForwarder()
+    got, early, cache, _ = resolve(forwarder, ["ready.twindns."], rdclass="CH", rdtype="TXT")
+    probe = dns.message.from_wire(got[0][1].template)
+    assert early == 0 and not forwarder.asked and len(cache) == 0
+    assert probe.answer[0][0].strings == (b"slot=A",)
+    got, _, _, _ = resolve(forwarder, ["version.bind."], rdclass="CH", rdtype="TXT")
+    assert got[0][1].rcode == dns.rcode.REFUSED and not forwarder.asked
