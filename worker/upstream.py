@@ -224,7 +224,8 @@ class _Race:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self._settle()
+        if self.running:
+            self._settle()
         # Attempts point back at their race: dropping them breaks the cycle,
         # so the miss is freed by reference counting, not by the cyclic collector.
         self.attempts.clear()
