@@ -36,6 +36,7 @@ _SCALARS = (
     ("cache_hits", "cache_hits", "Answers served from the cache."),
     ("cache_misses", "cache_misses", "Queries that were not in the cache."),
     ("cache_evictions", "cache_evictions", "Cache entries evicted to stay within capacity."),
+    ("cache_prefetches", "cache_prefetches", "Popular entries refreshed from upstream before they expired."),
     ("cache_stale_served", "cache_stale_served",
      "Expired answers served again (RFC 8767, cached 30 s) because every upstream failed."),
     ("malformed", "malformed_queries", "Datagrams dropped because no DNS header could be read."),

@@ -31,10 +31,11 @@ _OPT_HEAD = b"\x00\x00\x29"     # root owner, TYPE 41
 class Answerer:
     """Answers queries from the cache; misses go to the resolver."""
 
-    def __init__(self, cache: Cache, resolver: Resolver, stats: Stats) -> None:
+    def __init__(self, cache: Cache, resolver: Resolver, stats: Stats, prefetch: bool = False) -> None:
         self.cache = cache
         self.resolver = resolver
         self.stats = stats
+        self.prefetch = prefetch
         # Query bytes after the ID -> (entry, has_opt), for queries whose
         # reply is the entry's rendered body behind the client's ID. Clients
         # repeat the same bytes (same case, flags and EDNS), so one dict
@@ -56,7 +57,7 @@ class Answerer:
             if now >= entry.expires:
                 del self.exact[key]
                 return None
-            entry.render(int(now - entry.stored_at))
+            self._rerender(entry, now)
         entry.referenced = True
         if self.per_query:
             entry.udp_hits += 1
@@ -96,7 +97,7 @@ class Answerer:
                 else:
                     entry.tcp_hits += 1
             if now >= entry.render_at:
-                entry.render(int(now - entry.stored_at))
+                self._rerender(entry, now)
             body = entry.with_opt if has_opt else entry.plain
             if (udp and len(body) > payload and len(body) > 512) or (
                     entry.mirror_rd and (data[2] ^ body[2]) & wire.FLAG_RD):
@@ -113,6 +114,15 @@ class Answerer:
                 return data[:2] + body[2:]
             return data[:2] + body[2:12] + name + body[z:]
         return self._slow(data, udp, send, dest, now)
+
+    def _rerender(self, entry: Entry, now: float) -> None:
+        """A hit on an entry due for its once-a-second re-render; the cheap
+        moment (no per-hit cost) to decide on a prefetch too."""
+        entry.render(int(now - entry.stored_at))
+        if self.prefetch and entry.key is not None and entry.prefetch_due(now):
+            entry.prefetched = True
+            self.stats.prefetches += 1
+            self.resolver.prefetch(entry.key)
 
     def _slow(self, data: bytes, udp: bool, send: Send, dest: Any, now: float) -> bytes | None:
         """Every query the fast path did not answer: full parse, errors, misses."""
@@ -154,7 +164,7 @@ class Answerer:
         if count:
             self.stats.count(udp, q.qtype, entry.rcode)
         if now >= entry.render_at:
-            entry.render(int(now - entry.stored_at))
+            self._rerender(entry, now)
         body = entry.with_opt if q.has_opt else entry.plain
         return self._splice_slow(entry, body, data, q.qname_end, udp, q.has_opt, q.payload)
 

@@ -18,12 +18,19 @@ from worker.config import CacheConfig, HeaderRule
 _FLAG_BITS = MappingProxyType({"aa": (2, wire.FLAG_AA), "rd": (2, wire.FLAG_RD), "ra": (3, wire.FLAG_RA)})
 
 
+# RFC 8767 section 4: a stale answer's TTL, and how long it is reused before upstream is asked again.
+STALE_TTL = 30
+# Prefetch as unbound does it: in the last 10% of the lifetime.
+PREFETCH_FRACTION = 0.1
+PREFETCH_MIN_LIFETIME = 10.0
+
+
 class Entry:
     """One cached response and its pre-rendered forms for the current age."""
 
     __slots__ = ("template", "qname", "qtype", "ttl_offsets", "ttls", "stored_at", "expires", "rcode",
                  "mirror_rd", "do", "plain", "with_opt", "referenced", "ar_plus_one",
-                 "udp_hits", "tcp_hits", "render_at", "stale_until")
+                 "udp_hits", "tcp_hits", "render_at", "stale_until", "key", "prefetched")
 
     def __init__(self, template: bytes, qname_end: int, ttl_offsets: tuple[int, ...], ttls: tuple[int, ...],
                  stored_at: float, lifetime: float, rcode: int, mirror_rd: bool, do: bool) -> None:
@@ -40,6 +47,8 @@ class Entry:
         self.do = do
         self.referenced = False
         self.stale_until: float | None = None   # set by Cache.put (serve_stale)
+        self.key: bytes | None = None           # set by Cache.put
+        self.prefetched = False
         self.ar_plus_one = wire.U16.pack(wire.U16.unpack_from(template, 10)[0] + 1)
         self.render(0)
 
@@ -63,6 +72,14 @@ class Entry:
         copy.stale_until = self.stale_until
         return copy
 
+    def prefetch_due(self, now: float) -> bool:
+        """Whether a hit at `now` should refresh this entry from upstream:
+        once, in the last PREFETCH_FRACTION of a lifetime of at least
+        PREFETCH_MIN_LIFETIME (a 1-second TTL is not worth a second query)."""
+        lifetime = self.expires - self.stored_at
+        return (not self.prefetched and lifetime >= PREFETCH_MIN_LIFETIME
+                and self.expires - now <= lifetime * PREFETCH_FRACTION)
+
     def leave(self) -> None:
         """It is no longer the cache's: holders of a direct reference (the
         answerer's exact-query index) see it as expired from now on."""
@@ -77,10 +94,6 @@ class Entry:
         if has_opt:
             return t[:2] + head + b"\x00\x01" + t[12:question_end] + wire.opt_record(self.do)
         return t[:2] + head + b"\x00\x00" + t[12:question_end]
-
-
-# RFC 8767 section 4: a stale answer's TTL, and how long it is reused before upstream is asked again.
-STALE_TTL = 30
 
 
 class Cache:
@@ -134,6 +147,7 @@ class Cache:
         return copy
 
     def put(self, key: bytes, entry: Entry) -> None:
+        entry.key = key
         if entry.stale_until is None:
             entry.stale_until = entry.expires + self.serve_stale
         if self.capacity <= 0:

@@ -35,6 +35,7 @@ class CacheConfig:
     negative_max_ttl: int = 3600
     servfail_ttl: int = 5
     serve_stale: int = 3600                    # RFC 8767: seconds past expiry; 0 disables
+    prefetch: bool = True                      # refresh popular entries before they expire
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ HEADER_FLAGS = ("aa", "ra", "rd")
 MAX_TTL = 2**31 - 1
 EX_CONFIG = getattr(os, "EX_CONFIG", 78)
 
-_CACHE_KEYS = ("capacity", "min_ttl", "max_ttl", "negative_max_ttl", "servfail_ttl", "serve_stale")
+_CACHE_KEYS = ("capacity", "min_ttl", "max_ttl", "negative_max_ttl", "servfail_ttl", "serve_stale", "prefetch")
 _UPSTREAM_KEYS = ("zone", "servers", "force_tcp", "timeout")
 _HEADER_KEYS = ("zone", "set", "clear")
 _DEFAULT_UPSTREAM = UpstreamZone(zone=".", servers=())
@@ -263,6 +264,7 @@ def _cache(doc: dict, source: str) -> CacheConfig:
                                   "cache", source),
         servfail_ttl=_integer(table, "servfail_ttl", d.servfail_ttl, 0, MAX_TTL, "cache", source),
         serve_stale=_integer(table, "serve_stale", d.serve_stale, 0, MAX_TTL, "cache", source),
+        prefetch=_boolean(table, "prefetch", d.prefetch, "cache", source),
     )
     if cache.min_ttl > cache.max_ttl:
         raise _fail(source, "cache.min_ttl", cache.min_ttl,

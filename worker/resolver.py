@@ -106,6 +106,17 @@ class Resolver:
             asyncio.get_running_loop().call_soon(self._finish, q.key, self._servfail(q))
         return True
 
+    def prefetch(self, key: bytes) -> None:
+        """Refresh a popular entry before it expires: a miss nobody waits
+        for, whose answer replaces the entry (a failure leaves it alone)."""
+        if key in self.pending or len(self.pending) >= self.max_pending:
+            return
+        flags = key[-1]         # DO << 1 | CD, see wire.KEY_FLAGS
+        do, cd = bool(flags & 2), bool(flags & 1)
+        q = wire.Question(key, 12 + len(key) - 5, wire.U16.unpack_from(key, len(key) - 5)[0],
+                          wire.U16.unpack_from(key, len(key) - 3)[0], do, wire.OUR_UDP_PAYLOAD, do, cd)
+        self.miss(q, lambda entry: None)
+
     def _answered(self, q: wire.Question, answer: bytes | None) -> None:
         """The forwarder's outcome for q: store it, hand it to the waiters."""
         try:
@@ -126,10 +137,11 @@ class Resolver:
             self.upstream_failures += 1
             return self._stale_or_servfail(q)
         if entry.rcode == wire.RCODE_SERVFAIL:
-            # The upstream could not resolve it either (RFC 8767: serve stale).
-            stale = self.cache.stale(q.key, entry.stored_at)
-            if stale is not None:
-                return stale
+            # The upstream could not resolve it either: a live answer (this was
+            # a prefetch) stays, an expired one is served stale (RFC 8767).
+            kept = self.cache.get(q.key, entry.stored_at) or self.cache.stale(q.key, entry.stored_at)
+            if kept is not None:
+                return kept
         if entry.expires > entry.stored_at:
             self.cache.put(q.key, entry)
         return entry

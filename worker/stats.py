@@ -25,6 +25,7 @@ class Stats:
         self.cache_misses = 0
         self.malformed = 0
         self.formerr = 0
+        self.prefetches = 0
 
     def count(self, udp: bool, qtype: int, rcode: int, n: int = 1) -> None:
         key = (udp, qtype, rcode)
@@ -56,7 +57,7 @@ class Stats:
             "queries_total": sum(q[3] for q in queries),
             "cache_hits": self.retired_hits + live_hits, "cache_misses": self.cache_misses,
             "cache_evictions": cache.evictions, "cache_entries": len(cache),
-            "cache_stale_served": cache.stale_served,
+            "cache_stale_served": cache.stale_served, "cache_prefetches": self.prefetches,
             "malformed": self.malformed, "formerr": self.formerr,
             "upstream": forwarder.stats(),
         }
