@@ -47,7 +47,7 @@ class UpstreamQuery:
     __slots__ = ("qname", "type_class", "tail")
 
     def __init__(self, qname: bytes, qtype: int, qclass: int, do: bool, cd: bool) -> None:
-        """`qname`: an uncompressed, valid name wire (case is kept)."""
+        """`qname`: an uncompressed, valid name wire, in any case (it is asked in lower case)."""
         self.qname = qname.lower()
         self.type_class = wire.U16.pack(qtype) + wire.U16.pack(qclass)
         self.tail = (_HEADER_TAIL_CD if cd else _HEADER_TAIL) + self.qname + self.type_class + wire.opt_record(do)
@@ -57,10 +57,6 @@ class UpstreamQuery:
         """The upstream query for a client's question: its lower-cased name,
         type and class, its CD bit, our payload size and its DO bit."""
         return cls(q.key[:-5], q.qtype, q.qclass, q.do, q.cd)
-
-    @property
-    def qtype(self) -> int:
-        return wire.U16.unpack_from(self.type_class)[0]
 
     @property
     def name_text(self) -> str:

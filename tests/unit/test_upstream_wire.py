@@ -66,7 +66,8 @@ def test_query_for_the_root_and_other_classes():
     up = UpstreamQuery.from_question(q)
     sent = dns.message.from_wire(up.wire(1))
     assert sent.question[0].name == dns.name.root and sent.question[0].rdclass == dns.rdataclass.CH
-    assert up.name_text == "." and up.qtype == dns.rdatatype.NS
+    assert up.name_text == "." and sent.question[0].rdtype == dns.rdatatype.NS
+    assert UpstreamQuery.from_question(client_question("A.b.", "TXT")).name_text == "a.b."
 
 
 def test_each_id_goes_only_into_the_first_two_bytes():
