@@ -118,6 +118,14 @@ async def run(port: int, queries: list[bytes], concurrency: int,
             ask()
 
     collections0 = [g["collections"] for g in gc.get_stats()]
+    gc_seconds = [0.0, 0.0]         # total, start of the collection in progress
+
+    def gc_timer(phase: str, _info: dict) -> None:
+        if phase == "start":
+            gc_seconds[1] = time.perf_counter()
+        else:
+            gc_seconds[0] += time.perf_counter() - gc_seconds[1]
+    gc.callbacks.append(gc_timer)
     usage0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for _ in range(concurrency):
         ask()
@@ -125,7 +133,8 @@ async def run(port: int, queries: list[bytes], concurrency: int,
     usage, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - wall0
     user, system = usage.ru_utime - usage0.ru_utime, usage.ru_stime - usage0.ru_stime
     collections = [g["collections"] - c for g, c in zip(gc.get_stats(), collections0)]
-    print(f"garbage collections by generation: {collections}; "
+    gc.callbacks.remove(gc_timer)
+    print(f"garbage collections by generation: {collections}, {gc_seconds[0] / misses * 1e6:.1f} us per miss; "
           f"page faults per miss: {(usage.ru_minflt - usage0.ru_minflt) / misses:.2f}")
     await forwarder.close()
     return user, system, wall, stats.snapshot({}, cache, forwarder)
