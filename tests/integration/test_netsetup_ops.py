@@ -209,3 +209,27 @@ def test_read_only_proc_sys_still_gets_interface_and_rules(netns, tmp_path):
         expected_lines(V4, health_ports=(8080, 9253)) + expected_lines(V6, health_ports=(8080, 9253)))
     verified = twindns_net(netns, "verify", cfg, prefix=ro)
     assert verified.returncode == 0 and "verify: ok" in verified.stdout, verified.stdout
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rules_left_in_the_other_backend_are_reported_then_removed(netns, backend):
+    """A backend change between runs (auto detection, or the config) must
+    not leave our rules behind in the backend no longer used; foreign rules
+    there stay."""
+    other = OTHER[backend]
+    api(netns, "ensure", {**SPEC, "backend": other})
+    iptables(netns, other, 4, "-t", "filter", "-A", "INPUT", "-p", "udp", "--dport", "5353", "-j", "ACCEPT")
+    assert len(our_lines(netns, other)) == 24
+    report = api(netns, "verify", {**SPEC, "backend": backend})
+    assert not report["ok"]
+    assert any(f"rule(s) of ours in {other}, which is not in use" in p for p in report["problems"])
+    report = api(netns, "ensure", {**SPEC, "backend": backend})
+    assert any(f"({other}, not in use)" in c for c in report["changes"])
+    assert our_lines(netns, other) == [], "no copy left in the backend not in use"
+    assert sorted(our_lines(netns, backend)) == sorted(expected_lines(V4) + expected_lines(V6))
+    assert any("--dport 5353" in l for l in rule_lines(netns, other)), "a foreign rule there survives"
+    assert api(netns, "verify", {**SPEC, "backend": backend})["ok"]
+    api(netns, "ensure", {**SPEC, "backend": other})        # and back: teardown cleans both
+    api(netns, "ensure", {**SPEC, "backend": backend})
+    api(netns, "teardown", {**SPEC, "backend": backend})
+    assert our_lines(netns, backend) == [] and our_lines(netns, other) == []
