@@ -64,10 +64,14 @@ class Entry:
         # the entry is expired or gone (see leave()): a hit compares one float.
         self.render_at = min(self.stored_at + age + 1, self.expires)
 
+    @property
+    def qname_end(self) -> int:
+        return 12 + len(self.qname)
+
     def stale_copy(self, now: float) -> "Entry":
         """This expired answer served again (RFC 8767): every TTL 30 seconds,
         cacheable for those 30, still bound by this entry's stale_until."""
-        copy = Entry(self.template, 12 + len(self.qname), self.ttl_offsets, tuple(STALE_TTL for _ in self.ttls),
+        copy = Entry(self.template, self.qname_end, self.ttl_offsets, tuple(STALE_TTL for _ in self.ttls),
                      now, STALE_TTL, self.rcode, self.mirror_rd, self.do)
         copy.stale_until = self.stale_until
         return copy

@@ -20,7 +20,6 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import struct
 import time
@@ -28,8 +27,6 @@ from collections.abc import Iterable, Iterator
 
 from worker.cache import Cache, Entry
 from worker.config import WorkerConfig
-
-log = logging.getLogger(__name__)
 
 MAGIC = b"TWC1"
 _HEADER = struct.Struct("!4s32s")
@@ -55,8 +52,7 @@ def fingerprint(config: WorkerConfig) -> bytes:
 
 def encode_entry(key: bytes, entry: Entry) -> bytes:
     flags = (_MIRROR_RD if entry.mirror_rd else 0) | (_DO if entry.do else 0)
-    qname_end = 12 + len(entry.qname)
-    body = b"".join((_FIXED.pack(len(key), len(entry.template), qname_end, entry.rcode, flags,
+    body = b"".join((_FIXED.pack(len(key), len(entry.template), entry.qname_end, entry.rcode, flags,
                                  len(entry.ttls), entry.stored_at, entry.expires),
                      key, entry.template,
                      b"".join(_TTL.pack(off, ttl) for off, ttl in zip(entry.ttl_offsets, entry.ttls))))
@@ -141,8 +137,6 @@ async def send_cache(cache: Cache, fd: int, config_print: bytes) -> int:
     worker keeps serving. Returns the entries sent."""
     loop = asyncio.get_running_loop()
     os.set_blocking(fd, False)
-    writable = asyncio.Event()
-    loop.add_writer(fd, writable.set)
     try:
         # A snapshot, oldest first (the receiver keeps the order): the cache
         # changes while we yield.
@@ -154,13 +148,22 @@ async def send_cache(cache: Cache, fd: int, config_print: bytes) -> int:
                 try:
                     view = view[os.write(fd, view):]
                 except BlockingIOError:
-                    writable.clear()
-                    await writable.wait()
+                    await _writable(loop, fd)
             await asyncio.sleep(0)
         return len(live)
     finally:
-        loop.remove_writer(fd)
         os.close(fd)
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    # Watched only while full: a writer left registered on a writable pipe
+    # would wake the loop on every turn.
+    ready = loop.create_future()
+    loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_writer(fd)
 
 
 async def receive_cache(cache: Cache, fd: int, config_print: bytes) -> int:
