@@ -167,8 +167,9 @@ async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
 
 
 async def receive_cache(cache: Cache, fd: int, config_print: bytes) -> int:
-    """Store the entries read from fd that the cache does not hold yet (ours
-    are newer); returns how many were stored. Stops at EOF or a bad record."""
+    """Store the entries read from fd for which the cache holds no live entry
+    (a live one of ours is newer); returns how many were stored. Stops at
+    EOF or a bad record."""
     loop = asyncio.get_running_loop()
     os.set_blocking(fd, False)
     readable = asyncio.Event()
@@ -187,7 +188,8 @@ async def receive_cache(cache: Cache, fd: int, config_print: bytes) -> int:
                 break
             now = time.monotonic()
             for key, entry in reader.feed(data):
-                if key not in cache.entries and now < entry.expires:
+                held = cache.entries.get(key)   # ours is newer, unless it is only kept for serve-stale
+                if (held is None or now >= held.expires) and now < entry.expires:
                     cache.put(key, entry)
                     stored += 1
         reader.check_end()
