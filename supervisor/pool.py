@@ -454,18 +454,23 @@ class WorkerPool:
         if old_rt is None or new_rt is None:
             return
         read_end, write_end = os.pipe()
+        error = None
         try:
             for rt, op, fd in ((new_rt, "cache_receive", read_end), (old_rt, "cache_send", write_end)):
                 reply = await rt.channel.request(op, 1.0, fds=(fd,))
                 if not reply.get("ok"):
-                    raise ChannelClosed(f"{op}: {reply.get('error')}")
-            logs.event(log, "cache_handoff", slot=new.slot, from_pid=old.pid, to_pid=new.pid)
+                    error = f"{op}: {reply.get('error')}"     # e.g. a worker older than the op
+                    break
         except (ChannelClosed, TimeoutError) as e:
-            logs.event(log, "cache_handoff_failed", logging.WARNING, slot=new.slot, from_pid=old.pid,
-                       to_pid=new.pid, error=str(e) or "timeout")
+            error = str(e) or "timeout"
         finally:
             os.close(read_end)
             os.close(write_end)
+        if error is None:
+            logs.event(log, "cache_handoff", slot=new.slot, from_pid=old.pid, to_pid=new.pid)
+        else:
+            logs.event(log, "cache_handoff_failed", logging.WARNING, slot=new.slot, from_pid=old.pid,
+                       to_pid=new.pid, error=error)
 
     async def retire(self, worker: Worker) -> None:
         """Drain `worker` (steer away, tell it, wait) and wait until it exits."""

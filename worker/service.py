@@ -78,6 +78,7 @@ class Service:
         self.probe: ProbeServer | None = None
         self.control: ControlChannel | None = None
         self.handoffs: set[asyncio.Task] = set()       # cache streams to or from a sibling worker
+        self.config_print = fingerprint(config)        # what a handed-over cache must have been made under
 
     def change_state(self, new: WorkerState) -> None:
         if not self.state.may_become(new):
@@ -96,9 +97,8 @@ class Service:
     def cache_pipe(self, direction: str, fd: int) -> None:
         """Called from the control channel with a pipe end from the supervisor:
         stream our cache into it ("send") or load the one in it ("receive")."""
-        config_print = fingerprint(self.config)
-        coro = (send_cache(self.cache, fd, config_print) if direction == "send"
-                else receive_cache(self.cache, fd, config_print))
+        coro = (send_cache(self.cache, fd, self.config_print) if direction == "send"
+                else receive_cache(self.cache, fd, self.config_print))
         task = asyncio.get_running_loop().create_task(self._hand_over(direction, coro))
         self.handoffs.add(task)
         task.add_done_callback(self.handoffs.discard)
