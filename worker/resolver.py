@@ -111,11 +111,7 @@ class Resolver:
         for, whose answer replaces the entry (a failure leaves it alone)."""
         if key in self.pending or len(self.pending) >= self.max_pending:
             return
-        flags = key[-1]         # DO << 1 | CD, see wire.KEY_FLAGS
-        do, cd = bool(flags & 2), bool(flags & 1)
-        q = wire.Question(key, 12 + len(key) - 5, wire.U16.unpack_from(key, len(key) - 5)[0],
-                          wire.U16.unpack_from(key, len(key) - 3)[0], do, wire.OUR_UDP_PAYLOAD, do, cd)
-        self.miss(q, lambda entry: None)
+        self.miss(wire.question_from_key(key), lambda entry: None)
 
     def _answered(self, q: wire.Question, answer: bytes | None) -> None:
         """The forwarder's outcome for q: store it, hand it to the waiters."""

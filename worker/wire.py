@@ -160,6 +160,14 @@ def parse_query(data: bytes) -> Question:
     return Question(key, qend, qtype, qclass, has_opt, payload, do, cd)
 
 
+def question_from_key(key: bytes) -> Question:
+    """The Question a cache key was made from, as a query of ours with EDNS
+    would carry it (for asking upstream without a client: prefetch)."""
+    do, cd = bool(key[-1] & 2), bool(key[-1] & 1)
+    qtype, qclass = U16.unpack_from(key, len(key) - 5)[0], U16.unpack_from(key, len(key) - 3)[0]
+    return Question(key, 12 + len(key) - 5, qtype, qclass, do, OUR_UDP_PAYLOAD, do, cd)
+
+
 def _find_opt(data: bytes, off: int, skip: int, additional: int) -> tuple[bool, int, bool]:
     for _ in range(skip):
         off = _skip_rr(data, off)

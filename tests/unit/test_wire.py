@@ -120,3 +120,12 @@ def test_edns_version_above_zero_gets_badvers():
     assert reply.question[0].name.to_text() == "a.test."
     assert reply.id == dns.message.from_wire(data).id
     assert reply.rcode() == dns.rcode.BADVERS and reply.edns == 0
+
+
+def test_question_from_key_gives_back_what_the_key_was_made_from():
+    for kw in (dict(use_edns=False), dict(use_edns=0, want_dnssec=True),
+               dict(use_edns=0, flags=dns.flags.RD | dns.flags.CD)):
+        q = wire.parse_query(dns.message.make_query("MiXeD.example.test", "AAAA", **kw).to_wire())
+        back = wire.question_from_key(q.key)
+        assert (back.key, back.qname_end, back.qtype, back.qclass, back.do, back.cd) == \
+               (q.key, q.qname_end, q.qtype, q.qclass, q.do, q.cd)
