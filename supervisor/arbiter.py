@@ -173,6 +173,7 @@ class Arbiter:
         if now >= self._next_health:
             self._next_health = now + self.config.supervisor.probe_interval
             self._sample_health(now)
+        self.notifier.flush()
         interval = self.notifier.watchdog_interval()
         if interval and now >= self._next_watchdog:
             self._next_watchdog = now + interval / 2

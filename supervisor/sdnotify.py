@@ -12,12 +12,19 @@ call is a no-op, so the arbiter calls these unconditionally:
     notifier.reloading(); ...; notifier.ready()   # around a rolling restart
     notifier.stopping()
 
+No send ever blocks the main loop: the socket is non-blocking. When the
+receiver's queue is full (the kernel default `net.unix.max_dgram_qlen` is
+10; a busy systemd lags), a STATUS-only line is dropped and counted, and a
+state change (READY, RELOADING, STOPPING, WATCHDOG) is held and sent again
+by `flush()`, which the main loop calls every tick, in the order it was made.
+
 The environment is left as it is: after `twindns upgrade` the re-executed
 supervisor (same pid) needs it again. Workers must not inherit it
 (supervisor.spawn scrubs it from their environment).
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
@@ -25,6 +32,8 @@ import time
 from typing import Mapping
 
 log = logging.getLogger("twindns.sdnotify")
+
+HELD_MAX = 32          # state changes kept while the queue is full; far more than one reload makes
 
 
 class NotifySocketError(ValueError):
@@ -47,8 +56,11 @@ class Notifier:
         self._address = address
         self._watchdog_usec = watchdog_usec
         self._sock: socket.socket | None = None
+        self._held: collections.deque[bytes] = collections.deque(maxlen=HELD_MAX)
+        self.dropped = 0               # STATUS-only lines lost to a full queue
         if address is not None:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                                       | socket.SOCK_NONBLOCK)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ, pid: int | None = None) -> "Notifier":
@@ -69,16 +81,47 @@ class Notifier:
         return self._watchdog_usec / 1_000_000
 
     def notify(self, *lines: str) -> bool:
-        """Send one datagram of `KEY=value` lines; False if it could not be sent."""
+        """Send one datagram of `KEY=value` lines without blocking; False if
+        it was not delivered now (a state change is then held for flush())."""
         if self._sock is None:
             return False
         data = "\n".join(lines).encode()
+        if not self._held:
+            try:
+                if self._send(data):
+                    return True
+            except OSError as exc:
+                # systemd gone or the socket unusable: never let that take the service down.
+                log.warning("sd_notify failed: %s", exc)
+                return False
+        if all(line.startswith("STATUS=") for line in lines):
+            self.dropped += 1
+        elif not (data == b"WATCHDOG=1" and data in self._held):
+            if not self._held:
+                log.warning("sd_notify: systemd's notify queue is full; holding state changes, "
+                            "dropping STATUS lines until it drains")
+            self._held.append(data)
+        self.flush()
+        return False
+
+    def flush(self) -> None:
+        """Send held state changes, oldest first, until the queue is full again."""
+        while self._held and self._sock is not None:
+            try:
+                if not self._send(self._held[0]):
+                    return
+            except OSError as exc:
+                log.warning("sd_notify failed: %s", exc)
+            self._held.popleft()
+            if not self._held:
+                log.info("sd_notify: notify queue drained, held state changes delivered")
+
+    def _send(self, data: bytes) -> bool:
+        """True when sent, False when the receiver's queue is full."""
         try:
             self._sock.sendto(data, self._address)
             return True
-        except OSError as exc:
-            # systemd gone or socket full: never let that take the service down.
-            log.warning("sd_notify failed: %s", exc)
+        except BlockingIOError:
             return False
 
     def ready(self, status: str | None = None) -> bool:

@@ -89,3 +89,45 @@ def test_notify_lifecycle(netns, upstream, tmp_path, systemd):
         if sup.proc.poll() is None:
             sup.terminate()
         sup.log.close()
+
+
+def fill_queue(path: str) -> int:
+    """Send until the receiver's queue is full: 10 datagrams at the kernel
+    default net.unix.max_dgram_qlen, 512 on a systemd-booted host."""
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    sent = 0
+    try:
+        while True:
+            filler.sendto(b"STATUS=filler", path)
+            sent += 1
+    except BlockingIOError:
+        return sent
+    finally:
+        filler.close()
+
+
+def test_a_stuck_systemd_never_stops_the_supervisor(netns, upstream, tmp_path, systemd):
+    """systemd (here: its socket) reads nothing for a while: the queue stays full.
+    The supervisor must still start serving, reload, and stop on SIGTERM; the
+    state changes it could not deliver arrive, in order, once systemd reads."""
+    fill_queue(systemd.path)
+    sup = Supervisor(netns, write_config(tmp_path / "twindns.toml"),
+                     env={"NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": str(WATCHDOG_USEC)})
+    try:
+        sup.wait_ready(timeout=30)
+        p = netns.run(["dig", "+tries=1", "+time=2", "+short", "@169.254.20.10", "a.test", "A"], check=False)
+        assert p.returncode == 0 and p.stdout.strip(), p
+        p = sup.cli("reload", timeout=60)
+        assert p.returncode == 0, p.stderr + sup.output()[-3000:]
+        assert sup.status()["ready_workers"] == 2
+        # systemd catches up: READY=1 (start), then RELOADING=1 ... READY=1 (the reload)
+        got = systemd.read_until(lambda m: m.get("RELOADING") == "1", timeout=10)
+        assert any(m.get("READY") == "1" for _, m in got), got
+        systemd.read_until(lambda m: m.get("READY") == "1", timeout=10)
+        sup.proc.send_signal(15)
+        systemd.read_until(lambda m: m.get("STOPPING") == "1", timeout=10)
+        assert sup.proc.wait(timeout=20) == 0
+    finally:
+        if sup.proc.poll() is None:
+            sup.terminate()
+        sup.log.close()

@@ -95,3 +95,53 @@ def test_relative_notify_socket_is_refused():
     assert socket_address("@x") == b"\0x"
     with pytest.raises(NotifySocketError, match="NOTIFY_SOCKET"):
         Notifier.from_environ({"NOTIFY_SOCKET": "relative/path"})
+
+
+def fill_queue(path: str) -> int:
+    """Send to `path` until the receiver's queue is full (whatever
+    net.unix.max_dgram_qlen is: 10 by kernel default, 512 under systemd)."""
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    sent = 0
+    try:
+        while True:
+            filler.sendto(b"STATUS=filler", path)
+            sent += 1
+    except BlockingIOError:
+        return sent
+    finally:
+        filler.close()
+
+
+def drain(sock) -> list[dict[str, str]]:
+    sock.settimeout(0.2)
+    got = []
+    try:
+        while True:
+            got.append(received(sock))
+    except socket.timeout:
+        return got
+
+
+@pytest.mark.timeout(30)
+def test_a_full_queue_never_blocks_and_state_changes_arrive_in_order(systemd_socket):
+    path, sock = systemd_socket
+    assert fill_queue(path) >= 1
+    n = Notifier.from_environ({"NOTIFY_SOCKET": path})
+    t0 = time.monotonic()
+    n.reloading("rolling restart")
+    for i in range(50):
+        n.status(f"progress {i}")          # lost: only a STATUS line
+    n.watchdog()
+    n.watchdog()                            # one held ping is enough
+    n.ready("2/2 workers ready")
+    assert time.monotonic() - t0 < 0.5      # a blocking send would hang here for good
+    assert n.dropped == 50
+    n.flush()                               # still full: nothing moves, nothing blocks
+    got = [m for m in drain(sock) if m.get("STATUS") != "filler"]
+    assert got == []
+    n.flush()
+    got = [m for m in drain(sock) if m.get("STATUS") != "filler"]
+    assert [next(iter(m)) for m in got] == ["RELOADING", "WATCHDOG", "READY"], got
+    assert got[-1] == {"READY": "1", "STATUS": "2/2 workers ready"}
+    n.status("after")                      # delivered straight away again
+    assert received(sock) == {"STATUS": "after"}
