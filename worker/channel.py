@@ -12,6 +12,8 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 65536
+# Well below a SOCK_SEQPACKET socket's default send buffer (~208 KiB).
+MAX_REPLY = 65536
 DEFAULT_DRAIN_TIMEOUT = 5.0
 
 
@@ -84,8 +86,15 @@ class ControlChannel:
                 "error": f"unknown op {op!r}: expected 'stats', 'drain', 'cache_send' or 'cache_receive'"}, False
 
     def _send(self, obj: dict) -> None:
+        data = json.dumps(obj).encode()
+        if len(data) > MAX_REPLY:
+            # Never the case with bounded counters; an error the supervisor
+            # can read beats a message the socket refuses (EMSGSIZE).
+            log.warning("control channel: reply of %d bytes exceeds %d; sending an error", len(data), MAX_REPLY)
+            data = json.dumps({"id": obj.get("id"), "ok": False,
+                               "error": f"reply of {len(data)} bytes exceeds {MAX_REPLY}"}).encode()
         try:
-            self.sock.send(json.dumps(obj).encode())
+            self.sock.send(data)
         except OSError as e:
             log.warning("control channel: cannot send: %s", e)
 

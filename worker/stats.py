@@ -8,6 +8,24 @@ import dns.rdatatype
 
 from worker.cache import Cache, Entry
 
+# The query types counted on their own (unbound's extended statistics do the
+# same with a fixed table); every other type is counted as OTHER_QTYPE. The
+# counters are (protocol, qtype bucket, rcode): at most 2 x 23 x 16 rows, so a
+# client asking 60,000 different types cannot grow the STATS message.
+COUNTED_QTYPES = frozenset(dns.rdatatype.from_text(t) for t in (
+    "A", "NS", "CNAME", "SOA", "PTR", "HINFO", "MX", "TXT", "AAAA", "SRV", "NAPTR", "DS", "RRSIG",
+    "NSEC", "DNSKEY", "NSEC3", "TLSA", "SVCB", "HTTPS", "SPF", "CAA", "ANY"))
+OTHER_QTYPE = -1
+
+
+def qtype_bucket(qtype: int) -> int:
+    """The counter a query type is counted under."""
+    return qtype if qtype in COUNTED_QTYPES else OTHER_QTYPE
+
+
+def qtype_label(bucket: int) -> str:
+    return "other" if bucket == OTHER_QTYPE else dns.rdatatype.to_text(bucket)
+
 
 class Stats:
     """Totals since this worker started. `per_query` False (standalone
@@ -19,7 +37,7 @@ class Stats:
 
     def __init__(self, per_query: bool = True) -> None:
         self.per_query = per_query
-        # (is_udp, qtype, rcode) -> count; names are made only when reported.
+        # (is_udp, qtype bucket, rcode) -> count; names are made only when reported.
         self.queries: dict[tuple[bool, int, int], int] = {}
         self.retired_hits = 0
         self.cache_misses = 0
@@ -28,7 +46,7 @@ class Stats:
         self.prefetches = 0
 
     def count(self, udp: bool, qtype: int, rcode: int, n: int = 1) -> None:
-        key = (udp, qtype, rcode)
+        key = (udp, qtype if qtype in COUNTED_QTYPES else OTHER_QTYPE, rcode & 0xF)
         self.queries[key] = self.queries.get(key, 0) + n
 
     def retire(self, entry: Entry) -> None:
@@ -46,10 +64,10 @@ class Stats:
         for entry in cache.entries.values():
             for udp, hits in ((True, entry.udp_hits), (False, entry.tcp_hits)):
                 if hits:
-                    key = (udp, entry.qtype, entry.rcode)
+                    key = (udp, qtype_bucket(entry.qtype), entry.rcode & 0xF)
                     totals[key] = totals.get(key, 0) + hits
                     live_hits += hits
-        queries = [["udp" if udp else "tcp", dns.rdatatype.to_text(qtype), dns.rcode.to_text(rcode), n]
+        queries = [["udp" if udp else "tcp", qtype_label(qtype), dns.rcode.to_text(rcode), n]
                    for (udp, qtype, rcode), n in sorted(totals.items())]
         return {
             "pid": os.getpid(), **identity,
