@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-metrics", action="store_true", help="do not count per query (to measure their cost)")
     p.add_argument("--tcp-idle-timeout", type=float, default=TcpLimits.idle_timeout, metavar="SECONDS")
     p.add_argument("--tcp-max-connections", type=int, default=TcpLimits.max_connections, metavar="N")
+    p.add_argument("--tcp-query-timeout", type=float, default=TcpLimits.query_timeout, metavar="SECONDS",
+                   help="a query must arrive whole within this long of its first byte")
     sup = p.add_argument_group("supervised mode (spawned by the supervisor)")
     sup.add_argument("--supervised", action="store_true")
     sup.add_argument("--config-fd", type=int, metavar="FD")
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     identity = Identity(args.slot, args.generation, version())
     options = Options(per_query_stats=not args.no_metrics,
                       tcp=TcpLimits(idle_timeout=args.tcp_idle_timeout,
-                                    max_connections=args.tcp_max_connections))
+                                    max_connections=args.tcp_max_connections,
+                                    query_timeout=args.tcp_query_timeout))
     return uvloop.run(Service(config, sockets, identity, options).run())
 
 

@@ -154,6 +154,9 @@ class TcpLimits:
     idle_timeout: float = 10.0        # RFC 7766 suggests seconds, not minutes
     max_connections: int = 512
     max_query: int = 4096             # a longer query is not a query we serve
+    # A query must arrive whole within this many seconds of its first byte:
+    # bytes dripped into an unfinished query do not keep a connection open.
+    query_timeout: float = 3.0
 
 
 class TcpServer:
@@ -165,6 +168,7 @@ class TcpServer:
         self.limits = limits
         self.connections: set[TcpConnection] = set()
         self.refused = 0
+        self.evicted = 0
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -182,6 +186,24 @@ class TcpServer:
             pass
         if self.server is not None:
             self.server.close()
+
+    def make_room(self) -> bool:
+        """All slots are taken: close the connection that has waited longest
+        without an answer to send (idle, or slowest to finish its query), so
+        slow or idle clients cannot lock out a new one. False when every
+        connection has answers pending."""
+        victim, oldest = None, None
+        for conn in self.connections:
+            since = conn.waiting_since()
+            if since is not None and (oldest is None or since < oldest):
+                victim, oldest = conn, since
+        if victim is None:
+            return False
+        self.evicted += 1
+        self.connections.discard(victim)
+        victim.closing = True
+        victim.transport.close()
+        return True
 
     async def finish(self, deadline: float) -> None:
         """Close connections as their pending answers are sent; abort what is
@@ -203,17 +225,29 @@ class TcpConnection(asyncio.Protocol):
         self.pending = 0
         self.closing = False
         self.transport: asyncio.Transport | None = None
-        self.last_active = time.monotonic()
+        self.last_active = time.monotonic()       # the last whole query, or the connection's start
+        self.partial_since: float | None = None    # the first byte of an unfinished query
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        if len(self.server.connections) >= self.server.limits.max_connections:
-            self.server.refused += 1
+        server = self.server
+        if len(server.connections) >= server.limits.max_connections and not server.make_room():
+            server.refused += 1
             transport.abort()
             return
-        self.server.connections.add(self)
-        self.timer = asyncio.get_running_loop().call_later(self.server.limits.idle_timeout, self._check_idle)
+        server.connections.add(self)
+        # Checked at least every query_timeout: an unfinished query is caught
+        # without rescheduling the timer as bytes arrive.
+        self.timer = asyncio.get_running_loop().call_later(
+            min(server.limits.idle_timeout, server.limits.query_timeout), self._check_idle)
+
+    def waiting_since(self) -> float | None:
+        """Since when this connection has held its slot without anything to
+        answer (idle, or an unfinished query); None while answers are pending."""
+        if self.pending or self.transport.is_closing():
+            return None
+        return self.last_active if self.partial_since is None else self.partial_since
 
     def connection_lost(self, exc) -> None:
         self.server.connections.discard(self)
@@ -230,11 +264,12 @@ class TcpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        self.last_active = time.monotonic()
+        now = time.monotonic()
         buf = self.buf
+        if not buf:
+            self.partial_since = now
         buf += data
         answer = self.server.answerer.answer
-        now = self.last_active
         while len(buf) >= 2:
             length = buf[0] << 8 | buf[1]
             if length > self.server.limits.max_query:
@@ -244,6 +279,8 @@ class TcpConnection(asyncio.Protocol):
                 return
             query = bytes(buf[2:2 + length])
             del buf[:2 + length]
+            self.last_active = now
+            self.partial_since = now if buf else None
             reply = answer(query, False, self._send_later, None, now)
             if reply:
                 self._write(reply)
@@ -277,10 +314,21 @@ class TcpConnection(asyncio.Protocol):
             self.transport.close()
 
     def _check_idle(self) -> None:
-        idle = time.monotonic() - self.last_active
-        limit = self.server.limits.idle_timeout
-        if self.pending == 0 and idle >= limit:
-            self.transport.close()
-            return
-        self.timer = asyncio.get_running_loop().call_later(max(limit - idle, 0.05) if self.pending == 0 else limit,
+        """Close a connection idle for idle_timeout, or one whose unfinished
+        query is older than query_timeout (once its answers are sent)."""
+        now = time.monotonic()
+        limits = self.server.limits
+        if self.partial_since is not None:
+            left = self.partial_since + limits.query_timeout - now
+            if left <= 0:
+                self.finish_when_idle()
+                return
+        else:
+            left = self.last_active + limits.idle_timeout - now
+            if self.pending == 0 and left <= 0:
+                self.transport.close()
+                return
+            if self.pending:
+                left = limits.idle_timeout
+        self.timer = asyncio.get_running_loop().call_later(min(max(left, 0.05), limits.query_timeout),
                                                            self._check_idle)

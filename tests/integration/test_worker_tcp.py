@@ -117,8 +117,13 @@ def test_connection_cap(worker, netns):
         for s in held:      # make sure all three are accepted and served
             s.sendall(frame(dns.message.make_query("a.test", "A")))
             read_reply(s)
+        # The fourth takes the slot of the one idle longest, which is closed.
         extra = connect(netns, worker)
-        assert closed_by_peer(extra, within=0.4), "a fourth connection is refused"
+        q = dns.message.make_query("a.test", "A")
+        extra.sendall(frame(q))
+        assert read_reply(extra).id == q.id
+        assert closed_by_peer(held[0], within=0.4), "the oldest idle connection gave way"
+        assert not closed_by_peer(held[2], within=0.1)
         extra.close()
     finally:
         for s in held:
