@@ -1,7 +1,8 @@
 """The supervisor's HTTP endpoints (`/health`, `/metrics`): a deliberately
 small asyncio HTTP/1.1 server. GET and HEAD only, one request per
 connection (`Connection: close`), request head bounded in size and in time,
-a bounded number of connections at once.
+a bounded number of connections at once; when they are all taken, the one
+that has been sending its request head longest is closed for a new one.
 
 The arbiter supplies the handlers; each returns (status, content type, body)
 and must not block:
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from http import HTTPStatus
 from typing import Callable, Mapping, Protocol
 
@@ -29,7 +31,9 @@ Response = tuple[int, str, bytes]
 Handler = Callable[[], Response]
 TEXT = "text/plain; charset=utf-8"
 MAX_REQUEST_HEAD = 8192
-READ_TIMEOUT = 5.0
+# The whole request head must arrive within this (not reset by each byte);
+# short against a probe's timeout, so a held slot is soon free again.
+READ_TIMEOUT = 2.0
 MAX_CONNECTIONS = 64
 
 log = logging.getLogger("twindns.http")
@@ -78,7 +82,11 @@ class HttpServer:
         self._routes = dict(routes)
         self._max_head = max_request_head
         self._read_timeout = read_timeout
-        self._slots = asyncio.Semaphore(max_connections)
+        self._max_connections = max_connections
+        # writer -> when its request head started, for connections still reading one
+        self._reading: dict[asyncio.StreamWriter, float] = {}
+        self._open = 0
+        self.evicted = 0
         self._server: asyncio.base_events.Server | None = None
         self.sock: socket.socket | None = None     # the listener (`twindns upgrade` hands it over)
 
@@ -95,18 +103,34 @@ class HttpServer:
             self.sock = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._slots.locked():
-            writer.close()                   # over the connection bound: refuse at once
+        if self._open >= self._max_connections and not self._make_room():
+            writer.close()                   # every slot is sending an answer: refuse at once
             return
-        async with self._slots:
-            try:
-                status, ctype, body, head_only = await self._respond(reader)
-                writer.write(_response_bytes(status, ctype, body, head_only))
-                await asyncio.wait_for(writer.drain(), self._read_timeout)
-            except (OSError, asyncio.TimeoutError):
-                pass
-            finally:
-                writer.close()
+        self._open += 1
+        self._reading[writer] = time.monotonic()
+        try:
+            status, ctype, body, head_only = await self._respond(reader)
+            self._reading.pop(writer, None)
+            writer.write(_response_bytes(status, ctype, body, head_only))
+            await asyncio.wait_for(writer.drain(), self._read_timeout)
+        except (OSError, asyncio.TimeoutError):
+            pass
+        finally:
+            self._reading.pop(writer, None)
+            self._open -= 1
+            writer.close()
+
+    def _make_room(self) -> bool:
+        """All slots are taken: the connection that has been sending its
+        request head longest gives way, so clients holding half-written
+        requests cannot starve a fresh probe (a kubelet liveness check)."""
+        if not self._reading:
+            return False
+        oldest = min(self._reading, key=self._reading.__getitem__)
+        del self._reading[oldest]
+        self.evicted += 1
+        oldest.transport.abort()      # its reader sees the end and its task frees the slot
+        return True
 
     async def _respond(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes, bool]:
         try:
