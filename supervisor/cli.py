@@ -8,8 +8,21 @@ import sys
 DEFAULT_CONFIG = "/etc/twindns/twindns.toml"
 
 
+class _VersionAction(argparse.Action):
+    """`twindns --version`, as `twindns version`; the version is looked up only when asked."""
+
+    def __init__(self, option_strings, dest, **kw) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from supervisor import version
+        print(version())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="twindns", description="node-local DNS cache that never stops answering")
+    p.add_argument("--version", action=_VersionAction, help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:

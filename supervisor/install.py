@@ -32,6 +32,11 @@ UNIT_DIR = "etc/systemd/system"
 USER = "twindns"
 # The path the canonical unit names; replaced by where this installation lives.
 CANONICAL_EXECUTABLE = "/usr/local/bin/twindns"
+PATH_LINK = "usr/local/bin/twindns"
+# What the unit's sandbox hides from the service (ProtectHome=yes, PrivateTmp=yes):
+# an ExecStart below one of them fails 203/EXEC in a restart loop.
+HIDDEN_FROM_SERVICE = ("/root", "/home", "/run/user", "/tmp", "/var/tmp")
+SYSTEM_PREFIX = "/opt/twindns"
 
 
 class InstallError(RuntimeError):
@@ -52,11 +57,37 @@ def twindns_command() -> str:
     return found if found else f"{sys.executable} -m supervisor"
 
 
+def hidden_from_service(command: str) -> str | None:
+    """The sandboxed directory `command` lives under, or None when the unit can run it."""
+    path = os.path.realpath(command.split()[0])
+    for hidden in HIDDEN_FROM_SERVICE:
+        if path == hidden or path.startswith(hidden + "/"):
+            return hidden
+    return None
+
+
+def system_wide_command() -> str:
+    """The one command that installs twindns where the service can run it."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "install.sh").is_file() and (checkout / "pyproject.toml").is_file():
+        return f"sudo {checkout}/install.sh --service"
+    return (f"sudo sh -c 'python3 -m venv {SYSTEM_PREFIX} && {SYSTEM_PREFIX}/bin/pip install twindns "
+            f"&& {SYSTEM_PREFIX}/bin/twindns install --now'")
+
+
 def unit_text(command: str) -> str:
     """The packaged unit with ExecStart/ExecReload pointing at `command`."""
     if any(c in command for c in "\"'\\\n%$"):
         raise InstallError(f"cannot put {command!r} into a unit file: quote characters or % in the path")
     return packaged_unit().replace(CANONICAL_EXECUTABLE + " ", command + " ")
+
+
+def unit_command(text: str) -> str:
+    """The executable an installed unit's ExecStart runs."""
+    for line in text.splitlines():
+        if line.startswith("ExecStart="):
+            return line.split("=", 1)[1].split()[0]
+    return ""
 
 
 def systemd_is_running(root: Path) -> bool:
@@ -132,14 +163,39 @@ def systemctl(root: Path, *args: str) -> None:
 
 
 # -- commands --------------------------------------------------------------------
-def install(root: Path, now: bool, say=print) -> None:
-    command = twindns_command()
+def ensure_path_link(root: Path, command: str) -> str:
+    """`twindns` on PATH: a link in /usr/local/bin to this installation, unless one is there."""
+    link = under(root, PATH_LINK)
+    script = command.split()[0]
+    if " " in command or Path(script).name != "twindns":
+        return f"PATH: {link} not made ({command} is not a twindns script)"
+    if link.is_symlink() and os.readlink(link) == script:
+        return f"PATH: {link} -> {script}"
+    if link.exists() or link.is_symlink():
+        return f"PATH: {link} exists and is left alone (the unit runs {script})"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(script)
+    return f"PATH: {link} -> {script} (made)"
+
+
+def install(root: Path, now: bool, say=print, command: str | None = None) -> None:
+    command = command or twindns_command()
+    hidden = hidden_from_service(command)
+    if hidden is not None:
+        problem = (f"{command} is under {hidden}, which the service cannot see "
+                   f"(the unit sets ProtectHome=yes and PrivateTmp=yes)")
+        if root == Path("/"):
+            # Refused before anything changes: a unit that cannot exec loops in Restart=.
+            raise InstallError(f"{problem}; nothing was changed. Install system-wide instead: "
+                               f"{system_wide_command()}")
+        # An image tree: where twindns lives inside it is the image builder's business.
+        say(f"warning: {problem}; the unit in {root} starts only if twindns is at that path in the image "
+            f"and outside those directories")
     unit = under(root, UNIT_DIR) / UNIT_NAME
-    changed = write_if_changed(unit, unit_text(command))
+    text = unit_text(command)
+    changed = write_if_changed(unit, text)
     say(f"unit {unit}: {'written' if changed else 'unchanged'} (ExecStart={command} run)")
-    if command.startswith(("/root/", "/home/")):
-        say(f"warning: {command} is under /root or /home, which the unit hides (ProtectHome=yes); "
-            "install twindns system-wide for the service to start")
+    say(ensure_path_link(root, command))
     say(ensure_user(root))
     say(ensure_config(root))
     live = systemd_is_running(root)
@@ -165,6 +221,10 @@ def uninstall(root: Path, say=print) -> None:
         say(teardown_network())
     else:
         say(f"network teardown: skipped, {root} is an image tree, not this host's network")
+    link = under(root, PATH_LINK)
+    if unit.exists() and link.is_symlink() and os.readlink(link) == unit_command(unit.read_text()):
+        link.unlink()
+        say(f"PATH: {link} removed")
     if unit.exists():
         unit.unlink()
         say(f"unit {unit}: removed")

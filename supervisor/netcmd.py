@@ -25,7 +25,7 @@ def _describe(spec) -> str:
 
 
 def main(args) -> int:
-    # Imported here: `twindns status` and friends must not pay for pyroute2/iptc.
+    # Imported here: `twindns status` and friends must not pay for pyroute2.
     import netsetup
     from supervisor.config import ConfigError, load
 

@@ -158,3 +158,41 @@ def test_installed_unit_passes_systemd_analyze_verify(tmp_path):
     # the check is real: a misspelt directive is reported
     unit.write_text(unit.read_text().replace("ProtectHome=yes", "ProtectHomes=yes"))
     assert "Unknown key 'ProtectHomes'" in analyze(root).stderr
+
+
+@pytest.mark.parametrize("where", ["/root/venv/bin/twindns", "/home/sre/.venv/bin/twindns",
+                                   "/tmp/tw/bin/twindns", "/var/tmp/tw/bin/twindns"])
+def test_install_on_this_host_from_a_hidden_place_is_refused_before_any_change(where):
+    """ProtectHome=yes / PrivateTmp=yes hide these from the service: its unit
+    would fail 203/EXEC in a restart loop. Refused, naming the command that works."""
+    from supervisor.install import InstallError, install
+    watched = [Path("/etc/systemd/system/twindns.service"), Path("/usr/local/bin/twindns"),
+               Path("/etc/twindns/twindns.toml")]
+    before = [p.exists() or p.is_symlink() for p in watched]
+    said = []
+    with pytest.raises(InstallError) as err:
+        install(Path("/"), now=True, say=said.append, command=where)
+    assert said == []
+    assert [p.exists() or p.is_symlink() for p in watched] == before
+    message = str(err.value)
+    assert where in message and "nothing was changed" in message
+    assert f"sudo {REPO}/install.sh --service" in message
+
+
+@needs_systemctl
+def test_install_puts_twindns_on_path_and_uninstall_removes_only_its_link(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    p = twindns("install", "--root", str(root))
+    assert p.returncode == 0, p.stderr
+    link = root / "usr/local/bin/twindns"
+    assert os.readlink(link) == re.search(r"^ExecStart=(\S+)", (root / UNIT).read_text(), re.M).group(1)
+    assert twindns("uninstall", "--root", str(root)).returncode == 0
+    assert not link.is_symlink()
+    # a twindns of someone else's on PATH is never replaced nor removed
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.write_text("#!/bin/sh\n")
+    p = twindns("install", "--root", str(root))
+    assert "exists and is left alone" in p.stdout
+    assert twindns("uninstall", "--root", str(root)).returncode == 0
+    assert link.read_text() == "#!/bin/sh\n"
