@@ -31,8 +31,10 @@ _OPT_HEAD = b"\x00\x00\x29"     # root owner, TYPE 41
 class Answerer:
     """Answers queries from the cache; misses go to the resolver."""
 
-    def __init__(self, cache: Cache, resolver: Resolver, stats: Stats, prefetch: bool = False) -> None:
+    def __init__(self, cache: Cache, resolver: Resolver, stats: Stats, prefetch: bool = False,
+                 max_udp: int = wire.OUR_UDP_PAYLOAD) -> None:
         self.cache = cache
+        self.max_udp = max_udp          # UDP answers beyond it get TC, whatever the client offers
         self.resolver = resolver
         self.stats = stats
         self.prefetch = prefetch
@@ -75,7 +77,7 @@ class Answerer:
         # Fast path. A name found by searching for its zero byte is only
         # trusted when it equals a stored key: stored keys are valid names, and
         # a valid name wire is self-delimiting, so the real parse agrees.
-        if len(data) > 16 and not data[2] & 0xF8:
+        if len(data) > 16 and not data[2] & 0xFA:     # QR, opcode and TC clear
             counts = data[4:12]
             z = data.find(0, 12) + 1
             if counts == _COUNTS_PLAIN and 0 < z <= len(data) - 4:
@@ -99,7 +101,7 @@ class Answerer:
             if now >= entry.render_at:
                 self._rerender(entry, now)
             body = entry.with_opt if has_opt else entry.plain
-            if (udp and len(body) > payload and len(body) > 512) or (
+            if (udp and len(body) > 512 and (len(body) > payload or len(body) > self.max_udp)) or (
                     entry.mirror_rd and (data[2] ^ body[2]) & wire.FLAG_RD):
                 return self._splice_slow(entry, body, data, z, udp, has_opt, payload)
             if name == entry.qname:
@@ -136,14 +138,14 @@ class Answerer:
             q = wire.parse_query(data)
         except wire.BadQuery:
             stats.malformed += 1
-            return wire.error_reply(data, wire.RCODE_NOTIMP)
+            return wire.query_error_reply(data, wire.RCODE_NOTIMP)
         except wire.BadEdnsVersion as e:
             stats.malformed += 1
-            return wire.badvers_reply(data, e.question_end)
+            return wire.badvers_reply(data, e.question_end, e.do)
         except wire.WireError:
             stats.malformed += 1
             stats.formerr += 1
-            return wire.error_reply(data, wire.RCODE_FORMERR)
+            return wire.query_error_reply(data, wire.RCODE_FORMERR)
         entry = self.cache.get(q.key, now)
         if entry is not None:
             if stats.per_query:
@@ -157,7 +159,7 @@ class Answerer:
         if self.resolver.miss(q, lambda e: send(self._reply(e, data, q, udp, time.monotonic(), count=True), dest)):
             return PENDING
         stats.count(udp, q.qtype, wire.RCODE_SERVFAIL)
-        return wire.error_reply(data, wire.RCODE_SERVFAIL, q.qname_end)
+        return wire.error_reply(data, wire.RCODE_SERVFAIL, q.qname_end, q.do if q.has_opt else None)
 
     def _reply(self, entry: Entry, data: bytes, q: wire.Question, udp: bool, now: float,
                count: bool = False) -> bytes:
@@ -168,12 +170,12 @@ class Answerer:
         body = entry.with_opt if q.has_opt else entry.plain
         return self._splice_slow(entry, body, data, q.qname_end, udp, q.has_opt, q.payload)
 
-    @staticmethod
-    def _splice_slow(entry: Entry, body: bytes, data: bytes, qname_end: int, udp: bool,
+    def _splice_slow(self, entry: Entry, body: bytes, data: bytes, qname_end: int, udp: bool,
                      has_opt: bool, payload: int) -> bytes:
         """Splice with the rare cases handled: truncation to the client's UDP
-        payload size (never below 512), and the client's RD bit mirrored."""
-        if udp and len(body) > max(payload, wire.CLASSIC_UDP_PAYLOAD):
+        payload size capped at max_udp (never below 512), and the client's RD
+        bit mirrored."""
+        if udp and len(body) > max(min(payload, self.max_udp), wire.CLASSIC_UDP_PAYLOAD):
             body = entry.truncated(qname_end, has_opt)
         if entry.mirror_rd and (data[2] ^ body[2]) & wire.FLAG_RD:
             body = body[:2] + bytes((body[2] ^ wire.FLAG_RD,)) + body[3:]

@@ -229,6 +229,12 @@ def lifetime_and_ttls(resp: wire.Response, records: Sequence[wire.Record], data:
     if negative:
         soa = next((r for r in records if r.section == 1 and r.rtype == wire.TYPE_SOA), None)
         if soa is None:
+            if rcode == wire.RCODE_NOERROR and answers and all(r.rtype == wire.TYPE_CNAME for r in answers):
+                # A CNAME chain alone (a forwarder that does not chase it out
+                # of its zone): cached for the chain's TTLs, as unbound does.
+                low, high = policy.min_ttl, policy.max_ttl
+                ttls = [min(max(r.ttl, low), high) for r in records]
+                return float(min(ttls[i] for i, r in enumerate(records) if r.section == 0)), ttls
             return 0.0, [r.ttl for r in records]
         # A chain's records must not outlive their own TTLs either.
         lifetime = min(soa.ttl, wire.soa_minimum(data, soa), policy.negative_max_ttl,

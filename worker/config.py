@@ -36,6 +36,8 @@ class CacheConfig:
     servfail_ttl: int = 5
     serve_stale: int = 3600                    # RFC 8767: seconds past expiry; 0 disables
     prefetch: bool = True                      # refresh popular entries before they expire
+    stale_client_timeout: float = 1.0          # serve a stale answer after this long waiting upstream; 0: only on failure
+    max_udp_size: int = 1232                   # UDP answers beyond this (or the client's size) get TC (DNS flag day 2020)
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ HEADER_FLAGS = ("aa", "ra", "rd")
 MAX_TTL = 2**31 - 1
 EX_CONFIG = getattr(os, "EX_CONFIG", 78)
 
-_CACHE_KEYS = ("capacity", "min_ttl", "max_ttl", "negative_max_ttl", "servfail_ttl", "serve_stale", "prefetch")
+_CACHE_KEYS = ("capacity", "min_ttl", "max_ttl", "negative_max_ttl", "servfail_ttl", "serve_stale", "prefetch",
+               "stale_client_timeout", "max_udp_size")
 _UPSTREAM_KEYS = ("zone", "servers", "force_tcp", "timeout")
 _HEADER_KEYS = ("zone", "set", "clear")
 _DEFAULT_UPSTREAM = UpstreamZone(zone=".", servers=())
@@ -220,11 +223,11 @@ def _integer(table: dict, key: str, default: int, low: int, high: int,
     return value
 
 
-def _seconds(table: dict, key: str, default: float, prefix: str, source: str) -> float:
+def _seconds(table: dict, key: str, default: float, prefix: str, source: str, zero: bool = False) -> float:
     value = table.get(key, default)
     if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or value <= 0):
-        raise _fail(source, f"{prefix}.{key}", value, "a number of seconds > 0")
+            or not math.isfinite(value) or value < 0 or (value == 0 and not zero)):
+        raise _fail(source, f"{prefix}.{key}", value, f"a number of seconds {'>=' if zero else '>'} 0")
     return float(value)
 
 
@@ -265,6 +268,9 @@ def _cache(doc: dict, source: str) -> CacheConfig:
         servfail_ttl=_integer(table, "servfail_ttl", d.servfail_ttl, 0, MAX_TTL, "cache", source),
         serve_stale=_integer(table, "serve_stale", d.serve_stale, 0, MAX_TTL, "cache", source),
         prefetch=_boolean(table, "prefetch", d.prefetch, "cache", source),
+        stale_client_timeout=_seconds(table, "stale_client_timeout", d.stale_client_timeout, "cache", source,
+                                      zero=True),
+        max_udp_size=_integer(table, "max_udp_size", d.max_udp_size, 512, 65535, "cache", source),
     )
     if cache.min_ttl > cache.max_ttl:
         raise _fail(source, "cache.min_ttl", cache.min_ttl,

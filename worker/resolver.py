@@ -101,10 +101,34 @@ class Resolver:
                 asyncio.get_running_loop().call_soon(self._finish, q.key, self._local(q))
             else:
                 self.forwarder.ask(UpstreamQuery.from_question(q), lambda answer: self._answered(q, answer))
+                if self.policy.stale_client_timeout and self._has_stale(q.key):
+                    asyncio.get_running_loop().call_later(self.policy.stale_client_timeout,
+                                                          self._stale_early, q.key)
         except Exception:  # noqa: BLE001 - waiters must always get an answer
             log.exception("miss path failed for %r", q.key)
             asyncio.get_running_loop().call_soon(self._finish, q.key, self._servfail(q))
         return True
+
+    def _has_stale(self, key: bytes) -> bool:
+        entry = self.cache.entries.get(key)
+        return entry is not None and entry.stale_until is not None and entry.expires <= time.monotonic()
+
+    def _stale_early(self, key: bytes) -> None:
+        """The upstream is slow to refresh an expired answer: its waiters get
+        the stale one now (RFC 8767 section 5, unbound's
+        serve-expired-client-timeout); the refresh goes on and replaces it."""
+        waiters = self.pending.get(key)
+        if not waiters:
+            return
+        entry = self.cache.stale(key, time.monotonic())
+        if entry is None:
+            return
+        self.pending[key] = []          # later askers hit the stale copy until the refresh lands
+        for waiter in waiters:
+            try:
+                waiter(entry)
+            except Exception:  # noqa: BLE001 - one client's failure must not cost the others theirs
+                log.exception("answering a client for %r failed", key)
 
     def prefetch(self, key: bytes) -> None:
         """Refresh a popular entry before it expires: a miss nobody waits
@@ -143,9 +167,18 @@ class Resolver:
         return entry
 
     def _stale_or_servfail(self, q: wire.Question) -> Entry:
-        """Every upstream failed: the expired answer if serve_stale still
-        allows it (cached for 30 s), else SERVFAIL."""
-        return self.cache.stale(q.key, time.monotonic()) or self._servfail(q)
+        """Every upstream failed: the stale answer already served early, the
+        expired answer if serve_stale still allows it (cached for 30 s), else
+        SERVFAIL, cached for servfail_ttl so a retry does not wait out the
+        upstream timeout again."""
+        now = time.monotonic()
+        kept = self.cache.get(q.key, now) or self.cache.stale(q.key, now)
+        if kept is not None:
+            return kept
+        entry = entry_from_response(servfail_response(q), now, self.policy, None, q.do)
+        if entry.expires > entry.stored_at:
+            self.cache.put(q.key, entry)
+        return entry
 
     def _finish(self, key: bytes, entry: Entry) -> None:
         for waiter in self.pending.pop(key):

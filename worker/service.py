@@ -138,7 +138,8 @@ class Service:
         self.forwarder = Forwarder(self.config.upstreams)
         resolver = Resolver(self.forwarder, self.cache, self.config.cache, self.config.headers,
                             LocalAnswers(self.identity.probe_text()))
-        answerer = Answerer(self.cache, resolver, self.counters, self.config.cache.prefetch)
+        answerer = Answerer(self.cache, resolver, self.counters, self.config.cache.prefetch,
+                            self.config.cache.max_udp_size)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_drain, DEFAULT_DRAIN_TIMEOUT)
         self.udp = [udp_server(s, answerer) for s in self.sockets.udp]

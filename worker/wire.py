@@ -72,6 +72,7 @@ class BadEdnsVersion(WireError):
     """The query's OPT record asks for an EDNS version above 0 (RFC 6891: BADVERS)."""
 
     question_end = 0    # set by parse_query: where the question ends, to echo it
+    do = False          # the query's DO bit, echoed in the reply's OPT
 
 
 def skip_name(data: bytes, off: int, pointers: bool = True) -> int:
@@ -143,6 +144,10 @@ def parse_query(data: bytes) -> Question:
         raise BadQuery("opcode is not QUERY")
     if qd != 1:
         raise WireError(f"qdcount is {qd}, expected 1")
+    if b2 & FLAG_TC:
+        raise WireError("TC set in a query")
+    if an or ns:
+        raise WireError("answer or authority records in a query")
     qend = skip_name(data, 12, pointers=False)
     end = len(data)
     if qend + 4 > end:
@@ -183,7 +188,9 @@ def _find_opt(data: bytes, off: int, skip: int, additional: int) -> tuple[bool, 
             if data[off] != 0:
                 raise WireError("OPT owner is not the root")
             if ttl >> 16 & 0xFF:
-                raise BadEdnsVersion(f"EDNS version {ttl >> 16 & 0xFF}")
+                e = BadEdnsVersion(f"EDNS version {ttl >> 16 & 0xFF}")
+                e.do = bool(ttl & EDNS_DO)
+                raise e
             found = (max(rclass, CLASSIC_UDP_PAYLOAD), bool(ttl & EDNS_DO))
         off = start + 10 + rdlen
         if off > len(data):
@@ -203,22 +210,44 @@ def _skip_rr(data: bytes, off: int) -> int:
     return off
 
 
-def error_reply(data: bytes, rcode: int, qname_end: int = 0) -> bytes | None:
+def error_reply(data: bytes, rcode: int, qname_end: int = 0, do: bool | None = None) -> bytes | None:
     """A reply carrying only the header (and the question, when `qname_end`
-    says where its name ends) with `rcode`; None when not even the ID is readable."""
+    says where its name ends, and our OPT echoing `do` unless it is None)
+    with `rcode`; None when not even the ID is readable."""
     if len(data) < 12:
         return None
     flags = bytes((FLAG_QR | (data[2] & 0x79), FLAG_RA | (data[3] & FLAG_CD) | rcode))
+    ar, opt = (b"\x00\x00", b"") if do is None else (b"\x00\x01", opt_record(do))
     if qname_end:
-        return data[:2] + flags + b"\x00\x01\x00\x00\x00\x00\x00\x00" + data[12:qname_end + 4]
-    return data[:2] + flags + b"\x00" * 8
+        return data[:2] + flags + b"\x00\x01\x00\x00\x00\x00" + ar + data[12:qname_end + 4] + opt
+    return data[:2] + flags + b"\x00" * 6 + ar + opt
 
 
-def badvers_reply(data: bytes, question_end: int) -> bytes:
+def query_error_reply(data: bytes, rcode: int) -> bytes | None:
+    """error_reply() for a query that parse_query() refused: the question
+    and an OPT echoed as far as they can be read (RFC 6891 wants an OPT in
+    the reply to a query with one, whatever the rcode)."""
+    try:
+        if len(data) < 12 or U16.unpack_from(data, 4)[0] != 1:
+            return error_reply(data, rcode)
+        name_end = skip_name(data, 12, pointers=False)
+        if name_end + 4 > len(data):
+            return error_reply(data, rcode)
+    except WireError:
+        return error_reply(data, rcode)
+    _qd, an, ns, ar = struct.unpack_from(">HHHH", data, 4)
+    try:
+        has_opt, _payload, do = _find_opt(data, name_end + 4, an + ns, ar)
+    except WireError:
+        return error_reply(data, rcode, name_end)
+    return error_reply(data, rcode, name_end, do if has_opt else None)
+
+
+def badvers_reply(data: bytes, question_end: int, do: bool = False) -> bytes:
     """BADVERS (extended RCODE 16) with the question echoed and our OPT with
-    version 0, the highest we speak."""
+    version 0, the highest we speak, and the query's DO bit."""
     flags = bytes((FLAG_QR | (data[2] & 0x79), FLAG_RA | (data[3] & FLAG_CD)))
-    opt = b"\x00" + RR_FIXED.pack(TYPE_OPT, OUR_UDP_PAYLOAD, 16 >> 4 << 24, 0)
+    opt = b"\x00" + RR_FIXED.pack(TYPE_OPT, OUR_UDP_PAYLOAD, 16 >> 4 << 24 | (EDNS_DO if do else 0), 0)
     return data[:2] + flags + b"\x00\x01\x00\x00\x00\x00\x00\x01" + data[12:question_end] + opt
 
 

@@ -12,6 +12,8 @@ Modes (every real answer is `NAME A 192.0.2.77`, every forged one
           (a lost packet: only a repeated ask gets the answer)
   silent  count queries, never answer
   tc      UDP answers carry TC=1 and no records; TCP answers are full
+  cname   UDP answers are a CNAME alone (NAME CNAME target.elsewhere.), no
+          SOA: what a forwarder that does not chase the chain returns
   spoof   each UDP query first gets forged answers (from another port of our
           address, from another address, with the ID + 1, for another
           question, and a QR=0 copy), then the real answer after --delay
@@ -96,6 +98,11 @@ class Server:
         elif self.mode == "tc":
             reply = dns.message.make_response(query)
             reply.flags |= dns.flags.TC
+            self.udp.sendto(reply.to_wire(), addr)
+        elif self.mode == "cname":
+            reply = dns.message.make_response(query)
+            reply.answer.append(dns.rrset.from_text(query.question[0].name, 300, "IN", "CNAME",
+                                                    "target.elsewhere."))
             self.udp.sendto(reply.to_wire(), addr)
         elif self.mode == "spoof":
             self.forge(query, addr)
@@ -198,7 +205,7 @@ class Scripted:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--listen", required=True)
-    p.add_argument("--mode", choices=("answer", "lossy", "silent", "tc", "spoof"), required=True)
+    p.add_argument("--mode", choices=("answer", "lossy", "silent", "tc", "spoof", "cname"), required=True)
     p.add_argument("--state", required=True, type=Path)
     p.add_argument("--delay", type=float, default=0.1)
     p.add_argument("--close-after", type=int, default=0)

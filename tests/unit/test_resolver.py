@@ -1,6 +1,6 @@
 """Resolver.miss() with a fake forwarder (no sockets): one upstream query per
 key in flight, every waiter answered once and never before miss() returns,
-the longest header rule applied, SERVFAIL (uncached) when upstream fails,
+the longest header rule applied, SERVFAIL (cached for servfail_ttl) when upstream fails,
 local CH answers."""
 from __future__ import annotations
 
@@ -74,11 +74,14 @@ def test_the_longest_header_rule_applies():
     assert not flags["x.example."][0] & wire.FLAG_AA      # no rule: answers from a cache are not authoritative
 
 
-def test_upstream_failure_is_an_uncached_servfail_to_every_waiter():
-    got, early, cache, resolver = resolve(FakeForwarder(fail=True), ["a.test.", "a.test."])
+def test_upstream_failure_is_a_servfail_to_every_waiter_cached_for_servfail_ttl():
+    forwarder = FakeForwarder(fail=True)
+    got, early, cache, resolver = resolve(forwarder, ["a.test.", "a.test."])
     assert early == 0 and len(got) == 2
-    assert all(entry.rcode == dns.rcode.SERVFAIL and entry.expires <= entry.stored_at for _, entry in got)
-    assert len(cache) == 0 and resolver.upstream_failures == 1
+    ttl = CacheConfig().servfail_ttl
+    assert all(entry.rcode == dns.rcode.SERVFAIL and entry.expires - entry.stored_at == ttl for _, entry in got)
+    # A retry is answered from the cache, without waiting out the upstreams again.
+    assert len(cache) == 1 and resolver.upstream_failures == 1 and len(forwarder.asked) == 1
 
 
 def test_class_ch_is_answered_locally_never_upstream():
