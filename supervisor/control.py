@@ -83,7 +83,7 @@ class ControlServer:
     async def start(self, path: str) -> None:
         sock = bind_control_socket(path)
         self._path = path
-        self._server = await asyncio.start_unix_server(self._serve, sock=sock)
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_REQUEST)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -106,7 +106,12 @@ class ControlServer:
         self._connections.add(task)
         try:
             uid = peer_uid(writer.get_extra_info("socket"))
-            line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
+            try:
+                line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
+            except ValueError:          # the line outgrew the reader's limit
+                send({"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"})
+                await asyncio.wait_for(self._discard_rest(reader, writer), READ_TIMEOUT)
+                return
             if not line:
                 return
             reply = await self._dispatch(line, uid, Reporter(send, writer.get_extra_info("socket")))
@@ -118,11 +123,23 @@ class ControlServer:
             self._connections.discard(task)
             writer.close()
 
+    @staticmethod
+    async def _discard_rest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """After an oversized request: our error is sent and our side shut;
+        read the client's remaining bytes away, so closing does not reset
+        the connection before the client has read the error."""
+        await writer.drain()
+        writer.write_eof()
+        while await reader.read(MAX_REQUEST):
+            pass
+
     async def _dispatch(self, line: bytes, uid: int, progress: Progress) -> dict:
         if len(line) > MAX_REQUEST:
             return {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"}
         try:
             request = json.loads(line)
+        except RecursionError:
+            return {"ok": False, "error": "request nested too deeply: send one flat object, e.g. {\"op\": \"status\"}"}
         except ValueError:
             return {"ok": False, "error": 'not JSON: send one object per line, e.g. {"op": "status"}'}
         op = request.get("op") if isinstance(request, dict) else None

@@ -93,6 +93,18 @@ def test_requests_replies_and_progress(tmp_path):
             s.sendall(b"{not json\n")
             reply = json.loads(s.makefile("rb").readline())
         assert reply["ok"] is False and reply["error"].startswith("not JSON")
+        # Deeply nested (a RecursionError in json) and 10 MB lines get a clear error too.
+        for line, expected in ((b"[" * 30000 + b"]" * 30000 + b"\n", "nested too deeply"),
+                               (b'{"op": "' + b"x" * (10 << 20) + b'"}\n', "longer than 65536 bytes")):
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(path)
+                s.settimeout(10)
+                sender = threading.Thread(target=s.sendall, args=(line,))
+                sender.start()
+                reply = json.loads(s.makefile("rb").readline())
+                sender.join(10)
+            assert reply["ok"] is False and expected in reply["error"], reply
+        assert client.request(path, "status", 5) == {"ok": True, "healthy": True}
         # A second supervisor must not steal a live socket.
         with pytest.raises(ControlSocketBusy):
             bind_control_socket(path)
