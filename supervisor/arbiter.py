@@ -8,7 +8,7 @@ and network state each live in their own module; this one coordinates.
 
 `Arbiter(config, snapshot=...)` adopts the workers a previous supervisor image
 left running (`twindns upgrade` re-executes in place); `snapshot()` is the
-plain, JSON-serialisable state it needs.
+supervisor/snapshot.py record of everything it needs.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from supervisor.metrics import MetricsAggregator
 from supervisor.netstate import NetworkError, NetworkState
 from supervisor.pool import SLOT_NAMES, RestartAborted, WorkerPool
 from supervisor.sdnotify import Notifier
+from supervisor.snapshot import ListenerRecord, SupervisorRecord, SupervisorSnapshot
 from supervisor.sockets import check_kernel
 from supervisor.spawn import SpawnError, resolve_user
 from supervisor.states import SlotState, SupervisorState
@@ -44,14 +45,14 @@ TERMINATING = (signal.SIGTERM, signal.SIGINT)
 
 class Arbiter:
     def __init__(self, config: Config, config_arg: str | None = None, socket_arg: str | None = None,
-                 snapshot: dict | None = None, handoff: dict | None = None) -> None:
+                 snapshot: SupervisorRecord | None = None, handoff: SupervisorSnapshot | None = None) -> None:
         self.config = config
         self.config_arg = config_arg          # what `reload` re-reads (None: the default lookup)
         self.socket_arg = socket_arg          # --socket overrides control_socket, also after reloads
         self.snapshot_in = snapshot
         self.handoff = handoff                # from the previous image, after `twindns upgrade`
         self.state = SupervisorState.STARTING
-        self.started_at = time.monotonic() - (snapshot["uptime"] if snapshot else 0.0)
+        self.started_at = time.monotonic() - (snapshot.uptime if snapshot else 0.0)
         self.network = NetworkState(config)
         self.metrics = MetricsAggregator(version())
         self.notifier = Notifier.from_environ()
@@ -132,7 +133,7 @@ class Arbiter:
         if self.snapshot_in is not None:
             self.pool.adopt(self.snapshot_in)
         if self.handoff is not None:
-            self.metrics.restore(self.handoff["metrics"])
+            self.metrics.restore(self.handoff.metrics)
         self.pool.start_all()
         return True
 
@@ -363,12 +364,18 @@ class Arbiter:
             "health": self.verdict.body if self.verdict is not None else "starting\n",
         }
 
-    def snapshot(self) -> dict:
-        """What a re-executed supervisor needs to adopt the running workers."""
-        return {"pid": os.getpid(), "generation": self.pool.generation,
-                "uptime": time.monotonic() - self.started_at, "config_arg": self.config_arg,
-                "socket_arg": self.socket_arg,
-                "slots": {name: slot.snapshot() for name, slot in self.pool.slots.items()}}
+    def busy_slots(self) -> list[str]:
+        return self.pool.busy_slots()
+
+    def snapshot(self) -> SupervisorSnapshot:
+        """What a supervisor taking over needs to adopt the running workers."""
+        generation, slots = self.pool.snapshot()
+        return SupervisorSnapshot(
+            SupervisorRecord(os.getpid(), generation, time.monotonic() - self.started_at,
+                             self.config_arg, self.socket_arg, slots),
+            from_version=version(), config_text=self.config.raw_text, config_path=self.config.path,
+            metrics=self.metrics.snapshot(),
+            listeners=tuple(ListenerRecord.of(s.sock) for s in self.http if s.sock is not None))
 
 
 def with_socket(config: Config, socket_arg: str | None) -> Config:
@@ -385,7 +392,7 @@ def run_main(args) -> int:
         return 1
     try:
         # after an upgrade: the config the previous image accepted, not the file as edited since
-        config = parse(handoff["config_text"], handoff["config_path"]) if handoff else load(args.config)
+        config = parse(handoff.config_text, handoff.config_path) if handoff else load(args.config)
         check_with_worker(config)
     except ConfigError as e:
         print(f"twindns: {e}", file=sys.stderr)
@@ -395,4 +402,4 @@ def run_main(args) -> int:
     logs.event(log, "starting", version=version(), config=config.path, pid=os.getpid())
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(Arbiter(config, config_arg=args.config, socket_arg=args.socket,
-                                  snapshot=handoff["arbiter"] if handoff else None, handoff=handoff).run())
+                                  snapshot=handoff.supervisor if handoff else None, handoff=handoff).run())

@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass
 
 from supervisor.reach import Reach, Unreachable, plan, wrap
+from supervisor.snapshot import WorkerFds
 from supervisor.sockets import SocketSet
 
 log = logging.getLogger("twindns.spawn")
@@ -77,11 +78,20 @@ class WorkerHandles:
     control: socket.socket
     probe: socket.socket
 
-    def fd_numbers(self) -> dict:
-        return {"pidfd": self.pidfd, "udp": self.sockets.udp_fds(), "tcp": self.sockets.tcp_fds(),
-                "adopted_udp": self.adopted.udp_fds() if self.adopted else [],
-                "steered": self.sockets.steered,
-                "control": self.control.fileno(), "probe": self.probe.fileno()}
+    def fd_numbers(self) -> WorkerFds:
+        return WorkerFds(self.pidfd, self.control.fileno(), self.probe.fileno(),
+                         tuple(self.sockets.udp_fds()), tuple(self.sockets.tcp_fds()),
+                         tuple(self.adopted.udp_fds()) if self.adopted else (), self.sockets.steered)
+
+    @classmethod
+    def adopt(cls, pid: int, fds: WorkerFds) -> "WorkerHandles":
+        """Our ends of a worker that a previous supervisor started (the fds are ours now)."""
+        handles = cls(None, pid, fds.pidfd, SocketSet.adopt(list(fds.udp), list(fds.tcp), fds.steered),
+                      SocketSet.adopt(list(fds.adopted_udp), [], True) if fds.adopted_udp else None,
+                      socket.socket(fileno=fds.control), socket.socket(fileno=fds.probe))
+        handles.control.setblocking(False)
+        handles.probe.setblocking(False)
+        return handles
 
     def release_adopted(self) -> None:
         if self.adopted is not None:

@@ -3,25 +3,25 @@ disk, keeping the workers serving, then roll them onto the new code.
 
 The workers are the supervisor's children and stay so across execve(2), so
 the new image can reap and steer them. What it needs travels in a memfd
-whose number is in $TWINDNS_UPGRADE_FD:
-
-    {"from_version": "0.1.0", "config_text": ..., "config_path": ...,
-     "arbiter": Arbiter.snapshot() (pids, generations, socket/channel/pidfd numbers),
-     "metrics": MetricsAggregator.snapshot() (so counters never go backwards),
-     "http": [{"host", "port", "fd"}] (listeners: no refused scrape or probe),
-     "reply_fd": the `twindns upgrade` client's connection, answered by the new image}
+whose number is in $TWINDNS_UPGRADE_FD: a supervisor/snapshot.py
+SupervisorSnapshot (workers with their socket/channel/pidfd numbers, the
+config that runs, metrics so counters never go backwards, the HTTP listeners
+so no scrape or probe is refused, and `reply_fd`, the `twindns upgrade`
+client's connection, answered by the new image).
 
 Every fd named there has FD_CLOEXEC cleared just before the exec.
 
 Old image (control op `upgrade`, under the restart lock):
-    begin(arbiter, progress) -> refuses unless both workers are ready, runs the
-    pre-flight check of the new code in a subprocess (imports, config accepted
-    by the new supervisor and worker), then re-executes. Returns (an error
-    reply) only if nothing was changed.
+    begin(supervisor, progress) -> refuses unless both workers are ready, runs
+    the pre-flight check of the new code in a subprocess (imports, config
+    accepted by the new supervisor and worker), then re-executes. Returns (an
+    error reply) only if nothing was changed.
 New image (`twindns run` again, same pid, same argv):
     handoff = take_handoff()    in run_main, before anything else
-    ... Arbiter(config, snapshot=handoff["arbiter"]) adopts the workers ...
-    await finish(arbiter, handoff)   once serving: rolling restart, reply to the client
+    ... Arbiter(config, snapshot=handoff.supervisor) adopts the workers ...
+    await finish(supervisor, handoff)   once serving: rolling restart, reply to the client
+
+`supervisor` is what the Upgradable protocol below names, not a whole Arbiter.
 
 Termination signals are blocked across the exec (the mask survives execve)
 and unblocked by the new image once its handlers are installed, so a
@@ -30,16 +30,17 @@ and unblocked by the new image once its handlers are installed, so a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import signal
 import socket
 import sys
-from typing import Callable
+from typing import Awaitable, Callable, Protocol
 
 from supervisor import logs, version
-from supervisor.states import SlotState
+from supervisor.snapshot import ListenerRecord, SnapshotError, SupervisorSnapshot
 
 HANDOFF_ENV = "TWINDNS_UPGRADE_FD"
 PREFLIGHT_TIMEOUT = 60.0
@@ -56,6 +57,19 @@ class UpgradeError(RuntimeError):
 
 class HandoffError(RuntimeError):
     """The state handed over by the previous supervisor image is unreadable."""
+
+
+class Upgradable(Protocol):
+    """What an upgrade needs of the running supervisor."""
+
+    def busy_slots(self) -> list[str]:
+        """Slots whose worker is not ready, or that are being replaced or drained."""
+
+    def snapshot(self) -> SupervisorSnapshot:
+        """The whole state, for the image that takes over."""
+
+    def rolling_restart(self, progress: Callable[[str], None]) -> Awaitable[dict]:
+        """Replace both workers (serialised with every other restart)."""
 
 
 # -- old image -------------------------------------------------------------------
@@ -83,24 +97,10 @@ async def preflight(config_text: str, config_path: str, env: dict[str, str] | No
         raise UpgradeError(f"the new code's check printed {out[:200]!r}, not its version") from None
 
 
-def handoff_fds(state: dict) -> list[int]:
-    """Every fd the new image needs (they must survive the exec)."""
-    fds: list[int] = []
-    for slot in state["arbiter"]["slots"].values():
-        cur = slot.get("current")
-        if cur:
-            f = cur["fds"]
-            fds += [f["pidfd"], f["control"], f["probe"], *f["udp"], *f["tcp"], *f["adopted_udp"]]
-    fds += [h["fd"] for h in state.get("http", [])]
-    if state.get("reply_fd") is not None:
-        fds.append(state["reply_fd"])
-    return fds
-
-
-def write_handoff(state: dict) -> int:
+def write_handoff(state: SupervisorSnapshot) -> int:
     """The state in an inheritable memfd, read position at 0."""
     fd = os.memfd_create("twindns-upgrade", 0)      # 0: no MFD_CLOEXEC, it must cross the exec
-    data = json.dumps(state).encode()
+    data = state.to_json()
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
@@ -114,9 +114,9 @@ def reexec_argv() -> list[str]:
     return [sys.executable, *sys.orig_argv[1:]]
 
 
-def reexec(state: dict) -> None:
+def reexec(state: SupervisorSnapshot) -> None:
     """Replace this process image; returns only by raising UpgradeError."""
-    fds = handoff_fds(state)
+    fds = state.fds()             # every one must survive the exec
     handoff = write_handoff(state)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_ACROSS_EXEC)
     try:
@@ -137,11 +137,6 @@ def reexec(state: dict) -> None:
         raise UpgradeError(f"exec of {sys.executable} failed: {e}") from None
 
 
-def listener_record(sock: socket.socket) -> dict:
-    host, port = sock.getsockname()[:2]
-    return {"host": host, "port": port, "fd": sock.fileno()}
-
-
 def connection_fd(progress) -> int | None:
     """A duplicate of the requesting client's connection, if the control server
     exposes it (`progress.connection`), so the new image can answer it."""
@@ -151,41 +146,35 @@ def connection_fd(progress) -> int | None:
     return os.dup(conn.fileno())
 
 
-async def begin(arbiter, progress: Callable[[str], None]) -> dict:
+async def begin(running: Upgradable, progress: Callable[[str], None]) -> dict:
     """The `upgrade` control op in the running image. Call with the restart lock held."""
-    pool = arbiter.pool
-    not_ready = [s["slot"] for s in pool.status() if s["state"] != SlotState.READY.value or s["replacing"] or s["draining"]]
+    not_ready = running.busy_slots()
     if not_ready:
         return {"ok": False, "error": f"upgrade needs both workers ready and idle; slot {', '.join(not_ready)} "
                                       "is not (see `twindns status`)"}
+    checked = running.snapshot()
     try:
-        new_version = await preflight(arbiter.config.raw_text, arbiter.config.path)
+        new_version = await preflight(checked.config_text, checked.config_path)
     except UpgradeError as e:
         logs.event(log, "upgrade_refused", logging.ERROR, error=str(e))
         return {"ok": False, "error": f"{e}; still running {version()}"}
     progress(f"new code checked: version {new_version}")
-    state = {
-        "from_version": version(), "to_version": new_version,
-        "config_text": arbiter.config.raw_text, "config_path": arbiter.config.path,
-        "arbiter": arbiter.snapshot(), "metrics": arbiter.metrics.snapshot(),
-        "http": [listener_record(s.sock) for s in arbiter.http if s.sock is not None],
-        "reply_fd": connection_fd(progress),
-    }
+    state = dataclasses.replace(running.snapshot(), to_version=new_version, reply_fd=connection_fd(progress))
     progress(f"re-executing supervisor pid {os.getpid()}: {version()} -> {new_version}")
     logs.event(log, "upgrade_reexec", pid=os.getpid(), old=version(), new=new_version)
     await asyncio.sleep(0)                 # let the progress line reach the client
     try:
         reexec(state)
     except UpgradeError as e:
-        if state["reply_fd"] is not None:
-            os.close(state["reply_fd"])
+        if state.reply_fd is not None:
+            os.close(state.reply_fd)
         logs.event(log, "upgrade_failed", logging.ERROR, error=str(e))
         return {"ok": False, "error": f"{e}; still running {version()}"}
     raise AssertionError("execve returned")
 
 
 # -- new image -------------------------------------------------------------------
-def take_handoff(environ: dict[str, str] | None = None) -> dict | None:
+def take_handoff(environ: dict[str, str] | None = None) -> SupervisorSnapshot | None:
     """The previous image's state, or None on a normal start. Removes the
     variable and closes the memfd so neither leaks into workers or a later exec."""
     environ = os.environ if environ is None else environ
@@ -201,30 +190,33 @@ def take_handoff(environ: dict[str, str] | None = None) -> dict | None:
     if len(data) > MAX_HANDOFF:
         raise HandoffError(f"${HANDOFF_ENV}: handoff larger than {MAX_HANDOFF} bytes")
     try:
-        state = json.loads(data)
-        handoff_fds(state)                 # shape check
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        state = SupervisorSnapshot.from_json(data)
+    except SnapshotError as e:
         raise HandoffError(f"${HANDOFF_ENV}: malformed handoff: {e}") from None
-    for fd in handoff_fds(state):
+    for fd in state.fds():
         os.set_inheritable(fd, False)      # ours again: workers spawned later must not get them
     return state
 
 
-def inherited_listener(handoff: dict | None, endpoint) -> socket.socket | None:
+def _listeners(handoff: SupervisorSnapshot | None) -> tuple[ListenerRecord, ...]:
+    return handoff.listeners if handoff is not None else ()
+
+
+def inherited_listener(handoff: SupervisorSnapshot | None, endpoint) -> socket.socket | None:
     """The previous image's HTTP listener on `endpoint`, if it handed one over."""
-    for h in (handoff or {}).get("http", []):
-        if (h["host"], h["port"]) == (endpoint.host, endpoint.port):
-            return socket.socket(fileno=h["fd"])
+    for h in _listeners(handoff):
+        if (h.host, h.port) == (endpoint.host, endpoint.port):
+            return socket.socket(fileno=h.fd)
     return None
 
 
-def unclaimed_listeners(handoff: dict | None, claimed: list[socket.socket]) -> None:
+def unclaimed_listeners(handoff: SupervisorSnapshot | None, claimed: list[socket.socket]) -> None:
     """Close handed-over listeners the new config no longer serves."""
     taken = {s.fileno() for s in claimed}
-    for h in (handoff or {}).get("http", []):
-        if h["fd"] not in taken:
+    for h in _listeners(handoff):
+        if h.fd not in taken:
             try:
-                os.close(h["fd"])
+                os.close(h.fd)
             except OSError:
                 pass
 
@@ -271,14 +263,13 @@ class ClientReply:
             self._sock = None
 
 
-async def finish(arbiter, handoff: dict) -> dict:
+async def finish(running: Upgradable, handoff: SupervisorSnapshot) -> dict:
     """In the new image, once serving: roll the adopted workers onto the new code."""
-    reply = ClientReply(handoff.get("reply_fd"))
-    old, new = handoff["from_version"], version()
-    reply.progress(f"supervisor pid {os.getpid()} now runs {new}; adopted "
-                   f"{sum(1 for s in handoff['arbiter']['slots'].values() if s.get('current'))} workers")
+    reply = ClientReply(handoff.reply_fd)
+    old, new = handoff.from_version, version()
+    reply.progress(f"supervisor pid {os.getpid()} now runs {new}; adopted {len(handoff.workers())} workers")
     logs.event(log, "upgrade_adopted", old=old, new=new)
-    result = await arbiter.rolling_restart(reply.progress)
+    result = await running.rolling_restart(reply.progress)
     if result.get("ok"):
         result = {"ok": True, "from_version": old, "version": new}
         logs.event(log, "upgrade_done", old=old, new=new)
@@ -298,7 +289,8 @@ def _preflight_main(argv: list[str]) -> int:
         print("usage: python -m supervisor.upgrade --preflight CONFIG_PATH < config", file=sys.stderr)
         return 2
     import importlib
-    for module in ("supervisor.arbiter", "supervisor.pool", "supervisor.control", "supervisor.http",
+    for module in ("supervisor.arbiter", "supervisor.pool", "supervisor.rolling", "supervisor.watch",
+                   "supervisor.custody", "supervisor.snapshot", "supervisor.control", "supervisor.http",
                    "supervisor.metrics", "supervisor.upgrade", "netsetup", "worker.main"):
         importlib.import_module(module)
     import dataclasses

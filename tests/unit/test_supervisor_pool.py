@@ -13,8 +13,8 @@ import supervisor.netstate as netstate
 from supervisor import arbiter as arbiter_mod
 from supervisor.arbiter import Arbiter
 from supervisor.config import Endpoint, parse
-from supervisor.pool import RestartAborted, Runtime, WorkerPool
-from supervisor.slot import Worker
+from supervisor.pool import RestartAborted, WorkerPool
+from supervisor.slot import Runtime, Worker
 from supervisor.sockets import SocketSet, is_bound
 from supervisor.states import RestartCause, SlotState
 
@@ -44,10 +44,10 @@ def free_udp_endpoint() -> Endpoint:
         return Endpoint("127.0.0.1", s.getsockname()[1])
 
 
-def attach(pool: WorkerPool, worker: Worker, loop) -> Runtime:
-    rt = Runtime(prober=Stub(), channel=Stub(), ready=loop.create_future(), exited=loop.create_future())
-    pool._runtime[worker.pid] = rt
-    return rt
+def attach(worker: Worker, loop) -> Runtime:
+    worker.runtime = Runtime(prober=Stub(), channel=Stub(), ready=loop.create_future(),
+                             exited=loop.create_future())
+    return worker.runtime
 
 
 # -- finding 4: a probe answer after SIGKILL ---------------------------------
@@ -57,10 +57,10 @@ def test_probe_answer_after_kill_neither_readies_nor_binds():
         pool = WorkerPool(loop, parse("", "x.toml"), None)
         sockets = SocketSet.open((free_udp_endpoint(),))
         w = Worker(slot="A", generation=1, pid=4242, started_at=time.monotonic(), handles=FakeHandles(sockets))
-        pool.slots["A"].current = w
-        rt = attach(pool, w, loop)
+        pool.slots["A"].serve(w)
+        rt = attach(w, loop)
         w.kill_cause = RestartCause.BOOT        # SIGKILL sent; its answer was already queued
-        pool._on_probe_answer(w, 0.001, "slot=A")
+        pool.probe_answered(w, 0.001, "slot=A")
         try:
             assert w.state is SlotState.STARTING
             assert not any(is_bound(s) for s in sockets.udp)
@@ -88,27 +88,25 @@ def test_steered_only_when_every_udp_socket_was_connected():
 def test_replacement_exiting_right_after_ready_aborts_the_restart():
     async def scenario():
         loop = asyncio.get_running_loop()
-        pool = WorkerPool(loop, parse("", "x.toml"), None)
+        def fake_launch(name, adopt=None):
+            w = Worker(slot=name, generation=2, pid=200, started_at=time.monotonic(), handles=FakeHandles())
+            attach(w, loop)
+            return w
+        pool = WorkerPool(loop, parse("", "x.toml"), None, launch=fake_launch)
         old = Worker(slot="A", generation=1, pid=100, started_at=time.monotonic(),
                      state=SlotState.READY, handles=FakeHandles())
-        pool.slots["A"].current = old
-        attach(pool, old, loop)
-
-        def fake_start(name, adopt=None):
-            w = Worker(slot=name, generation=2, pid=200, started_at=time.monotonic(), handles=FakeHandles())
-            attach(pool, w, loop)
-            return w
-        pool.start = fake_start
+        pool.slots["A"].serve(old)
+        attach(old, loop)
         task = loop.create_task(pool.replace("A", lambda text: None))
         await asyncio.sleep(0.01)
-        new = pool.incoming["A"]
+        new = pool.slots["A"].incoming
         pool.slots["A"].change_state(new, SlotState.READY, "probe answered")
-        pool._runtime[new.pid].ready.set_result(True)
-        pool._exited(new, -9)                   # its exit is handled before replace() resumes
+        new.runtime.ready.set_result(True)
+        pool.worker_exited(new, -9)             # its exit is handled before replace() resumes
         with pytest.raises(RestartAborted, match="exited after it became ready"):
             await task
         assert pool.slots["A"].current is old and old.state is SlotState.READY
-        assert "A" not in pool.incoming
+        assert pool.slots["A"].incoming is None
     asyncio.run(scenario())
 
 
@@ -222,15 +220,16 @@ def crash_with_other(other_state: SlotState | None) -> tuple[WorkerPool, SocketS
         if other_state is not None:
             other = Worker(slot="B", generation=1, pid=101, started_at=time.monotonic(),
                            state=other_state, handles=FakeHandles())
-            pool.slots["B"].current = other
+            pool.slots["B"].serve(other)
         sockets = SocketSet.open((free_udp_endpoint(),))
         sockets.bind_udp()
         dead = Worker(slot="A", generation=2, pid=102, started_at=time.monotonic(),
                       state=SlotState.READY, handles=FakeHandles(sockets))
-        pool.slots["A"].current = dead
+        pool.slots["A"].serve(dead)
+        attach(dead, loop)
         pool.slots["A"].backoff.failures = 1        # a respawn after backoff: no spawn here
-        pool._crash(pool.slots["A"], dead, -9, "signal SIGKILL")
-        return pool, pool.orphans["A"]
+        pool.worker_exited(dead, -9)
+        return pool, pool.slots["A"].orphans
     return asyncio.run(scenario())
 
 
@@ -274,9 +273,9 @@ def test_replacement_binding_steers_the_adopted_sockets_before_releasing_them():
         own = SocketSet.open((ep,))
         w = Worker(slot="A", generation=3, pid=103, started_at=time.monotonic(), handles=Handles(own))
         w.handles.adopted = adopted
-        pool.slots["A"].current = w
-        attach(pool, w, loop)
-        pool._on_probe_answer(w, 0.001, "slot=A")
+        pool.slots["A"].serve(w)
+        attach(w, loop)
+        pool.probe_answered(w, 0.001, "slot=A")
         try:
             assert w.state is SlotState.READY
             assert all(is_bound(s) and not connected(s) for s in own.udp)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from supervisor.slot import Backoff, TransitionError, Worker, WorkerSlot
-from supervisor.states import RestartCause, SlotState
+from supervisor.states import RestartCause, SlotPhase, SlotState
 
 
 def slot_with_worker() -> tuple[WorkerSlot, Worker]:
@@ -52,9 +52,11 @@ def test_terminal_states_are_final():
 def test_slot_state_without_a_worker():
     slot = WorkerSlot("B", Backoff(1.0, 30.0))
     assert slot.state is SlotState.STOPPED
-    slot.respawn_at = 5.0
+    slot.change_phase(SlotPhase.BACKOFF, "crashed", respawn_at=5.0)
     assert slot.state is SlotState.FAILED
-    slot.respawn_at, slot.given_up = None, "exit 78"
+    slot.serve(Worker(slot="B", generation=1, pid=100, started_at=0.0))
+    slot.current = None
+    slot.change_phase(SlotPhase.GIVEN_UP, "exit 78")
     assert slot.state is SlotState.FAILED
 
 
@@ -75,7 +77,23 @@ def test_snapshot_is_plain_data():
     import json
     slot, w = slot_with_worker()
     slot.restarts[RestartCause.CRASH] += 2
-    snap = slot.snapshot()
+    snap = slot.snapshot().as_dict()
     assert json.loads(json.dumps(snap)) == snap
     assert snap["current"]["pid"] == 100 and snap["current"]["state"] == "starting"
     assert snap["restarts"]["crash"] == 2
+
+
+def test_slot_phases_follow_the_table():
+    slot = WorkerSlot("A", Backoff(1.0, 30.0))
+    assert slot.phase is SlotPhase.EMPTY and not slot.respawn_due(100.0)
+    slot.change_phase(SlotPhase.BACKOFF, "spawn failed", respawn_at=5.0)
+    assert not slot.respawn_due(4.9) and slot.respawn_due(5.0)
+    slot.serve(Worker(slot="A", generation=1, pid=100, started_at=0.0))
+    assert slot.phase is SlotPhase.SERVING and slot.respawn_at is None
+    slot.current = None
+    slot.change_phase(SlotPhase.GIVEN_UP, "exit 78")
+    assert slot.given_up == "exit 78" and not slot.respawn_due(100.0)
+    with pytest.raises(TransitionError, match="given_up -> backoff"):
+        slot.change_phase(SlotPhase.BACKOFF, "crash", respawn_at=1.0)
+    slot.change_phase(SlotPhase.EMPTY, "rolling replacement")
+    assert slot.given_up is None and slot.state is SlotState.STOPPED

@@ -21,21 +21,21 @@ from supervisor.upgrade import HANDOFF_ENV, HandoffError, UpgradeError, prefligh
 EXEC_TWICE = textwrap.dedent("""
     import json, os, signal, socket, sys
     from supervisor import upgrade
+    from supervisor.snapshot import SlotRecord, SupervisorRecord, SupervisorSnapshot, WorkerFds, WorkerRecord
     state = upgrade.take_handoff()
     if state is None:
         ours, theirs = socket.socketpair()
         ours.send(b"queued before the exec")
         r, w = os.pipe()
-        state = {"marker": os.getpid(), "http": [], "reply_fd": None,
-                 "arbiter": {"slots": {"A": {"current": {"fds": {
-                     "pidfd": os.pidfd_open(os.getpid()), "control": theirs.fileno(), "probe": r,
-                     "udp": [], "tcp": [], "adopted_udp": []}}}, "B": {"current": None}}}}
+        fds = WorkerFds(pidfd=os.pidfd_open(os.getpid()), control=theirs.fileno(), probe=r)
+        state = SupervisorSnapshot(SupervisorRecord(pid=os.getpid(), generation=1, uptime=0.0, slots={
+            "A": SlotRecord("A", WorkerRecord("A", 1, os.getpid(), "ready", 0.0, fds)), "B": SlotRecord("B")}))
         upgrade.reexec(state)
-    fds = state["arbiter"]["slots"]["A"]["current"]["fds"]
-    inheritable = [os.get_inheritable(fds[k]) for k in ("pidfd", "control", "probe")]
-    control = socket.socket(fileno=fds["control"])
+    fds = state.supervisor.slots["A"].current.fds
+    inheritable = [os.get_inheritable(f) for f in (fds.pidfd, fds.control, fds.probe)]
+    control = socket.socket(fileno=fds.control)
     print(json.dumps({
-        "same_pid": state["marker"] == os.getpid(),
+        "same_pid": state.supervisor.pid == os.getpid(),
         "received": control.recv(100).decode(),
         "blocked": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
         "inheritable_after": inheritable,
