@@ -20,9 +20,9 @@ import signal
 import sys
 import time
 
-from supervisor import logs, upgrade, version
-from supervisor.config import Config, ConfigError, EX_CONFIG, check_with_worker, load, parse, \
-    worker_check_argv, worker_check_message
+from supervisor import accepted, logs, upgrade, version
+from supervisor.config import Config, ConfigError, EX_CONFIG, check_with_worker, check_with_worker_async, load, \
+    parse, resolve_path
 from supervisor.control import ControlServer, ControlSocketBusy
 from supervisor.health import HealthJudge, socket_inode, udp_drops
 from supervisor.http import HttpServer, bind_listener, plan, text_response
@@ -39,15 +39,18 @@ log = logging.getLogger("twindns.arbiter")
 
 TICK = 0.05                    # main loop period: bounds how late a probe or respawn can be
 KILL_REAP_WAIT = 2.0
-WORKER_CHECK_TIMEOUT = 30.0
+CONFIG_CHECK_EVERY = 2.0       # the config file is re-read this often (one small read; validated if changed)
 TERMINATING = (signal.SIGTERM, signal.SIGINT)
 
 
 class Arbiter:
     def __init__(self, config: Config, config_arg: str | None = None, socket_arg: str | None = None,
-                 snapshot: SupervisorRecord | None = None, handoff: SupervisorSnapshot | None = None) -> None:
+                 snapshot: SupervisorRecord | None = None, handoff: SupervisorSnapshot | None = None,
+                 state_dir: str | None = None) -> None:
         self.config = config
         self.config_arg = config_arg          # what `reload` re-reads (None: the default lookup)
+        self.disk = accepted.DiskConfig(config_arg, config, accepted.state_dir(state_dir))
+        self.state_dir_arg = state_dir
         self.socket_arg = socket_arg          # --socket overrides control_socket, also after reloads
         self.snapshot_in = snapshot
         self.handoff = handoff                # from the previous image, after `twindns upgrade`
@@ -68,6 +71,8 @@ class Arbiter:
         self._told_ready = False
         self._next_health = 0.0
         self._next_watchdog = 0.0
+        self._next_config_check = 0.0
+        self._config_check: asyncio.Task | None = None
         self.exit_code = 0
 
     def change_state(self, target: SupervisorState) -> None:
@@ -94,6 +99,7 @@ class Arbiter:
             if not await self._start_services(run_as):
                 return 1
             self.change_state(SupervisorState.RUNNING)
+            self.disk.accepted(self.config)
             self.notifier.status("starting workers")
             if self.handoff is not None:
                 self._spawn_task(upgrade.finish(self, self.handoff))
@@ -171,6 +177,9 @@ class Arbiter:
             self.pool.tick(now)
             if self.network.due(now):
                 self._spawn_task(self._resync())
+            if now >= self._next_config_check and (self._config_check is None or self._config_check.done()):
+                self._next_config_check = now + CONFIG_CHECK_EVERY
+                self._config_check = self._spawn_task(self._check_config_file())
         if now >= self._next_health:
             self._next_health = now + self.config.supervisor.probe_interval
             self._sample_health(now)
@@ -179,6 +188,10 @@ class Arbiter:
         if interval and now >= self._next_watchdog:
             self._next_watchdog = now + interval / 2
             self.notifier.watchdog()
+
+    async def _check_config_file(self) -> None:
+        await self.disk.refresh()
+        self.metrics.set_config_state(self.disk.verdict.valid, self.disk.on_fallback)
 
     async def _resync(self) -> None:
         repairs = self.network.repairs
@@ -238,13 +251,17 @@ class Arbiter:
         logs.event(log, "rolling_restart_done")
         return {"ok": True}
 
-    async def _reload(self, progress) -> dict:
+    async def _reload(self, progress, config_arg: str | None = None) -> dict:
+        """Re-read the config file (or move onto `config_arg`) and roll onto it if valid."""
+        config_arg = config_arg or self.config_arg
         try:
-            new = with_socket(load(self.config_arg), self.socket_arg)
+            new = with_socket(load(config_arg), self.socket_arg)
             await self._worker_check(new)
             run_as = self.pool.run_as if new.user == self.config.user else self._resolve_user(new.user)
         except (ConfigError, SpawnError) as e:
             logs.event(log, "reload_refused", logging.ERROR, error=str(e))
+            if config_arg == self.config_arg:
+                await self._check_config_file()
             return {"ok": False, "error": str(e)}
         async with self._restart_lock:
             old, old_run_as = self.config, self.pool.run_as
@@ -258,6 +275,12 @@ class Arbiter:
                 await self._apply_config(old, old_run_as, quiet=True)
                 logs.event(log, "reload_rolled_back", logging.WARNING, path=old.path)
                 progress(f"reload failed: back on the previous config {old.path}")
+            else:
+                if config_arg != self.config_arg:
+                    self.config_arg = self.disk.config_arg = config_arg
+                    logs.event(log, "config_file_changed", path=resolve_path(config_arg))
+                self.disk.accepted(new)
+                await self._check_config_file()
             return result
 
     @staticmethod
@@ -282,27 +305,23 @@ class Arbiter:
         logs.event(log, "config_applied", path=new.path)
 
     async def _worker_check(self, config: Config) -> None:
-        proc = await asyncio.create_subprocess_exec(*worker_check_argv(config), stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.DEVNULL,
-                                                    stderr=asyncio.subprocess.PIPE)
-        try:
-            _, stderr = await asyncio.wait_for(proc.communicate(), WORKER_CHECK_TIMEOUT)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise ConfigError(f"{config.path}: worker config check did not finish in {WORKER_CHECK_TIMEOUT:g} s")
-        if proc.returncode != 0:
-            raise ConfigError(worker_check_message(config, proc.returncode, stderr.decode(errors="replace")))
+        await check_with_worker_async(config)
 
     # -- control socket ops ------------------------------------------------
     async def _op_status(self, request, progress) -> dict:
+        # Asked now, answered now: the rules and the config file as they are at this moment.
+        await asyncio.gather(self.network.verify(), self._check_config_file())
+        self._sample_health(time.monotonic())
         return {"ok": True, **self.status()}
 
     async def _op_restart(self, request, progress) -> dict:
         return await self.rolling_restart(progress)
 
     async def _op_reload(self, request, progress) -> dict:
-        return await self._reload(progress)
+        path = request.get("config")
+        if path is not None and not (isinstance(path, str) and os.path.isabs(path)):
+            return {"ok": False, "error": f"reload: config = {path!r}: expected an absolute path"}
+        return await self._reload(progress, path)
 
     async def _op_upgrade(self, request, progress) -> dict:
         async with self._restart_lock:
@@ -337,7 +356,7 @@ class Arbiter:
                 drops[f"{slot.name}{w.generation}"] = total
                 self.metrics.set_dropped(slot.name, w.generation, total)
         ready = self.pool.ready_count() if self.pool is not None else 0
-        self.verdict = self.judge.observe(now, ready, self.network.problems, drops)
+        self.verdict = self.judge.observe(now, ready, self.network.problems, drops, self.disk.problems())
 
     def _health_response(self):
         if self.verdict is None:
@@ -353,7 +372,7 @@ class Arbiter:
         ready = sum(1 for w in workers if w["state"] == SlotState.READY.value)
         network = self.network.status()
         return {
-            "healthy": ready == len(SLOT_NAMES) and not network["problems"],
+            "healthy": ready == len(SLOT_NAMES) and not network["problems"] and not self.disk.degraded,
             "ready_workers": ready,
             "state": self.state.value,
             "version": version(),
@@ -361,6 +380,7 @@ class Arbiter:
                            "config": self.config.path},
             "workers": workers,
             "network": network,
+            "config": self.disk.status(),
             "health": self.verdict.body if self.verdict is not None else "starting\n",
         }
 
@@ -390,9 +410,11 @@ def run_main(args) -> int:
     except upgrade.HandoffError as e:
         print(f"twindns: {e}", file=sys.stderr)
         return 1
+    state_dir = getattr(args, "state_dir", None)
     try:
         # after an upgrade: the config the previous image accepted, not the file as edited since
-        config = parse(handoff.config_text, handoff.config_path) if handoff else load(args.config)
+        config = (parse(handoff.config_text, handoff.config_path) if handoff
+                  else accepted.load_for_start(args.config, accepted.state_dir(state_dir)))
         check_with_worker(config)
     except ConfigError as e:
         print(f"twindns: {e}", file=sys.stderr)
@@ -401,5 +423,8 @@ def run_main(args) -> int:
     logs.setup(config.log_level)
     logs.event(log, "starting", version=version(), config=config.path, pid=os.getpid())
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(Arbiter(config, config_arg=args.config, socket_arg=args.socket,
-                                  snapshot=handoff.supervisor if handoff else None, handoff=handoff).run())
+        # after `reload --config F` and an upgrade, F is still the file reloads re-read
+        config_arg = handoff.supervisor.config_arg if handoff else args.config
+        return runner.run(Arbiter(config, config_arg=config_arg, socket_arg=args.socket,
+                                  snapshot=handoff.supervisor if handoff else None, handoff=handoff,
+                                  state_dir=state_dir).run())

@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--socket", default=None, help="control socket path (overrides the config)")
         return sp
 
-    cmd("run", "run the supervisor in the foreground (systemd ExecStart)")
+    run = cmd("run", "run the supervisor in the foreground (systemd ExecStart)")
+    run.add_argument("--state-dir", default=None,
+                     help="where the last accepted config is kept (default $TWINDNS_STATE_DIR or /var/lib/twindns)")
     st = cmd("status", "show supervisor, workers and network state")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     cmd("restart", "rolling restart of both workers, one at a time")

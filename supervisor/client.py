@@ -8,6 +8,7 @@ upgrade print progress and exit 0 when done, 1 with the error otherwise.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import time
@@ -36,13 +37,13 @@ def socket_path(args) -> str:
         return default
 
 
-def request(path: str, op: str, timeout: float, on_progress=lambda text: None) -> dict:
+def request(path: str, op: str, timeout: float, on_progress=lambda text: None, **fields) -> dict:
     """Send one op; return the final reply (progress lines go to on_progress)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         s.connect(path)
-        s.sendall(json.dumps({"op": op}).encode() + b"\n")
+        s.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
         f = s.makefile("rb")
         for line in f:
             msg = json.loads(line)
@@ -112,14 +113,28 @@ def render(status: dict) -> str:
         rules = {True: "ok", False: "PROBLEMS", None: "not managed"}[net["rules_ok"]]
         lines.append(f"network: interface {net['interface'] or '(not managed)'}  addresses "
                      f"{', '.join(net['addresses'])}  port {net['port']}  backend {net['backend'] or '-'}  "
-                     f"rules {rules}")
+                     f"rules {rules}" + (f" (checked {net['checked_ago']:g}s ago)"
+                                         if net.get("checked_ago") is not None else ""))
         repair = net["last_repair"]
         lines.append("last repair: " + (f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(repair['at']))} "
                                         f"({'; '.join(repair['changes'])})" if repair else "never"))
         lines += [f"problem: {p}" for p in net["problems"]]
     else:
         lines.append(f"network: not managed (addresses {', '.join(net['addresses'])} port {net['port']})")
+    lines += _config_lines(status.get("config") or {})
     return "\n".join(lines)
+
+
+def _config_lines(cfg: dict) -> list[str]:
+    if not cfg:
+        return []
+    lines = [f"config: {cfg['running']}" + (f" (the last accepted copy of {cfg['file']}, accepted "
+                                            f"{cfg.get('accepted_at') or '?'})" if cfg["running_last_accepted"] else "")]
+    if cfg["file_valid"] is False:
+        lines.append(f"problem: config file {cfg['file']} is INVALID: {cfg['file_error']}")
+    elif cfg["file_differs"]:
+        lines.append(f"note: config file {cfg['file']} differs from what runs (`twindns reload` applies it)")
+    return lines
 
 
 def main(args) -> int:
@@ -129,7 +144,9 @@ def main(args) -> int:
         if op == "status":
             reply = request(path, "status", STATUS_TIMEOUT)
         else:
-            reply = request(path, op, MUTATION_TIMEOUT, lambda text: print(text, flush=True))
+            # reload --config F moves the supervisor onto F (without it: re-read its own file)
+            fields = {"config": os.path.abspath(args.config)} if op == "reload" and args.config else {}
+            reply = request(path, op, MUTATION_TIMEOUT, lambda text: print(text, flush=True), **fields)
     except Unreachable as e:
         if op == "status" and getattr(args, "json", False):
             print(json.dumps({"healthy": False, "error": str(e)}))

@@ -11,6 +11,7 @@ bare host runs with no file at all.
 """
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import subprocess
 import sys
@@ -304,6 +305,20 @@ def check_with_worker(config: Config, timeout: float = 30.0) -> None:
         raise ConfigError(f"{config.path}: worker config check did not finish in {timeout:g} s") from None
     if p.returncode != 0:
         raise ConfigError(worker_check_message(config, p.returncode, p.stderr))
+
+
+async def check_with_worker_async(config: Config, timeout: float = 30.0) -> None:
+    """check_with_worker() for the supervisor's event loop."""
+    proc = await asyncio.create_subprocess_exec(*worker_check_argv(config), stdin=asyncio.subprocess.DEVNULL,
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        _, stderr = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise ConfigError(f"{config.path}: worker config check did not finish in {timeout:g} s") from None
+    if proc.returncode != 0:
+        raise ConfigError(worker_check_message(config, proc.returncode, stderr.decode(errors="replace")))
 
 
 def worker_check_message(config: Config, returncode: int, stderr: str) -> str:

@@ -86,10 +86,11 @@ class HealthJudge:
     _streaks: dict[str, DropStreak] = field(default_factory=dict)
 
     def observe(self, now: float, ready_workers: int, network_problems: Iterable[str],
-                drops: Mapping[str, int]) -> Verdict:
-        """`now` from time.monotonic(); `network_problems` empty when verify() is ok."""
+                drops: Mapping[str, int], warnings: Iterable[str] = ()) -> Verdict:
+        """`now` from time.monotonic(); `network_problems` empty when verify() is ok;
+        `warnings` are shown but do not fail health (the config file is invalid, DNS still works)."""
         reasons: list[str] = []
-        notes: list[str] = []
+        notes: list[str] = list(warnings)
         if ready_workers < 1:
             reasons.append("no worker is ready")
         reasons.extend(f"network: {p}" for p in network_problems)

@@ -187,6 +187,8 @@ class MetricsAggregator:
         self.rolling_restarts = 0
         self.netsetup_repairs = 0
         self.workers_ready = 0
+        self.config_file_valid = True
+        self.config_fallback = False
         self.registry.register(_Collector(self))
 
     # -- fed by the arbiter --------------------------------------------------
@@ -235,6 +237,9 @@ class MetricsAggregator:
 
     def set_workers_ready(self, n: int) -> None:
         self.workers_ready = n
+
+    def set_config_state(self, file_valid: bool, fallback: bool) -> None:
+        self.config_file_valid, self.config_fallback = file_valid, fallback
 
     # -- across a supervisor re-exec (`twindns upgrade`) ---------------------------
     def snapshot(self) -> dict:
@@ -294,6 +299,12 @@ class _Collector:
                                   value=agg.netsetup_repairs)
         yield GaugeMetricFamily(f"{PREFIX}_workers_ready", "Workers answering their probe.",
                                 value=agg.workers_ready)
+        yield GaugeMetricFamily(f"{PREFIX}_config_file_valid",
+                                "1 when the config file on disk is valid (0: the next reload or start "
+                                "would refuse it).", value=int(agg.config_file_valid))
+        yield GaugeMetricFamily(f"{PREFIX}_config_last_accepted_running",
+                                "1 when twindns runs its last accepted config because the file is invalid.",
+                                value=int(agg.config_fallback))
         queries = CounterMetricFamily(f"{PREFIX}_queries", "DNS queries answered.",
                                       labels=["protocol", "qtype", "rcode"])
         for (proto, qtype, rcode), n in sorted(t.queries.items()):

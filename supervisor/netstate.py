@@ -17,6 +17,7 @@ from supervisor.netjob import spec_json
 log = logging.getLogger("twindns.netstate")
 
 NETJOB_TIMEOUT = 60.0
+VERIFY_FRESH = 1.0             # a kernel read-back this recent is answered as it is
 
 
 class NetworkError(RuntimeError):
@@ -65,6 +66,7 @@ class NetworkState:
         self.ensured = False
         self.attempted = False      # an ensure ran (maybe partly): teardown has something to look at
         self.busy = False
+        self.checked_at: float | None = None     # monotonic time the kernel's state was last read
         self._lock: asyncio.Lock | None = None
 
     @property
@@ -100,6 +102,7 @@ class NetworkState:
             self.busy = False
         self.backend = report["backend"]
         self.problems = list(report.get("problems") or [])
+        self.checked_at = time.monotonic()
         changes = report.get("changes") or []
         if changes and self.ensured:
             self.last_repair = (time.time(), list(changes))
@@ -108,6 +111,20 @@ class NetworkState:
         elif changes:
             logs.event(log, "netsetup_ensured", changes="; ".join(changes))
         self.ensured = True
+
+    async def verify(self) -> None:
+        """Read back what the kernel holds now (changes nothing); problems and checked_at follow."""
+        if not self.managed or not self.ensured:
+            return
+        if self.checked_at is not None and time.monotonic() - self.checked_at < VERIFY_FRESH:
+            return                  # status polled in a loop must not fork a netjob each time
+        async with self._lock:
+            try:
+                report = await run_netjob("verify", self.config.net_spec())
+                self.problems = list(report.get("problems") or [])
+            except NetworkError as e:
+                self.problems = [str(e)]
+            self.checked_at = time.monotonic()
 
     def due(self, now: float) -> bool:
         return now >= self.next_resync and not self.busy
@@ -136,6 +153,8 @@ class NetworkState:
                 "managed": self.managed, "backend": self.backend,
                 "rules_ok": (not self.problems) if c.firewall.manage else None,
                 "problems": list(self.problems),
+                "checked_ago": (round(time.monotonic() - self.checked_at, 1)
+                                if self.checked_at is not None else None),
                 "repairs": self.repairs,
                 "last_repair": ({"at": self.last_repair[0], "changes": self.last_repair[1]}
                                 if self.last_repair else None)}

@@ -76,11 +76,15 @@ class Supervisor:
         argv = [*prefix, sys.executable, "-m", "supervisor", "run", "--config", str(config)]
         argv = reachable_python(argv) if reachable else argv
         self.proc = netns.popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})}, cwd=cwd)
+                                env={"TWINDNS_STATE_DIR": str(config.parent / "state"), **os.environ, **(env or {})},
+                                cwd=cwd)
+
+    @staticmethod
+    def cli_argv(*args: str) -> list[str]:
+        return [sys.executable, "-m", "supervisor", *args]
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return self.netns.run([sys.executable, "-m", "supervisor", *args, "--config", str(self.config)],
-                              check=False, timeout=timeout)
+        return self.netns.run([*self.cli_argv(*args), "--config", str(self.config)], check=False, timeout=timeout)
 
     def status(self) -> dict:
         p = self.cli("status", "--json", timeout=10)

@@ -30,7 +30,8 @@ def resolv(netns):
 
 
 def run_default(netns, sock: Path, log: Path) -> subprocess.Popen:
-    argv = reachable_python([sys.executable, "-m", "supervisor", "run", "--socket", str(sock)])
+    argv = reachable_python([sys.executable, "-m", "supervisor", "run", "--socket", str(sock),
+                             "--state-dir", str(sock.parent / "state")])
     return netns.popen(argv, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
 
 

@@ -189,13 +189,18 @@ def test_reload_refuses_an_invalid_config_and_applies_a_valid_one(sup, netns):
     assert p.returncode != 0 and "cache.capacity" in p.stderr
     status = sup.status()
     assert {w["slot"]: w["generation"] for w in status["workers"]} == gens, "old workers keep serving"
-    assert status["healthy"] and query(netns) == (0, ["192.0.2.10"])
+    assert query(netns) == (0, ["192.0.2.10"])
+    # ... but not called healthy: the file on disk would be refused at the next start
+    assert not status["healthy"] and status["config"]["file_valid"] is False
+    assert "cache.capacity" in status["config"]["file_error"]
+    assert sup.cli("status").returncode == 1
     # A valid file: rolling restart onto it. `.hit.test` names now answer with a header rule applied.
     sup.config.write_text(good + '[[header]]\nzone = "."\nclear = ["ra"]\n')
     p = sup.cli("reload")
     assert p.returncode == 0, p.stderr
     status = sup.status()
     assert all(w["generation"] > gens[w["slot"]] for w in status["workers"])
+    assert status["healthy"] and status["config"]["file_valid"] and not status["config"]["file_differs"]
     flags = netns.run(["dig", "+tries=1", "+time=2", f"@{LISTEN}", "a.test", "A"]).stdout
     assert "flags: qr rd;" in flags or ("flags: qr" in flags and " ra" not in flags.split("flags:")[1].split(";")[0])
 
