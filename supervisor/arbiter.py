@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 
-from supervisor import accepted, logs, upgrade, version
+from supervisor import accepted, logs, upgrade, version, watch
 from supervisor.config import Config, ConfigError, EX_CONFIG, check_with_worker, check_with_worker_async, load, \
     parse, resolve_path
 from supervisor.control import ControlServer, ControlSocketBusy
@@ -310,7 +310,7 @@ class Arbiter:
     # -- control socket ops ------------------------------------------------
     async def _op_status(self, request, progress) -> dict:
         # Asked now, answered now: the rules and the config file as they are at this moment.
-        await asyncio.gather(self.network.verify(), self._check_config_file())
+        await asyncio.gather(self.network.verify(), self._check_config_file(), watch.fresh_stats(self.pool))
         self._sample_health(time.monotonic())
         return {"ok": True, **self.status()}
 
@@ -363,7 +363,9 @@ class Arbiter:
             return text_response(503, "starting\n")
         return text_response(self.verdict.status, self.verdict.body)
 
-    def _metrics_response(self):
+    async def _metrics_response(self):
+        if self.pool is not None:
+            await watch.fresh_stats(self.pool)
         body, ctype = self.metrics.render()
         return 200, ctype, body
 

@@ -21,6 +21,7 @@ address, one listener serves both.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import socket
 import time
@@ -152,7 +153,9 @@ class HttpServer:
             paths = " ".join(sorted(self._routes))
             return 404, TEXT, f"not found; try {paths}\n".encode(), method == b"HEAD"
         try:
-            status, ctype, body = handler()
+            result = handler()
+            # a handler may need to ask the workers first (/metrics: counters as of now)
+            status, ctype, body = await result if inspect.isawaitable(result) else result
         except Exception:
             log.exception("handler for %s failed", target)
             return 500, TEXT, b"internal error\n", method == b"HEAD"

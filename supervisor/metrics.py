@@ -13,7 +13,7 @@ The arbiter drives it:
     m.update_worker("A", 3, stats)          # after each {"op": "stats"} reply
     m.set_dropped("A", 3, drops)            # health.udp_drops() summed over the worker's sockets
     m.worker_exited("A", 3, final_stats)    # final {"event": "stats"}, or None after a crash
-    m.inc_worker_restart("crash")           # cause: crash | hang | boot_failure | config | ...
+    m.inc_worker_restart("crash")           # cause: a RestartCause value (rolling | crash | hang | boot)
     m.inc_rolling_restart(); m.inc_netsetup_repair(); m.set_workers_ready(2)
     body, content_type = m.render()         # for GET /metrics
 
@@ -29,6 +29,8 @@ from typing import Any, Iterator, Mapping
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily,
                                             HistogramMetricFamily, InfoMetricFamily, Metric)
+
+from supervisor.states import RestartCause
 
 PREFIX = "twindns"
 # Scalar STATS counters and the name each is exported under.
@@ -46,6 +48,12 @@ _SCALARS = (
 # version scrapes (newer clients announce it as 1.0.0, unknown to older scrapers).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_ROWS = 10_000          # bounds what one STATS message may make us store
+
+
+def _every_cause() -> Tally:
+    """A restart counter per cause, present at 0 before the first one, so
+    `rate()` and alerts see the series from the start."""
+    return Tally({cause.value: 0 for cause in RestartCause})
 
 
 class StatsError(ValueError):
@@ -183,7 +191,7 @@ class MetricsAggregator:
         # Highest exited generation per slot: a late reply from a worker that
         # is already folded into the base must not be counted twice.
         self._exited_upto: dict[str, int] = {}
-        self.restarts: Tally = Tally()      # cause -> n
+        self.restarts: Tally = _every_cause()      # cause -> n; 0 samples from the start
         self.rolling_restarts = 0
         self.netsetup_repairs = 0
         self.workers_ready = 0
@@ -252,7 +260,8 @@ class MetricsAggregator:
         """Continue from a previous image's snapshot(); live workers report again."""
         self._base = Totals.from_json(snap.get("base", {}))
         self._exited_upto = dict(snap.get("exited_upto", {}))
-        self.restarts = Tally(snap.get("restarts", {}))
+        self.restarts = _every_cause()
+        self.restarts.update(snap.get("restarts", {}))
         self.rolling_restarts = snap.get("rolling_restarts", 0)
         self.netsetup_repairs = snap.get("netsetup_repairs", 0)
 

@@ -65,6 +65,8 @@ async def replace(pool, name: str, progress: Callable[[str], None]) -> None:
         slot.orphans.close()    # nothing left to hand over: the new worker is serving
         slot.orphans = None
     slot.restarts[RestartCause.ROLLING] += 1
+    if pool.metrics is not None:
+        pool.metrics.inc_worker_restart(RestartCause.ROLLING.value)   # as status counts it
     pool.on_change()
     if old is not None and old.alive:
         slot.retiring.append(old)   # serving still while it hands its cache over; drained next

@@ -8,6 +8,7 @@ row is killed (hang), and ready workers are asked for their STATS.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from supervisor import logs
@@ -19,6 +20,7 @@ log = logging.getLogger("twindns.pool")
 
 STARTING_PROBE_EVERY = 0.05     # readiness is checked often: a restart waits on it
 STATS_EVERY = 1.0
+FRESH_STATS_WAIT = 0.25
 
 
 def watched(pool) -> list[Worker]:
@@ -61,9 +63,23 @@ def poll_stats(pool, now: float) -> None:
             pool.background(ask_stats(pool, worker, rt))
 
 
-async def ask_stats(pool, worker: Worker, rt: Runtime) -> None:
+async def fresh_stats(pool) -> None:
+    """Ask every ready worker for its counters now, so a scrape or a status
+    reflects the moment it was asked; a worker that does not answer within
+    FRESH_STATS_WAIT is shown with its last report (hangs are the probe's job)."""
+    asks = []
+    for worker in watched(pool):
+        rt = worker.runtime
+        if worker.state is SlotState.READY and not rt.stats_pending:
+            rt.stats_pending = True
+            asks.append(ask_stats(pool, worker, rt, FRESH_STATS_WAIT))
+    if asks:
+        await asyncio.gather(*asks)
+
+
+async def ask_stats(pool, worker: Worker, rt: Runtime, timeout: float | None = None) -> None:
     try:
-        reply = await rt.channel.request("stats", pool.config.supervisor.probe_interval)
+        reply = await rt.channel.request("stats", timeout or pool.config.supervisor.probe_interval)
     except (ChannelClosed, TimeoutError):
         return
     finally:

@@ -43,6 +43,10 @@ class HandoffError(Exception):
     """A cache stream that is not one we can load."""
 
 
+class ConfigMismatch(HandoffError):
+    """The stream was made under another worker config (a reload changed it): starting cold is expected."""
+
+
 def fingerprint(config: WorkerConfig) -> bytes:
     """The same for two workers exactly when their cache, upstream and
     header config are the same (sets sorted: their order varies by process)."""
@@ -109,7 +113,7 @@ class StreamReader:
             if magic != MAGIC:
                 raise HandoffError("not a twindns cache stream")
             if theirs != self.config_print:
-                raise HandoffError("made under a different config")
+                raise ConfigMismatch("made under a different config")
             del self.buf[:_HEADER.size]
             self.header_seen = True
         out = []

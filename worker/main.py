@@ -4,7 +4,6 @@ as inherited fds; both then hand over to service.Service."""
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import resource
 import socket
@@ -13,7 +12,7 @@ from dataclasses import replace
 
 import uvloop
 
-from worker import version
+from worker import logfmt, version
 from worker.config import EX_CONFIG, ConfigError, WorkerConfig, check_config_main, \
     default_config, load_bytes, load_file, parse_server
 from worker.server import TcpLimits
@@ -55,8 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"worker[{os.getpid()}] %(levelname)s %(message)s")
+    logfmt.setup(sys.stderr)
     if args.check_config:
         return check_config_main(args.check_config, args.listen)
     if args.supervised:
