@@ -37,6 +37,7 @@ PATH_LINK = "usr/local/bin/twindns"
 # an ExecStart below one of them fails 203/EXEC in a restart loop.
 HIDDEN_FROM_SERVICE = ("/root", "/home", "/run/user", "/tmp", "/var/tmp")
 SYSTEM_PREFIX = "/opt/twindns"
+DOC_PATH = "usr/share/doc/twindns/config.md"
 
 
 class InstallError(RuntimeError):
@@ -138,12 +139,29 @@ def ensure_user(root: Path) -> str:
     return f"user {USER}: created"
 
 
+def installed_config_text() -> str:
+    """The defaults, under a header that is true for the file `install` writes."""
+    body = "".join(line for line in Path(EMBEDDED_CONFIG).read_text().splitlines(keepends=True)
+                   if not line.startswith("#"))
+    return (f"# {SYSTEM_CONFIG}: written by `twindns install` with the defaults; `twindns run`\n"
+            f"# reads it. Every key is optional; the values shown are the defaults.\n"
+            f"# Every key explained: /{DOC_PATH}\n"
+            "# After an edit: `twindns check-config`, then `twindns reload` (or systemctl reload twindns).\n"
+            + body)
+
+
 def ensure_config(root: Path) -> str:
     path = under(root, SYSTEM_CONFIG)
     if path.exists():
         return f"config {path}: kept as it is"
-    write_if_changed(path, Path(EMBEDDED_CONFIG).read_text())
+    write_if_changed(path, installed_config_text())
     return f"config {path}: written (the defaults; edit, then `twindns reload`)"
+
+
+def ensure_docs(root: Path) -> str:
+    path = under(root, DOC_PATH)
+    changed = write_if_changed(path, resources.files("supervisor").joinpath("config.md").read_text())
+    return f"config reference {path}: {'written' if changed else 'unchanged'}"
 
 
 def run(argv: list[str]) -> None:
@@ -198,6 +216,7 @@ def install(root: Path, now: bool, say=print, command: str | None = None) -> Non
     say(ensure_path_link(root, command))
     say(ensure_user(root))
     say(ensure_config(root))
+    say(ensure_docs(root))
     live = systemd_is_running(root)
     if live:
         systemctl(root, "daemon-reload")
@@ -225,6 +244,10 @@ def uninstall(root: Path, say=print) -> None:
     if unit.exists() and link.is_symlink() and os.readlink(link) == unit_command(unit.read_text()):
         link.unlink()
         say(f"PATH: {link} removed")
+    doc = under(root, DOC_PATH)
+    if doc.exists():
+        doc.unlink()
+        say(f"config reference {doc}: removed")
     if unit.exists():
         unit.unlink()
         say(f"unit {unit}: removed")

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,14 @@ def test_install_lays_out_unit_config_and_enablement(tmp_path):
     assert m and os.access(m.group(1).split()[0], os.X_OK), unit
     assert re.search(r"^ExecReload=\S+ reload --config /etc/twindns/twindns.toml$", unit, re.M)
     assert os.readlink(root / WANTS) == "/etc/systemd/system/twindns.service"
-    assert (root / CONFIG).read_text() == Path(EMBEDDED_CONFIG).read_text()
+    installed = (root / CONFIG).read_text()
+    assert tomllib.loads(installed) == tomllib.loads(Path(EMBEDDED_CONFIG).read_text())
+    # its header is true on the installed host: what the file is, and a reference that exists there
+    header = [line for line in installed.splitlines() if line.startswith("#")]
+    assert "/etc/twindns/twindns.toml: written by `twindns install`" in header[0]
+    assert "embedded" not in installed
+    ref = re.search(r"Every key explained: (/\S+)", installed).group(1)
+    assert (root / ref.lstrip("/")).read_text() == (REPO / "docs/config.md").read_text()
     assert "skipped" in p.stdout                     # says what it did not do
     assert "systemctl daemon-reload" in p.stdout
 
