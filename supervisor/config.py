@@ -11,9 +11,7 @@ bare host runs with no file at all.
 """
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -21,12 +19,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
+from contract import child
+from contract.child import ChildTimeout
+from contract.endpoint import Endpoint, parse_endpoint
+from contract.exits import EX_CONFIG
+
 SYSTEM_CONFIG = "/etc/twindns/twindns.toml"
 EMBEDDED_CONFIG = str(Path(__file__).with_name("default.toml"))
 WORKER_SECTIONS = ("cache", "upstream", "header")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 BACKENDS = ("auto", "legacy", "nft")
-EX_CONFIG = 78
 
 
 class ConfigError(ValueError):
@@ -35,15 +37,6 @@ class ConfigError(ValueError):
 
 class _BadValue(Exception):
     """Raised by a validator with what was expected instead."""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -178,18 +171,12 @@ def _endpoint(v: Any) -> Endpoint | None:
     expect = 'expected "IP:PORT" (e.g. "169.254.20.10:8080"), or "" to disable'
     if v == "":
         return None
-    if not isinstance(v, str) or ":" not in v:
+    if not isinstance(v, str):
         raise _BadValue(expect)
-    host, _, port = v.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        ip = str(ipaddress.ip_address(host))
-        p = int(port)
+        return parse_endpoint(v)
     except ValueError:
         raise _BadValue(expect) from None
-    if not 1 <= p <= 65535:
-        raise _BadValue(expect)
-    return Endpoint(ip, p)
 
 
 _PORT = _int_range(1, 65535, "a port number 1-65535")
@@ -300,25 +287,21 @@ def worker_check_argv(config: Config) -> list[str]:
 def check_with_worker(config: Config, timeout: float = 30.0) -> None:
     """Run the worker's validation; raise ConfigError with its message when it refuses."""
     try:
-        p = subprocess.run(worker_check_argv(config), capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+        done = child.run_sync(worker_check_argv(config), timeout)
+    except ChildTimeout:
         raise ConfigError(f"{config.path}: worker config check did not finish in {timeout:g} s") from None
-    if p.returncode != 0:
-        raise ConfigError(worker_check_message(config, p.returncode, p.stderr))
+    if done.returncode != 0:
+        raise ConfigError(worker_check_message(config, done.returncode, done.stderr.decode(errors="replace")))
 
 
 async def check_with_worker_async(config: Config, timeout: float = 30.0) -> None:
     """check_with_worker() for the supervisor's event loop."""
-    proc = await asyncio.create_subprocess_exec(*worker_check_argv(config), stdin=asyncio.subprocess.DEVNULL,
-                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     try:
-        _, stderr = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
+        done = await child.run(worker_check_argv(config), timeout)
+    except ChildTimeout:
         raise ConfigError(f"{config.path}: worker config check did not finish in {timeout:g} s") from None
-    if proc.returncode != 0:
-        raise ConfigError(worker_check_message(config, proc.returncode, stderr.decode(errors="replace")))
+    if done.returncode != 0:
+        raise ConfigError(worker_check_message(config, done.returncode, done.stderr.decode(errors="replace")))
 
 
 def worker_check_message(config: Config, returncode: int, stderr: str) -> str:

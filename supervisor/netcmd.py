@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import sys
 
+from contract.exits import EX_CONFIG
+
 EXIT_PROBLEMS = 1
 EXIT_FAILED = 2
-EX_CONFIG = 78
 
 
 def _describe(spec) -> str:

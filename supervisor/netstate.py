@@ -10,6 +10,8 @@ import logging
 import sys
 import time
 
+from contract import child
+from contract.child import ChildTimeout
 from supervisor import logs
 from supervisor.config import Config
 from supervisor.netjob import spec_json
@@ -26,30 +28,17 @@ class NetworkError(RuntimeError):
 
 async def run_netjob(operation: str, spec) -> dict:
     """One netsetup operation in a child; its Report as a dict, or NetworkError."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "supervisor.netjob", operation, spec_json(spec),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), NETJOB_TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
+        # Cancelled, it kills and reaps the child: left alone it could re-add rules after teardown.
+        done = await child.run([sys.executable, "-m", "supervisor.netjob", operation, spec_json(spec)],
+                               NETJOB_TIMEOUT)
+    except ChildTimeout:
         raise NetworkError(f"netsetup {operation} did not finish in {NETJOB_TIMEOUT:g} s") from None
-    except asyncio.CancelledError:
-        # Cancelling us does not stop the child: left alone it could re-add rules after teardown.
-        if proc.returncode is None:
-            try:
-                proc.kill()
-            except ProcessLookupError:
-                pass
-            await asyncio.shield(proc.wait())
-        raise
     try:
-        result = json.loads(out)
+        result = json.loads(done.stdout)
     except ValueError:
-        tail = err.decode(errors="replace").strip().splitlines()
-        raise NetworkError(f"netsetup {operation} failed (exit {proc.returncode}): "
-                           f"{tail[-1] if tail else 'no output'}") from None
+        raise NetworkError(f"netsetup {operation} failed (exit {done.returncode}): "
+                           f"{done.last_error_line() or 'no output'}") from None
     if "error" in result:
         raise NetworkError(result["error"])
     return result

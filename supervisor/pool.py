@@ -19,9 +19,10 @@ import time
 from functools import partial
 from typing import Callable
 
+from contract.exits import EX_BOOT, EX_CONFIG
 from supervisor import custody, logs, rolling, watch
 from supervisor.channel import ControlChannel
-from supervisor.config import EX_CONFIG, Config
+from supervisor.config import Config
 from supervisor.probe import Prober
 from supervisor.rolling import RestartAborted, WorkerGone   # noqa: F401 (raised through the pool)
 from supervisor.slot import Backoff, Runtime, Worker, WorkerSlot
@@ -33,7 +34,6 @@ from supervisor.states import RestartCause, SlotPhase, SlotState
 log = logging.getLogger("twindns.pool")
 
 SLOT_NAMES = ("A", "B")
-EX_BOOT = 3
 # Test-only: replace the old worker by closing its sockets and killing it,
 # and drop a dead worker's sockets, without steering or hand-over: the
 # handover DESIGN.md measures against.

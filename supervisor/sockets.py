@@ -14,7 +14,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 
-from supervisor.config import Endpoint
+from contract.endpoint import Endpoint
 
 # A hung worker keeps receiving until the probes give up on it (~2 s); at
 # 3,000 qps per worker 4 MiB overflowed in tests, 8 MiB holds about 4 s.

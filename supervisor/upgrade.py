@@ -39,6 +39,8 @@ import socket
 import sys
 from typing import Awaitable, Callable, Protocol
 
+from contract import child
+from contract.child import ChildTimeout
 from supervisor import logs, version
 from supervisor.snapshot import ListenerRecord, SnapshotError, SupervisorSnapshot
 
@@ -78,23 +80,17 @@ async def preflight(config_text: str, config_path: str, env: dict[str, str] | No
     env = dict(os.environ if env is None else env)
     for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", HANDOFF_ENV):
         env.pop(key, None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "supervisor.upgrade", "--preflight", config_path,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, cwd="/", env=env)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(config_text.encode()), PREFLIGHT_TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
+        done = await child.run([sys.executable, "-m", "supervisor.upgrade", "--preflight", config_path],
+                               PREFLIGHT_TIMEOUT, input=config_text.encode(), env=env, cwd="/")
+    except ChildTimeout:
         raise UpgradeError(f"the new code did not pass its check within {PREFLIGHT_TIMEOUT:g} s") from None
-    if proc.returncode != 0:
-        lines = err.decode(errors="replace").strip().splitlines() or [f"exit {proc.returncode}"]
-        raise UpgradeError(f"the new code failed its check: {lines[-1]}")
+    if done.returncode != 0:
+        raise UpgradeError(f"the new code failed its check: {done.last_error_line() or f'exit {done.returncode}'}")
     try:
-        return json.loads(out)["version"]
+        return json.loads(done.stdout)["version"]
     except (ValueError, KeyError, TypeError):
-        raise UpgradeError(f"the new code's check printed {out[:200]!r}, not its version") from None
+        raise UpgradeError(f"the new code's check printed {done.stdout[:200]!r}, not its version") from None
 
 
 def write_handoff(state: SupervisorSnapshot) -> int:

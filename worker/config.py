@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-import os
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from typing import Any, Iterable, Sequence
 import dns.exception
 import dns.name
 
+from contract.endpoint import DNS_PORT, format_server, parse_server  # noqa: F401 (worker.config's API)
+from contract.exits import EX_CONFIG
 from worker import resolvconf
 
 
@@ -63,11 +64,9 @@ class WorkerConfig:
 
 
 RESOLV_CONF_KEYWORD = "resolv.conf"
-DNS_PORT = 53
 HEADER_FLAGS = ("aa", "ra", "rd")
 # RFC 2181 section 8: TTLs are at most 2**31 - 1.
 MAX_TTL = 2**31 - 1
-EX_CONFIG = getattr(os, "EX_CONFIG", 78)
 
 _CACHE_KEYS = ("capacity", "min_ttl", "max_ttl", "negative_max_ttl", "servfail_ttl", "serve_stale", "prefetch",
                "stale_client_timeout", "max_udp_size")
@@ -139,31 +138,6 @@ def check_config_main(path: str | None, listen: list[str]) -> int:
     return 0
 
 
-def parse_server(text: str, default_port: int = DNS_PORT) -> tuple[str, int]:
-    """"IP", "IP:PORT", "[IPv6]:PORT" or a bare IPv6 address -> (ip, port).
-    Raises ValueError saying what is expected."""
-    expected = "expected IP, IP:PORT or [IPv6]:PORT"
-    host, port = text, default_port
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(expected)
-        if rest:
-            port = _parse_port(rest[1:], expected)
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-        port = _parse_port(port_text, expected)
-    try:
-        return str(ipaddress.ip_address(host)), port
-    except ValueError:
-        raise ValueError(expected) from None
-
-
-def format_server(server: tuple[str, int]) -> str:
-    ip, port = server
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
 def zone_name(text: str) -> str:
     """A zone as stored in the config: absolute, lower case. ValueError if bad."""
     if not text:
@@ -186,12 +160,6 @@ def _render(value: Any) -> str:
 
 def _fail(source: str, key: str, value: Any, expected: str) -> ConfigError:
     return ConfigError(f"{source}: {key} = {_render(value)}: expected {expected}")
-
-
-def _parse_port(text: str, expected: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(expected + " (port 1-65535)")
-    return int(text)
 
 
 def _table(doc: dict, name: str, source: str) -> dict:

@@ -12,13 +12,13 @@ from dataclasses import replace
 
 import uvloop
 
+from contract.exits import EX_BOOT
 from worker import logfmt, version
 from worker.config import EX_CONFIG, ConfigError, WorkerConfig, check_config_main, \
     default_config, load_bytes, load_file, parse_server
 from worker.server import TcpLimits
 from worker.service import Identity, Options, Service, Sockets
 
-EX_BOOT = 3
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)   # Linux; Python 3.11 lacks the name
 UDP_RCVBUF = 4 * 1024 * 1024
 TCP_BACKLOG = 1024

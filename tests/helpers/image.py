@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("supervisor", "worker", "netsetup")
+PACKAGES = ("supervisor", "worker", "netsetup", "contract")
 
 
 def _world_readable(path: Path) -> None:
