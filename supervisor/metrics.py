@@ -30,19 +30,20 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily,
                                             HistogramMetricFamily, InfoMetricFamily, Metric)
 
+from contract import stats as keys
 from supervisor.states import RestartCause
 
 PREFIX = "twindns"
 # Scalar STATS counters and the name each is exported under.
 _SCALARS = (
-    ("cache_hits", "cache_hits", "Answers served from the cache."),
-    ("cache_misses", "cache_misses", "Queries that were not in the cache."),
-    ("cache_evictions", "cache_evictions", "Cache entries evicted to stay within capacity."),
-    ("cache_prefetches", "cache_prefetches", "Popular entries refreshed from upstream before they expired."),
-    ("cache_stale_served", "cache_stale_served",
+    (keys.CACHE_HITS, "cache_hits", "Answers served from the cache."),
+    (keys.CACHE_MISSES, "cache_misses", "Queries that were not in the cache."),
+    (keys.CACHE_EVICTIONS, "cache_evictions", "Cache entries evicted to stay within capacity."),
+    (keys.CACHE_PREFETCHES, "cache_prefetches", "Popular entries refreshed from upstream before they expired."),
+    (keys.CACHE_STALE_SERVED, "cache_stale_served",
      "Expired answers served again (RFC 8767, cached 30 s) because every upstream failed."),
-    ("malformed", "malformed_queries", "Datagrams dropped because no DNS header could be read."),
-    ("formerr", "formerr_responses", "Malformed queries answered with FORMERR."),
+    (keys.MALFORMED, "malformed_queries", "Datagrams dropped because no DNS header could be read."),
+    (keys.FORMERR, "formerr_responses", "Malformed queries answered with FORMERR."),
 )
 # The classic text format generate_latest() writes, which every Prometheus
 # version scrapes (newer clients announce it as 1.0.0, unknown to older scrapers).
@@ -127,7 +128,7 @@ def parse_stats(stats: Any) -> tuple[Totals, int]:
     if not isinstance(stats, Mapping):
         raise StatsError("STATS: expected a JSON object")
     t = Totals()
-    rows = _list(stats, "queries")
+    rows = _list(stats, keys.QUERIES)
     if len(rows) > MAX_ROWS:
         raise StatsError(f"STATS.queries: more than {MAX_ROWS} rows")
     for row in rows:
@@ -137,22 +138,22 @@ def parse_stats(stats: Any) -> tuple[Totals, int]:
         t.queries[(row[0], row[1], row[2])] += _count(row[3], "queries[].count")
     for key, _, _ in _SCALARS:
         t.scalars[key] = _count(stats.get(key, 0), key)
-    servers = _list(stats, "upstream")
+    servers = _list(stats, keys.UPSTREAM)
     if len(servers) > MAX_ROWS:
         raise StatsError(f"STATS.upstream: more than {MAX_ROWS} servers")
     for up in servers:
         _add_upstream(t, up)
-    return t, _count(stats.get("cache_entries", 0), "cache_entries")
+    return t, _count(stats.get(keys.CACHE_ENTRIES, 0), keys.CACHE_ENTRIES)
 
 
 def _add_upstream(t: Totals, up: Any) -> None:
-    if not isinstance(up, Mapping) or not isinstance(up.get("server"), str):
+    if not isinstance(up, Mapping) or not isinstance(up.get(keys.UP_SERVER), str):
         raise StatsError(f"STATS.upstream: bad entry {up!r}: expected an object with a server")
-    server = up["server"]
-    t.upstream_queries[server] += _count(up.get("queries", 0), "upstream[].queries")
-    t.upstream_errors[server] += _count(up.get("errors", 0), "upstream[].errors")
-    t.upstream_rejected[server] += _count(up.get("rejected", 0), "upstream[].rejected")
-    bounds, counts = up.get("latency_buckets", []), up.get("latency_counts", [])
+    server = up[keys.UP_SERVER]
+    t.upstream_queries[server] += _count(up.get(keys.UP_QUERIES, 0), "upstream[].queries")
+    t.upstream_errors[server] += _count(up.get(keys.UP_ERRORS, 0), "upstream[].errors")
+    t.upstream_rejected[server] += _count(up.get(keys.UP_REJECTED, 0), "upstream[].rejected")
+    bounds, counts = up.get(keys.UP_LATENCY_BUCKETS, []), up.get(keys.UP_LATENCY_COUNTS, [])
     if (not isinstance(bounds, list) or not isinstance(counts, list)
             or len(counts) != len(bounds) + 1 or len(bounds) > 64):
         raise StatsError(f"STATS.upstream[{server}]: latency_counts must have one more element than latency_buckets")
@@ -161,7 +162,7 @@ def _add_upstream(t: Totals, up: Any) -> None:
         if not isinstance(bound, (int, float)) or isinstance(bound, bool):
             raise StatsError(f"STATS.upstream[{server}].latency_buckets: {bound!r} is not a number")
         buckets[float(bound)] += _count(n, "upstream[].latency_counts")
-    total = up.get("latency_sum", 0.0)
+    total = up.get(keys.UP_LATENCY_SUM, 0.0)
     if not isinstance(total, (int, float)) or isinstance(total, bool) or total < 0:
         raise StatsError(f"STATS.upstream[{server}].latency_sum: expected seconds >= 0")
     t.latency_sum[server] += float(total)

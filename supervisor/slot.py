@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from contract import stats as keys
 from supervisor.snapshot import SlotRecord, WorkerRecord
 from supervisor.states import RestartCause, SlotPhase, SlotState
 
@@ -169,7 +170,7 @@ class WorkerSlot:
         """The slot's line in `twindns status`."""
         w = self.current
         stats = w.stats if w else {}
-        hits, misses = stats.get("cache_hits", 0), stats.get("cache_misses", 0)
+        hits, misses = stats.get(keys.CACHE_HITS, 0), stats.get(keys.CACHE_MISSES, 0)
         return {
             "slot": self.name,
             "pid": w.pid if w else None,
@@ -179,9 +180,9 @@ class WorkerSlot:
             "restarts": sum(self.restarts.values()),
             "restarts_by_cause": {c.value: n for c, n in self.restarts.items()},
             "last_probe_latency": w.last_probe_latency if w else None,
-            "queries": stats.get("queries_total", 0),
-            "cache_entries": stats.get("cache_entries", 0),
-            "version": stats.get("version"),
+            "queries": stats.get(keys.QUERIES_TOTAL, 0),
+            "cache_entries": stats.get(keys.CACHE_ENTRIES, 0),
+            "version": stats.get(keys.VERSION),
             "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
             "respawn_in": round(self.respawn_at - now, 3) if self.respawn_at is not None else None,
             "given_up": self.given_up,

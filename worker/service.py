@@ -10,6 +10,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from contract import stats as keys
 from worker.answer import Answerer
 from worker.cache import Cache
 from worker.channel import DEFAULT_DRAIN_TIMEOUT, ControlChannel
@@ -46,7 +47,7 @@ class Identity:
     version: str
 
     def stats_fields(self) -> dict:
-        return {"slot": self.slot, "generation": self.generation, "version": self.version}
+        return {keys.SLOT: self.slot, keys.GENERATION: self.generation, keys.VERSION: self.version}
 
     def probe_text(self) -> str:
         return f"slot={self.slot} gen={self.generation} pid={os.getpid()} version={self.version}"

@@ -6,6 +6,7 @@ import os
 import dns.rcode
 import dns.rdatatype
 
+from contract import stats as keys
 from worker.cache import Cache, Entry
 
 # The query types counted on their own (unbound's extended statistics do the
@@ -70,12 +71,12 @@ class Stats:
         queries = [["udp" if udp else "tcp", qtype_label(qtype), dns.rcode.to_text(rcode), n]
                    for (udp, qtype, rcode), n in sorted(totals.items())]
         return {
-            "pid": os.getpid(), **identity,
-            "queries": queries,
-            "queries_total": sum(q[3] for q in queries),
-            "cache_hits": self.retired_hits + live_hits, "cache_misses": self.cache_misses,
-            "cache_evictions": cache.evictions, "cache_entries": len(cache),
-            "cache_stale_served": cache.stale_served, "cache_prefetches": self.prefetches,
-            "malformed": self.malformed, "formerr": self.formerr,
-            "upstream": forwarder.stats(),
+            keys.PID: os.getpid(), **identity,
+            keys.QUERIES: queries,
+            keys.QUERIES_TOTAL: sum(q[3] for q in queries),
+            keys.CACHE_HITS: self.retired_hits + live_hits, keys.CACHE_MISSES: self.cache_misses,
+            keys.CACHE_EVICTIONS: cache.evictions, keys.CACHE_ENTRIES: len(cache),
+            keys.CACHE_STALE_SERVED: cache.stale_served, keys.CACHE_PREFETCHES: self.prefetches,
+            keys.MALFORMED: self.malformed, keys.FORMERR: self.formerr,
+            keys.UPSTREAM: forwarder.stats(),
         }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from contract import stats as keys
+
 # Upper bounds (seconds) of the latency histogram; one more count is +Inf.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -26,6 +28,6 @@ class ServerStats:
         self.rejected += 1
 
     def as_dict(self) -> dict:
-        return {"server": self.server, "queries": self.queries, "errors": self.errors,
-                "rejected": self.rejected, "latency_buckets": list(LATENCY_BUCKETS),
-                "latency_counts": list(self.latency_counts), "latency_sum": self.latency_sum}
+        return {keys.UP_SERVER: self.server, keys.UP_QUERIES: self.queries, keys.UP_ERRORS: self.errors,
+                keys.UP_REJECTED: self.rejected, keys.UP_LATENCY_BUCKETS: list(LATENCY_BUCKETS),
+                keys.UP_LATENCY_COUNTS: list(self.latency_counts), keys.UP_LATENCY_SUM: self.latency_sum}

@@ -60,3 +60,22 @@ def test_child_past_its_deadline_is_killed_and_reaped(tmp_path):
             runner()
         assert time.monotonic() - started < 5
         assert pid_gone(int(pidfile.read_text()))
+
+
+def test_every_stats_counter_a_worker_reports_is_exported_by_the_supervisor():
+    from contract import stats as keys
+    from supervisor.metrics import MetricsAggregator
+    from worker.cache import Cache
+    from worker.stats import Stats
+
+    class NoUpstream:
+        def stats(self) -> list:
+            return []
+    report = Stats().snapshot({keys.SLOT: "A", keys.GENERATION: 1, keys.VERSION: "0"}, Cache(10), NoUpstream())
+    assert set(keys.COUNTERS) <= set(report)
+    m = MetricsAggregator("0")
+    m.update_worker("A", 1, {**report, **{k: 7 for k in keys.COUNTERS}})
+    body = m.render()[0].decode()
+    for name in ("cache_hits", "cache_misses", "cache_evictions", "cache_prefetches", "cache_stale_served",
+                 "malformed_queries", "formerr_responses"):
+        assert f"twindns_{name}_total 7.0" in body, name

@@ -1,0 +1,29 @@
+"""The keys of a worker's STATS (docs/internals.md, "STATS"): written by
+worker/stats.py, read by supervisor/metrics.py and the slot's status line."""
+
+PID = "pid"
+SLOT = "slot"
+GENERATION = "generation"
+VERSION = "version"
+QUERIES = "queries"                     # [[protocol, qtype, rcode, count], ...]
+QUERIES_TOTAL = "queries_total"
+CACHE_ENTRIES = "cache_entries"         # a gauge: entries held now
+UPSTREAM = "upstream"                   # one object per upstream server, keys UP_*
+
+# Counters since the worker started; the supervisor sums them over workers.
+CACHE_HITS = "cache_hits"
+CACHE_MISSES = "cache_misses"
+CACHE_EVICTIONS = "cache_evictions"
+CACHE_PREFETCHES = "cache_prefetches"
+CACHE_STALE_SERVED = "cache_stale_served"
+MALFORMED = "malformed"
+FORMERR = "formerr"
+COUNTERS = (CACHE_HITS, CACHE_MISSES, CACHE_EVICTIONS, CACHE_PREFETCHES, CACHE_STALE_SERVED, MALFORMED, FORMERR)
+
+UP_SERVER = "server"
+UP_QUERIES = "queries"
+UP_ERRORS = "errors"
+UP_REJECTED = "rejected"
+UP_LATENCY_BUCKETS = "latency_buckets"  # upper bounds in seconds; the last is +Inf (null)
+UP_LATENCY_COUNTS = "latency_counts"
+UP_LATENCY_SUM = "latency_sum"
