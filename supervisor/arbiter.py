@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -30,8 +31,9 @@ from supervisor.metrics import MetricsAggregator
 from supervisor.netstate import NetworkError, NetworkState
 from supervisor.pool import SLOT_NAMES, RestartAborted, WorkerPool
 from supervisor.sdnotify import Notifier
-from supervisor.snapshot import ListenerRecord, SupervisorRecord, SupervisorSnapshot
-from supervisor.sockets import check_kernel
+from supervisor.listenfds import take_listen_fds
+from supervisor.snapshot import HeldRecord, ListenerRecord, SupervisorRecord, SupervisorSnapshot
+from supervisor.sockets import HeldSockets, check_kernel
 from supervisor.spawn import SpawnError, resolve_user
 from supervisor.states import SlotState, SupervisorState
 
@@ -46,7 +48,8 @@ TERMINATING = (signal.SIGTERM, signal.SIGINT)
 class Arbiter:
     def __init__(self, config: Config, config_arg: str | None = None, socket_arg: str | None = None,
                  snapshot: SupervisorRecord | None = None, handoff: SupervisorSnapshot | None = None,
-                 state_dir: str | None = None) -> None:
+                 state_dir: str | None = None,
+                 listen_fds: dict | None = None, keep_network: bool = False) -> None:
         self.config = config
         self.config_arg = config_arg          # what `reload` re-reads (None: the default lookup)
         self.disk = accepted.DiskConfig(config_arg, config, accepted.state_dir(state_dir))
@@ -56,7 +59,8 @@ class Arbiter:
         self.handoff = handoff                # from the previous image, after `twindns upgrade`
         self.state = SupervisorState.STARTING
         self.started_at = time.monotonic() - (snapshot.uptime if snapshot else 0.0)
-        self.network = NetworkState(config)
+        self.network = NetworkState(config, keep=keep_network)
+        self.listen_fds = dict(listen_fds or {})   # FDNAME -> socket, from systemd's fd store
         self.metrics = MetricsAggregator(version())
         self.notifier = Notifier.from_environ()
         self.judge = HealthJudge(config.supervisor.health_drop_window)
@@ -129,19 +133,48 @@ class Arbiter:
             self.control = None
             logs.event(log, "startup_failed", logging.ERROR, error=str(e))
             return False
+        # After a `systemctl restart` the network unit still holds the address and rules, and
+        # every query waits in the held sockets until a worker reads them: workers first.
+        early = bool(self.listen_fds) and self.network.keep
+        if early and not self._start_pool(run_as):
+            return False
         try:
             await self.network.ensure()
             await self._start_http()
         except (NetworkError, OSError) as e:
             logs.event(log, "startup_failed", logging.ERROR, error=f"{e}")
             return False
+        return early or self._start_pool(run_as)
+
+    def _start_pool(self, run_as) -> bool:
         self.pool = WorkerPool(asyncio.get_running_loop(), self.config, run_as, self.metrics, self._on_workers_changed)
+        try:
+            self.pool.held = self._held_sockets()
+        except OSError as e:
+            logs.event(log, "startup_failed", logging.ERROR, error=f"held sockets: {e}")
+            return False
         if self.snapshot_in is not None:
             self.pool.adopt(self.snapshot_in)
         if self.handoff is not None:
             self.metrics.restore(self.handoff.metrics)
         self.pool.start_all()
         return True
+
+    def _held_sockets(self) -> HeldSockets | None:
+        """Under systemd: the service's own sockets, from the fd store after a restart, else
+        made now and put there (HeldSockets). Elsewhere none: nothing would keep them."""
+        if not self.listen_fds and not self.notifier.enabled:
+            return None
+        endpoints = self.config.listen_endpoints()
+        inherited = set(self.listen_fds)
+        held = HeldSockets.open(endpoints, self.listen_fds)
+        for name, sock in held.named(endpoints):
+            if name not in inherited:
+                self.notifier.store_fds(name, [sock.fileno()])
+        for name in inherited - {name for name, _ in held.named(endpoints)}:
+            self.notifier.remove_fds(name)     # an address no longer listened on: out of the group
+        logs.event(log, "held_sockets", inherited=len(inherited), endpoints=len(endpoints))
+        return held
 
     async def _start_http(self) -> None:
         routes = {"/health": self._health_response, "/metrics": self._metrics_response}
@@ -157,6 +190,8 @@ class Arbiter:
         if self.control is not None:
             await self.control.close()
         await self.network.teardown()
+        if self.pool is not None and self.pool.held is not None:
+            self.pool.held.close()      # our copies; the fd store keeps its own until the service stops
         self.notifier.close()
 
     def _on_signal(self, signum: int) -> None:
@@ -397,7 +432,8 @@ class Arbiter:
                              self.config_arg, self.socket_arg, slots),
             from_version=version(), config_text=self.config.raw_text, config_path=self.config.path,
             metrics=self.metrics.snapshot(),
-            listeners=tuple(ListenerRecord.of(s.sock) for s in self.http if s.sock is not None))
+            listeners=tuple(ListenerRecord.of(s.sock) for s in self.http if s.sock is not None),
+            held=tuple(HeldRecord(name, sock.fileno()) for name, sock in self.pool.held_named()))
 
 
 def with_socket(config: Config, socket_arg: str | None) -> Config:
@@ -407,12 +443,15 @@ def with_socket(config: Config, socket_arg: str | None) -> Config:
 def run_main(args) -> int:
     """`twindns run [--config F]`."""
     import uvloop
+    listen_fds = take_listen_fds()
     try:
         handoff = upgrade.take_handoff()
     except upgrade.HandoffError as e:
         print(f"twindns: {e}", file=sys.stderr)
         return 1
     state_dir = getattr(args, "state_dir", None)
+    if handoff is not None:     # the held sockets crossed the exec (still in the fd store too)
+        listen_fds.update((h.name, socket.socket(fileno=h.fd)) for h in handoff.held)
     try:
         # after an upgrade: the config the previous image accepted, not the file as edited since
         config = (parse(handoff.config_text, handoff.config_path) if handoff
@@ -429,4 +468,5 @@ def run_main(args) -> int:
         config_arg = handoff.supervisor.config_arg if handoff else args.config
         return runner.run(Arbiter(config, config_arg=config_arg, socket_arg=args.socket,
                                   snapshot=handoff.supervisor if handoff else None, handoff=handoff,
-                                  state_dir=state_dir).run())
+                                  state_dir=state_dir, listen_fds=listen_fds,
+                                  keep_network=args.keep_network).run())

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = cmd("run", "run the supervisor in the foreground (systemd ExecStart)")
     run.add_argument("--state-dir", default=None,
                      help="where the last accepted config is kept (default $TWINDNS_STATE_DIR or /var/lib/twindns)")
+    run.add_argument("--keep-network", action="store_true",
+                     help="leave the interface and rules in place on exit (twindns-net.service owns them)")
     st = cmd("status", "show supervisor, workers and network state")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     cmd("restart", "rolling restart of both workers, one at a time")
@@ -43,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     cc = cmd("check-config", "validate a config file")
     cc.add_argument("file", nargs="?", default=None)
     net = cmd("net", "inspect or change the node's network state directly")
-    net.add_argument("action", choices=["ensure", "verify", "teardown"])
+    net.add_argument("action", choices=["ensure", "verify", "teardown", "release"],
+                     help="release: teardown unless interface.teardown = false (twindns-net.service's ExecStop)")
     ins = cmd("install", "install the systemd unit, user and default config")
     ins.add_argument("--root", default="/", help="install below this directory (skips systemctl unless /)")
     ins.add_argument("--now", action="store_true", help="also start the service")

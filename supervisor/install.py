@@ -1,12 +1,14 @@
 """`twindns install [--root DIR] [--now]` and `twindns uninstall [--root DIR]`.
 
-install:   the unit (ExecStart pointing at this installation's `twindns`),
+install:   the units (twindns.service, and twindns-net.service which holds the
+           network state across a restart; their commands pointing at this
+           installation's `twindns`),
            the system user workers run as, the default config when there is
            none (an existing one is never touched), daemon-reload + enable
            (+ start with --now).
 uninstall: stop + disable (the supervisor drains and removes its network
            state on stop), `twindns net teardown` in case it did not, the
-           unit removed. The config and the user stay: the config is the
+           units removed. The config and the user stay: the config is the
            operator's, and files may still be owned by the user; removing
            them is one `rm` and one `userdel` away, and we say so.
 
@@ -28,6 +30,8 @@ from pathlib import Path
 from supervisor.config import EMBEDDED_CONFIG, SYSTEM_CONFIG
 
 UNIT_NAME = "twindns.service"
+NET_UNIT_NAME = "twindns-net.service"       # pulled in by UNIT_NAME (Requires=); never enabled itself
+UNIT_NAMES = (UNIT_NAME, NET_UNIT_NAME)
 UNIT_DIR = "etc/systemd/system"
 USER = "twindns"
 # The path the canonical unit names; replaced by where this installation lives.
@@ -44,9 +48,9 @@ class InstallError(RuntimeError):
     """A step of install/uninstall could not be done."""
 
 
-def packaged_unit() -> str:
-    """The unit file shipped in the package (a copy of systemd/twindns.service)."""
-    return resources.files("supervisor").joinpath(UNIT_NAME).read_text()
+def packaged_unit(name: str = UNIT_NAME) -> str:
+    """A unit file shipped in the package (a copy of systemd/NAME)."""
+    return resources.files("supervisor").joinpath(name).read_text()
 
 
 def twindns_command() -> str:
@@ -76,11 +80,11 @@ def system_wide_command() -> str:
             f"&& {SYSTEM_PREFIX}/bin/twindns install --now'")
 
 
-def unit_text(command: str) -> str:
-    """The packaged unit with ExecStart/ExecReload pointing at `command`."""
+def unit_text(command: str, name: str = UNIT_NAME) -> str:
+    """The packaged unit with its Exec*= lines pointing at `command`."""
     if any(c in command for c in "\"'\\\n%$"):
         raise InstallError(f"cannot put {command!r} into a unit file: quote characters or % in the path")
-    return packaged_unit().replace(CANONICAL_EXECUTABLE + " ", command + " ")
+    return packaged_unit(name).replace(CANONICAL_EXECUTABLE + " ", command + " ")
 
 
 def unit_command(text: str) -> str:
@@ -209,10 +213,11 @@ def install(root: Path, now: bool, say=print, command: str | None = None) -> Non
         # An image tree: where twindns lives inside it is the image builder's business.
         say(f"warning: {problem}; the unit in {root} starts only if twindns is at that path in the image "
             f"and outside those directories")
-    unit = under(root, UNIT_DIR) / UNIT_NAME
-    text = unit_text(command)
-    changed = write_if_changed(unit, text)
-    say(f"unit {unit}: {'written' if changed else 'unchanged'} (ExecStart={command} run)")
+    for name in UNIT_NAMES:
+        unit = under(root, UNIT_DIR) / name
+        changed = write_if_changed(unit, unit_text(command, name))
+        say(f"unit {unit}: {'written' if changed else 'unchanged'} "
+            f"(ExecStart={command} {'run' if name == UNIT_NAME else 'net ensure'})")
     say(ensure_path_link(root, command))
     say(ensure_user(root))
     say(ensure_config(root))
@@ -236,6 +241,11 @@ def uninstall(root: Path, say=print) -> None:
         # stop first: the supervisor drains its workers and tears down on SIGTERM
         systemctl(root, "disable", *(["--now"] if live else []), UNIT_NAME)
         say(f"disabled {UNIT_NAME}" + (" and stopped it" if live else f" (offline, in {root})"))
+        if live:
+            # It stops on its own once unneeded, in a job of its own: wait for that teardown here,
+            # so the one below is only the fallback.
+            systemctl(root, "stop", NET_UNIT_NAME)
+            say(f"stopped {NET_UNIT_NAME} (network state removed)")
     if root == Path("/"):
         say(teardown_network())
     else:
@@ -248,11 +258,13 @@ def uninstall(root: Path, say=print) -> None:
     if doc.exists():
         doc.unlink()
         say(f"config reference {doc}: removed")
-    if unit.exists():
-        unit.unlink()
-        say(f"unit {unit}: removed")
-    else:
-        say(f"unit {unit}: not installed")
+    for name in UNIT_NAMES:
+        path = under(root, UNIT_DIR) / name
+        if path.exists():
+            path.unlink()
+            say(f"unit {path}: removed")
+        else:
+            say(f"unit {path}: not installed")
     if live:
         systemctl(root, "daemon-reload")
     else:

@@ -33,10 +33,17 @@ def main(args) -> int:
     logging.basicConfig(format="twindns net: %(message)s", level=logging.WARNING, stream=sys.stderr)
     action = args.action
     try:
-        spec = load(args.config).net_spec()
+        config = load(args.config)
+        spec = config.net_spec()
     except (ConfigError, netsetup.InvalidSpec) as exc:
         print(f"twindns net {action}: {exc}", file=sys.stderr)
         return EX_CONFIG
+    if action == "release":
+        # twindns-net.service's ExecStop: what a supervisor does on exit, honouring the config.
+        if not config.interface.teardown:
+            print("release: kept (interface.teardown = false)")
+            return 0
+        action = "teardown"
     operation = {"ensure": netsetup.ensure, "verify": netsetup.verify, "teardown": netsetup.teardown}[action]
     try:
         report = operation(spec)

@@ -45,8 +45,11 @@ async def run_netjob(operation: str, spec) -> dict:
 
 
 class NetworkState:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, keep: bool = False) -> None:
         self.config = config
+        # The state outlives this process: a unit of its own (twindns-net.service) removes it
+        # when the service stops, or a successor supervisor took it over.
+        self.keep = keep
         self.backend: str | None = None
         self.problems: list[str] = []
         self.last_repair: tuple[float, list[str]] | None = None   # (wall time, changes)
@@ -125,6 +128,9 @@ class NetworkState:
             return
         if not self.config.interface.teardown:
             logs.event(log, "netsetup_kept", reason="interface.teardown = false")
+            return
+        if self.keep:
+            logs.event(log, "netsetup_kept", reason="held by another owner (--keep-network, or handed over)")
             return
         if self._lock is None:
             self._lock = asyncio.Lock()

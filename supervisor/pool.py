@@ -27,7 +27,7 @@ from supervisor.probe import Prober
 from supervisor.rolling import RestartAborted, WorkerGone   # noqa: F401 (raised through the pool)
 from supervisor.slot import Backoff, Runtime, Worker, WorkerSlot
 from supervisor.snapshot import SlotRecord, SupervisorRecord
-from supervisor.sockets import SocketSet, SocketSetupError, is_bound
+from supervisor.sockets import HeldSockets, SocketSet, SocketSetupError, is_bound
 from supervisor.spawn import RunAs, SpawnError, WorkerHandles, effective_caps, spawn
 from supervisor.states import RestartCause, SlotPhase, SlotState
 
@@ -71,6 +71,7 @@ class WorkerPool:
         self._tasks: set[asyncio.Task] = set()
         self.plain_close = os.environ.get(PLAIN_CLOSE_ENV) == "1"
         self.stopping = False
+        self.held: HeldSockets | None = None        # the service's own sockets, served by every worker
 
     def reconfigure(self, config: Config) -> None:
         """Use `config` from now on (a reload): for every spawn and every timing."""
@@ -97,6 +98,10 @@ class WorkerPool:
             if worker.state is SlotState.READY:
                 worker.runtime.ready.set_result(True)
 
+    def held_named(self) -> list:
+        """(fd store name, socket) of every held socket."""
+        return self.held.named(self.config.listen_endpoints()) if self.held is not None else []
+
     def snapshot(self) -> tuple[int, dict[str, SlotRecord]]:
         """The last generation spawned and every slot, for a supervisor that takes over."""
         return self.generation, {name: slot.snapshot() for name, slot in self.slots.items()}
@@ -114,7 +119,8 @@ class WorkerPool:
         sockets = SocketSet.open(self.config.listen_endpoints())
         try:
             handles = spawn(name, self.generation, self.config.raw_text.encode(),
-                            [str(ep) for ep in self.config.listen_endpoints()], sockets, adopt, self.run_as)
+                            [str(ep) for ep in self.config.listen_endpoints()], sockets, adopt, self.run_as,
+                            self.held)
         except SpawnError:
             sockets.close()
             raise

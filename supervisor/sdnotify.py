@@ -24,6 +24,7 @@ supervisor (same pid) needs it again. Workers must not inherit it
 """
 from __future__ import annotations
 
+import array
 import collections
 import logging
 import os
@@ -58,6 +59,7 @@ class Notifier:
         self._sock: socket.socket | None = None
         self._held: collections.deque[bytes] = collections.deque(maxlen=HELD_MAX)
         self.dropped = 0               # STATUS-only lines lost to a full queue
+        self._held_fds: collections.deque[tuple[str, list[int]]] = collections.deque()   # FDSTORE= to retry
         if address is not None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
                                        | socket.SOCK_NONBLOCK)
@@ -106,6 +108,7 @@ class Notifier:
 
     def flush(self) -> None:
         """Send held state changes, oldest first, until the queue is full again."""
+        self._flush_fds()
         while self._held and self._sock is not None:
             try:
                 if not self._send(self._held[0]):
@@ -123,6 +126,43 @@ class Notifier:
             return True
         except BlockingIOError:
             return False
+
+    def store_fds(self, name: str, fds: list[int]) -> bool:
+        """Put `fds` into the service's fd store under FDNAME=name (systemd
+        hands them back as $LISTEN_FDS to the next process of the service,
+        and closes them when the service is stopped)."""
+        if self._sock is None or not fds:
+            return False
+        try:
+            # not socket.send_fds(): it drops its address argument (Python 3.11)
+            self._sock.sendmsg([f"FDSTORE=1\nFDNAME={name}".encode()],
+                               [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))], 0, self._address)
+            return True
+        except BlockingIOError:
+            # systemd's queue is full: hold copies and retry from flush(), like a state change
+            self._held_fds.append((name, [os.dup(fd) for fd in fds]))
+            return False
+        except OSError as exc:
+            log.warning("sd_notify FDSTORE failed: %s", exc)
+            return False
+
+    def _flush_fds(self) -> None:
+        while self._held_fds and self._sock is not None:
+            name, fds = self._held_fds[0]
+            try:
+                self._sock.sendmsg([f"FDSTORE=1\nFDNAME={name}".encode()],
+                                   [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))], 0, self._address)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                log.warning("sd_notify FDSTORE failed: %s", exc)
+            self._held_fds.popleft()
+            for fd in fds:
+                os.close(fd)
+
+    def remove_fds(self, name: str) -> bool:
+        """Close what the fd store holds under FDNAME=name."""
+        return self.notify("FDSTOREREMOVE=1", f"FDNAME={name}")
 
     def ready(self, status: str | None = None) -> bool:
         lines = ["READY=1"] + ([f"STATUS={_one_line(status)}"] if status else [])

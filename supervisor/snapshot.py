@@ -7,7 +7,7 @@ supervisor, read by the one that takes over: today the re-executed image of
 Portable and process-local fields. Everything here means the same to any
 supervisor on the host except the fd numbers, which name entries of the
 writer's fd table: `WorkerFds` (every field but `steered`), `ListenerRecord.fd`
-and `SupervisorSnapshot.reply_fd`. They stay valid across execve (upgrade:
+`HeldRecord.fd` and `SupervisorSnapshot.reply_fd`. They stay valid across execve (upgrade:
 same process). To hand the state to another process, send the fds in
 `fds()` order with SCM_RIGHTS and let the receiver map them to its own
 numbers with `renumbered()`.
@@ -138,6 +138,13 @@ class ListenerRecord:
 
 
 @dataclass(frozen=True)
+class HeldRecord:
+    """One of the service's held sockets (supervisor/sockets.py HeldSockets), by its fd store name."""
+    name: str
+    fd: int                                 # process-local
+
+
+@dataclass(frozen=True)
 class SupervisorSnapshot:
     supervisor: SupervisorRecord
     from_version: str = ""
@@ -147,6 +154,7 @@ class SupervisorSnapshot:
     metrics: dict[str, Any] = field(default_factory=dict)    # MetricsAggregator.snapshot()
     listeners: tuple[ListenerRecord, ...] = ()
     reply_fd: int | None = None             # process-local: the `twindns upgrade` client's connection
+    held: tuple[HeldRecord, ...] = ()
     format: int = FORMAT
 
     def fds(self) -> list[int]:
@@ -156,6 +164,7 @@ class SupervisorSnapshot:
             if slot.current is not None and slot.current.fds is not None:
                 out += slot.current.fds.fds()
         out += [h.fd for h in self.listeners]
+        out += [h.fd for h in self.held]
         if self.reply_fd is not None:
             out.append(self.reply_fd)
         return out
@@ -167,6 +176,7 @@ class SupervisorSnapshot:
                  for n, s in self.supervisor.slots.items()}
         return replace(self, supervisor=replace(self.supervisor, slots=slots),
                        listeners=tuple(replace(h, fd=new[h.fd]) for h in self.listeners),
+                       held=tuple(replace(h, fd=new[h.fd]) for h in self.held),
                        reply_fd=new[self.reply_fd] if self.reply_fd is not None else None)
 
     def workers(self) -> list[WorkerRecord]:
@@ -178,7 +188,7 @@ class SupervisorSnapshot:
             "config_text": self.config_text, "config_path": self.config_path,
             "arbiter": self.supervisor.as_dict(), "metrics": self.metrics,
             "http": [{"host": h.host, "port": h.port, "fd": h.fd} for h in self.listeners],
-            "reply_fd": self.reply_fd}).encode()
+            "reply_fd": self.reply_fd, "held": [{"name": h.name, "fd": h.fd} for h in self.held]}).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> "SupervisorSnapshot":
@@ -191,6 +201,7 @@ class SupervisorSnapshot:
                        listeners=tuple(ListenerRecord(str(h["host"]), int(h["port"]), int(h["fd"]))
                                        for h in d.get("http", [])),
                        reply_fd=None if d.get("reply_fd") is None else int(d["reply_fd"]),
+                       held=tuple(HeldRecord(str(h["name"]), int(h["fd"])) for h in d.get("held", [])),
                        format=int(d.get("format", FORMAT)))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise SnapshotError(f"{type(e).__name__}: {e}") from None

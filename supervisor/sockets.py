@@ -21,6 +21,11 @@ from contract.endpoint import Endpoint
 UDP_RCVBUF = 8 * 1024 * 1024
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)   # Linux value; Python does not export it
 TCP_BACKLOG = 1024
+# The held sockets carry the whole load while no worker reads (between a
+# `systemctl restart`'s stop and the new workers' first read): at 20,000 qps
+# a small datagram costs ~1 KiB of receive buffer, so 64 MiB (the kernel
+# doubles it) holds several seconds.
+HELD_RCVBUF = 64 * 1024 * 1024
 STEERING_MIN_KERNEL = (5, 9)
 
 
@@ -42,16 +47,17 @@ def _bind(s: socket.socket, ep: Endpoint) -> None:
         raise SocketSetupError(e.errno, f"cannot bind {proto} {ep}: {e.strerror}") from None
 
 
-def _reuseport_socket(ep: Endpoint, kind: socket.SocketKind, bind: bool) -> socket.socket:
+def _reuseport_socket(ep: Endpoint, kind: socket.SocketKind, bind: bool,
+                      rcvbuf: int = UDP_RCVBUF) -> socket.socket:
     s = socket.socket(_family(ep.host), kind)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if kind == socket.SOCK_DGRAM:
             try:
-                s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, UDP_RCVBUF)
+                s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
             except PermissionError:   # not root (development): take what rmem_max allows
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         s.setblocking(False)
         if bind:
             _bind(s, ep)
@@ -122,6 +128,61 @@ class SocketSet:
         """Drop our TCP listeners so the kernel stops picking them once the worker closes its copies."""
         for s in self.tcp:
             s.close()
+
+    def close(self) -> None:
+        for s in self.udp + self.tcp:
+            s.close()
+
+
+def held_name(kind: str, ep: Endpoint) -> str:
+    """The fd store name of a held socket (FDNAME=, at most 255 characters of [A-Za-z0-9._:-])."""
+    return f"{kind}-{ep.host.replace(':', '.')}-{ep.port}"
+
+
+@dataclass
+class HeldSockets:
+    """One UDP and one TCP socket per listen address that belong to the
+    service rather than to a worker generation: every worker serves them
+    (`--shared-udp-fd`), none ever steers them away, and systemd's fd store
+    keeps them open across a `systemctl restart` (or a crash and Restart=),
+    so the reuseport group never empties and queries wait in their buffers
+    until the next supervisor's workers read them (README, "systemctl
+    restart")."""
+    udp: list[socket.socket] = field(default_factory=list)
+    tcp: list[socket.socket] = field(default_factory=list)
+    inherited: bool = False          # came from LISTEN_FDS (a restart), not made by us
+
+    @classmethod
+    def open(cls, endpoints: tuple[Endpoint, ...], inherited: dict[str, socket.socket]) -> "HeldSockets":
+        """Take the inherited ones named for `endpoints`, make the missing ones; close the rest."""
+        held = cls(inherited=bool(inherited))
+        try:
+            for ep in endpoints:
+                for kind, out in (("udp", held.udp), ("tcp", held.tcp)):
+                    sock = inherited.pop(held_name(kind, ep), None)
+                    if sock is None:
+                        sock = _reuseport_socket(ep, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM,
+                                                 bind=True, rcvbuf=HELD_RCVBUF)
+                    sock.setblocking(False)
+                    out.append(sock)
+        except OSError:
+            held.close()
+            raise
+        finally:
+            for stale in inherited.values():     # an address the config no longer listens on
+                stale.close()
+            inherited.clear()
+        return held
+
+    def named(self, endpoints: tuple[Endpoint, ...]) -> list[tuple[str, socket.socket]]:
+        return ([(held_name("udp", ep), s) for ep, s in zip(endpoints, self.udp)]
+                + [(held_name("tcp", ep), s) for ep, s in zip(endpoints, self.tcp)])
+
+    def udp_fds(self) -> list[int]:
+        return [s.fileno() for s in self.udp if s.fileno() >= 0]
+
+    def tcp_fds(self) -> list[int]:
+        return [s.fileno() for s in self.tcp if s.fileno() >= 0]
 
     def close(self) -> None:
         for s in self.udp + self.tcp:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from supervisor.reach import Reach, Unreachable, plan, wrap
 from supervisor.snapshot import WorkerFds
-from supervisor.sockets import SocketSet
+from supervisor.sockets import HeldSockets, SocketSet
 
 log = logging.getLogger("twindns.spawn")
 
@@ -121,7 +121,8 @@ def _config_pipe(raw: bytes) -> int:
 
 
 def worker_argv(slot: str, generation: int, config_fd: int, sockets: SocketSet,
-                adopted: SocketSet | None, control_fd: int, probe_fd: int, listen: list[str]) -> list[str]:
+                adopted: SocketSet | None, control_fd: int, probe_fd: int, listen: list[str],
+                shared: HeldSockets | None = None) -> list[str]:
     argv = [sys.executable, "-m", "worker", "--supervised", "--config-fd", str(config_fd)]
     for ep in listen:           # not bound by the worker: its own addresses, for the forwarding-loop check
         argv += ["--listen", ep]
@@ -131,6 +132,10 @@ def worker_argv(slot: str, generation: int, config_fd: int, sockets: SocketSet,
         argv += ["--tcp-fd", str(fd)]
     for fd in (adopted.udp_fds() if adopted else []):
         argv += ["--adopt-udp-fd", str(fd)]
+    for fd in (shared.udp_fds() if shared else []):
+        argv += ["--shared-udp-fd", str(fd)]
+    for fd in (shared.tcp_fds() if shared else []):
+        argv += ["--shared-tcp-fd", str(fd)]
     argv += ["--control-fd", str(control_fd), "--probe-fd", str(probe_fd),
              "--slot", slot, "--generation", str(generation)]
     return argv
@@ -145,14 +150,15 @@ def effective_caps(pid: int) -> int:
 
 
 def spawn(slot: str, generation: int, raw_config: bytes, listen: list[str], sockets: SocketSet,
-          adopted: SocketSet | None, run_as: RunAs | None) -> WorkerHandles:
+          adopted: SocketSet | None, run_as: RunAs | None, shared: HeldSockets | None = None) -> WorkerHandles:
     probe_ours, probe_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     ctl_ours, ctl_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     config_fd = _config_pipe(raw_config)
     theirs = [config_fd, ctl_theirs.fileno(), probe_theirs.fileno(),
-              *sockets.udp_fds(), *sockets.tcp_fds(), *(adopted.udp_fds() if adopted else [])]
+              *sockets.udp_fds(), *sockets.tcp_fds(), *(adopted.udp_fds() if adopted else []),
+              *(shared.udp_fds() + shared.tcp_fds() if shared else [])]
     argv = worker_argv(slot, generation, config_fd, sockets, adopted, ctl_theirs.fileno(), probe_theirs.fileno(),
-                       listen)
+                       listen, shared)
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     ids: dict = {}
     if run_as is not None and run_as.reach is not None:

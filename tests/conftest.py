@@ -74,6 +74,29 @@ def upstream(netns, tmp_path):
         u.stop()
 
 
+@pytest.fixture(scope="session")
+def systemd_container(tmp_path_factory):
+    """One Debian container booted with systemd as PID 1 per test session
+    (tests/helpers/systemd_container.py), with twindns installed from this
+    checkout's wheels into /opt/twindns; `.twindns` is that command."""
+    require_netns()
+    missing = [t for t in ("debootstrap", "systemd-nspawn", "nsenter") if shutil.which(t) is None]
+    if missing:
+        why = f"missing tools: {', '.join(missing)}"
+        if os.environ.get("TWINDNS_REQUIRE_NETNS") == "1":
+            pytest.fail(f"systemd container cannot run: {why} (TWINDNS_REQUIRE_NETNS=1)")
+        pytest.skip(why)
+    from helpers import systemd_container as sc
+    root = sc.debian_root()
+    wheels = sc.wheels_for_twindns(tmp_path_factory.mktemp("wheels"))
+    container = sc.Container.boot(root, log_path=tmp_path_factory.mktemp("nspawn") / "console.log")
+    try:
+        container.twindns = container.install_wheels(wheels)
+        yield container
+    finally:
+        container.close()
+
+
 @pytest.fixture
 def python_exe() -> str:
     return sys.executable

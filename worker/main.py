@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     sup.add_argument("--udp-fd", type=int, action="append", default=[], metavar="FD")
     sup.add_argument("--tcp-fd", type=int, action="append", default=[], metavar="FD")
     sup.add_argument("--adopt-udp-fd", type=int, action="append", default=[], metavar="FD")
+    sup.add_argument("--shared-udp-fd", type=int, action="append", default=[], metavar="FD",
+                     help="a socket the supervisor holds for the service's lifetime: served, never steered")
+    sup.add_argument("--shared-tcp-fd", type=int, action="append", default=[], metavar="FD")
     sup.add_argument("--control-fd", type=int, metavar="FD")
     sup.add_argument("--probe-fd", type=int, metavar="FD")
     sup.add_argument("--slot", default="-")
@@ -148,4 +151,6 @@ def _inherited(args) -> Sockets:
         return sock
     return Sockets(udp=[adopt(fd) for fd in args.udp_fd], tcp=[adopt(fd) for fd in args.tcp_fd],
                    adopt_udp=[adopt(fd) for fd in args.adopt_udp_fd],
+                   shared_udp=[adopt(fd) for fd in args.shared_udp_fd],
+                   shared_tcp=[adopt(fd) for fd in args.shared_tcp_fd],
                    probe=adopt(args.probe_fd), control=adopt(args.control_fd))

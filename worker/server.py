@@ -205,6 +205,12 @@ class TcpServer:
         victim.transport.close()
         return True
 
+    def stop_accepting(self) -> None:
+        """Close our copy of a listener someone else keeps open (a shared one):
+        its queued connections wait for another accept()er."""
+        if self.server is not None:
+            self.server.close()
+
     async def finish(self, deadline: float) -> None:
         """Close connections as their pending answers are sent; abort what is
         left at `deadline` (time.monotonic())."""

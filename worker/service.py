@@ -36,6 +36,10 @@ class Sockets:
     udp: list[socket.socket]
     tcp: list[socket.socket]
     adopt_udp: list[socket.socket] = field(default_factory=list)
+    # Held by the supervisor (and systemd's fd store) for the whole service, in the reuseport
+    # group across a `systemctl restart`: served like ours, but never steered away or shut down.
+    shared_udp: list[socket.socket] = field(default_factory=list)
+    shared_tcp: list[socket.socket] = field(default_factory=list)
     probe: socket.socket | None = None
     control: socket.socket | None = None
 
@@ -75,6 +79,8 @@ class Service:
         self.udp: list[UdpServer] = []
         self.tcp: list[TcpServer] = []
         self.adopted: list[UdpServer] = []
+        self.shared_udp: list[UdpServer] = []
+        self.shared_tcp: list[TcpServer] = []
         self.adopting: asyncio.Task | None = None
         self.probe: ProbeServer | None = None
         self.control: ControlChannel | None = None
@@ -154,6 +160,12 @@ class Service:
             server.start()
         for server in self.tcp:
             await server.start()
+        self.shared_udp = [udp_server(s, answerer) for s in self.sockets.shared_udp]
+        self.shared_tcp = [TcpServer(s, answerer, self.options.tcp) for s in self.sockets.shared_tcp]
+        for server in self.shared_udp:
+            server.start()
+        for server in self.shared_tcp:
+            await server.start()
         self.adopted = [udp_server(s, answerer) for s in self.sockets.adopt_udp]
         if self.adopted:
             self.adopting = loop.create_task(self._finish_adopted(self.adopted))
@@ -178,6 +190,15 @@ class Service:
             server.drain_queue()
         await asyncio.gather(*(server.finish(deadline) for server in self.tcp),
                              self._wait_answered(self.udp + self.adopted, deadline))
+        # The shared sockets stay in their groups and were served until now; from here on
+        # what arrives on them waits in their queue for the other worker, or for the next
+        # supervisor's workers (a `systemctl restart`).
+        for server in self.shared_udp:
+            server.stop()
+        for server in self.shared_tcp:
+            server.stop_accepting()
+        await asyncio.gather(*(server.finish(deadline) for server in self.shared_tcp),
+                             self._wait_answered(self.shared_udp, deadline))
         if self.handoffs:
             # Our cache is still on its way to our successor.
             _done, late = await asyncio.wait(self.handoffs, timeout=max(0.0, deadline - time.monotonic()))
@@ -185,7 +206,7 @@ class Service:
                 task.cancel()
         if self.adopting is not None:
             self.adopting.cancel()
-        for server in self.udp + self.adopted:
+        for server in self.udp + self.adopted + self.shared_udp:
             server.close()
         if self.probe:
             self.probe.stop()

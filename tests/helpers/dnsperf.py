@@ -56,10 +56,15 @@ def parse(out: str) -> DnsperfResult:
 
 def dnsperf_argv(server: str, port: int, queryfile: Path, seconds: float,
                  qps: int | None = None, clients: int = 4, threads: int = 1,
-                 timeout: float = 2.0, tcp: bool = False, buffer_kib: int | None = None) -> list[str]:
+                 timeout: float = 2.0, tcp: bool = False, buffer_kib: int | None = None,
+                 outstanding: int = 1000, interval: float | None = None) -> list[str]:
+    # `outstanding` (-q) bounds the queries in flight: once reached dnsperf stops sending, so
+    # an outage shows up as lost queries only if it is larger than qps x the outage.
     argv = ["dnsperf", "-s", server, "-p", str(port), "-d", str(queryfile),
             "-l", str(seconds), "-c", str(clients), "-T", str(threads),
-            "-t", str(timeout), "-q", "1000"]
+            "-t", str(timeout), "-q", str(outstanding)]
+    if interval:
+        argv += ["-S", str(interval)]       # a "qps" line per interval: the answer timeline
     if buffer_kib:
         argv += ["-b", str(buffer_kib)]     # capped by net.core.rmem_max
     if qps:

@@ -17,6 +17,7 @@ from supervisor.install import packaged_unit
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = "etc/systemd/system/twindns.service"
+NET_UNIT = "etc/systemd/system/twindns-net.service"
 WANTS = "etc/systemd/system/multi-user.target.wants/twindns.service"
 CONFIG = "etc/twindns/twindns.toml"
 needs_systemctl = pytest.mark.skipif(shutil.which("systemctl") is None, reason="systemctl not installed")
@@ -48,8 +49,9 @@ def snapshot(root: Path) -> dict[str, tuple]:
     return out
 
 
-def test_packaged_unit_is_the_canonical_one():
+def test_packaged_units_are_the_canonical_ones():
     assert packaged_unit() == (REPO / "systemd/twindns.service").read_text()
+    assert packaged_unit("twindns-net.service") == (REPO / "systemd/twindns-net.service").read_text()
 
 
 @needs_systemctl
@@ -59,9 +61,15 @@ def test_install_lays_out_unit_config_and_enablement(tmp_path):
     p = twindns("install", "--root", str(root))
     assert p.returncode == 0, p.stderr
     unit = (root / UNIT).read_text()
-    m = re.search(r"^ExecStart=(\S+) run --config /etc/twindns/twindns.toml$", unit, re.M)
+    m = re.search(r"^ExecStart=(.+) run --keep-network --config /etc/twindns/twindns.toml$", unit, re.M)
     assert m and os.access(m.group(1).split()[0], os.X_OK), unit
-    assert re.search(r"^ExecReload=\S+ reload --config /etc/twindns/twindns.toml$", unit, re.M)
+    # the network state has a unit of its own that a restart of the service does not stop
+    assert re.search(r"^Requires=twindns-net.service$", unit, re.M) and "FileDescriptorStoreMax=" in unit
+    net = (root / NET_UNIT).read_text()
+    assert re.search(rf"^ExecStart={re.escape(m.group(1))} net ensure --config /etc/twindns/twindns.toml$", net, re.M)
+    assert re.search(rf"^ExecStop={re.escape(m.group(1))} net release --config /etc/twindns/twindns.toml$", net, re.M)
+    assert "StopWhenUnneeded=yes" in net and "RemainAfterExit=yes" in net
+    assert re.search(r"^ExecReload=.+ reload --config /etc/twindns/twindns.toml$", unit, re.M)
     assert os.readlink(root / WANTS) == "/etc/systemd/system/twindns.service"
     installed = (root / CONFIG).read_text()
     assert tomllib.loads(installed) == tomllib.loads(Path(EMBEDDED_CONFIG).read_text())
@@ -119,7 +127,7 @@ def test_uninstall_reverses_install_and_keeps_the_config(tmp_path):
     assert twindns("install", "--root", str(root)).returncode == 0
     p = twindns("uninstall", "--root", str(root))
     assert p.returncode == 0, p.stderr
-    assert not (root / UNIT).exists() and not (root / WANTS).is_symlink()
+    assert not (root / UNIT).exists() and not (root / WANTS).is_symlink() and not (root / NET_UNIT).exists()
     assert (root / CONFIG).exists() and "kept" in p.stdout
     assert "network teardown: skipped" in p.stdout
     p = twindns("uninstall", "--root", str(root))     # idempotent
@@ -141,7 +149,7 @@ def verify_root(tmp_path: Path) -> tuple[Path, Path]:
     assert twindns("install", "--root", str(root)).returncode == 0
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     unit = root / UNIT
-    exes = re.findall(r"^Exec\w+=[+\-@!:]*(/\S+)", unit.read_text(), re.M)
+    exes = re.findall(r"^Exec\w+=[+\-@!:]*(/\S+)", unit.read_text() + (root / NET_UNIT).read_text(), re.M)
     assert exes
     for exe in exes:
         target = root / exe.lstrip("/")

@@ -1,0 +1,154 @@
+"""twindns under a real systemd (a booted Debian container, tests/helpers/
+systemd_container.py): `twindns install --now`, Type=notify, the watchdog,
+`systemctl restart` under 20,000 qps losing nothing, `systemctl reload`,
+`systemctl stop` leaving nothing of ours behind, `twindns uninstall`."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from helpers import dnsperf
+from helpers.chaos import Load, warm
+from helpers.twindns import LISTEN
+from helpers.unbound import Unbound
+
+pytestmark = [pytest.mark.netns, pytest.mark.chaos]
+
+QPS = 20000
+CONFIG = f"""\
+listen = ["{LISTEN}"]
+health_listen = "{LISTEN}:8080"
+metrics_listen = "{LISTEN}:9253"
+[supervisor]
+probe_interval = 0.5
+drain_timeout = 2.0
+[[upstream]]
+zone = "."
+servers = ["127.0.0.2:53"]
+"""
+RULE_DUMPS = ("iptables-nft-save", "iptables-legacy-save")
+
+
+def status(c) -> dict:
+    p = c.run([c.twindns, "status", "--json"], check=False, timeout=15)
+    return json.loads(p.stdout) if p.stdout.strip() else {}
+
+
+def wait_healthy(c, timeout: float = 30, other_than: int | None = None) -> dict:
+    deadline = time.monotonic() + timeout
+    last: dict = {}
+    while time.monotonic() < deadline:
+        last = status(c)
+        if last.get("healthy") and last["supervisor"]["pid"] != other_than:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"twindns not healthy: {last}\n{c.journal('twindns')}")
+
+
+def ours_in_place(c) -> tuple[bool, int]:
+    """(listen address on the interface, number of twindns rules in either backend)."""
+    addr = LISTEN in c.run(["ip", "-br", "addr"], check=False).stdout
+    rules = sum(c.run([dump], check=False).stdout.count("twindns") for dump in RULE_DUMPS)
+    return addr, rules
+
+
+def processes(c, needle: str) -> list[str]:
+    """Command lines of the container's processes that contain `needle`."""
+    found = []
+    for d in c.path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                args = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if needle in args:
+                found.append(args)
+    return found
+
+
+class Sampler(threading.Thread):
+    """Samples the address and the rule count inside the container until stopped."""
+
+    def __init__(self, c) -> None:
+        super().__init__(daemon=True)
+        self.c, self.samples, self.halt = c, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            self.samples.append(ours_in_place(self.c))
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def installed(systemd_container, tmp_path):
+    c = systemd_container
+    c.write("/etc/twindns/twindns.toml", CONFIG)
+    upstream = Unbound(tmp_path / "unbound", netns=c.net)
+    try:
+        p = c.run([c.twindns, "install", "--now"], check=False, timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr + c.journal()
+        yield c
+    finally:
+        c.run([c.twindns, "uninstall"], check=False, timeout=120)
+        upstream.stop()
+
+
+def test_install_now_restart_reload_stop_uninstall(installed, tmp_path):
+    c = installed
+    first = wait_healthy(c)
+    # Type=notify: systemd saw READY=1 and shows our STATUS= line; the watchdog is armed.
+    show = c.run(["systemctl", "show", "twindns", "-p", "ActiveState", "-p", "StatusText",
+                  "-p", "WatchdogUSec", "-p", "NFileDescriptorStore"]).stdout
+    assert "ActiveState=active" in show and "StatusText=2/2 workers ready" in show, show
+    assert "WatchdogUSec=30s" in show and "NFileDescriptorStore=2" in show, show
+    assert ours_in_place(c)[0]
+
+    queries = dnsperf.mixed_queries(tmp_path / "q.txt")
+    warm(c.net, queries)
+    # -t 5: a stub resolver's own timeout; -q 40000: more than the restart's gap at QPS, so an
+    # outage shows up as lost queries, not as a stalled client.
+    load = Load(c.net, queries, 10, QPS, timeout=5, outstanding=40000)
+    sampler = Sampler(c)
+    load.wait_until(3)
+    sampler.start()
+    p = c.run(["systemctl", "restart", "twindns"], check=False, timeout=60)
+    time.sleep(1)
+    sampler.halt.set()
+    result = load.result()
+    sampler.join()
+    assert p.returncode == 0, p.stderr + c.journal("twindns")
+    assert result.sent >= QPS * 10 * 0.9, result.raw
+    assert result.lost == 0, result.raw + c.journal("twindns")
+    assert set(result.rcodes) == {"NOERROR"}, result.raw
+    assert sampler.samples and all(addr and rules for addr, rules in sampler.samples), sampler.samples
+    second = wait_healthy(c, other_than=first["supervisor"]["pid"])
+    assert {w["pid"] for w in second["workers"]}.isdisjoint({w["pid"] for w in first["workers"]})
+
+    # ExecReload= is a rolling restart, reported by systemctl
+    p = c.run(["systemctl", "reload", "twindns"], check=False, timeout=60)
+    assert p.returncode == 0, p.stderr + c.journal("twindns")
+    third = wait_healthy(c)
+    assert third["supervisor"]["pid"] == second["supervisor"]["pid"]
+    assert all(w["restarts_by_cause"]["rolling"] == 1 for w in third["workers"]), third
+
+    # stop for good: the network unit follows (StopWhenUnneeded=, its own stop job right after
+    # ours), and with it everything of ours
+    c.run(["systemctl", "stop", "twindns"], timeout=60)
+    deadline = time.monotonic() + 30
+    while c.run(["systemctl", "is-active", "twindns-net"], check=False).stdout.strip() != "inactive":
+        assert time.monotonic() < deadline, c.journal("twindns-net")
+        time.sleep(0.1)
+    addrs = c.run(["ip", "addr"]).stdout
+    assert LISTEN not in addrs and "nodelocaldns" not in addrs, addrs
+    for dump in RULE_DUMPS:
+        assert "twindns" not in c.run([dump], check=False).stdout, dump
+    assert not processes(c, "twindns run") and not processes(c, "-m worker"), processes(c, "twindns")
+
+    p = c.run([c.twindns, "uninstall"], check=False, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    for unit in ("twindns.service", "twindns-net.service"):
+        assert not c.path(f"/etc/systemd/system/{unit}").exists()
+    assert "could not be found" in c.run(["systemctl", "status", "twindns"], check=False).stderr
