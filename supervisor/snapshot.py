@@ -183,12 +183,13 @@ class SupervisorSnapshot:
         return [s.current for s in self.supervisor.slots.values() if s.current is not None]
 
     def to_json(self) -> bytes:
+        held = {"held": [{"name": h.name, "fd": h.fd} for h in self.held]} if self.held else {}
         return json.dumps({
-            "format": self.format, "from_version": self.from_version, "to_version": self.to_version,
+            **held, "format": self.format, "from_version": self.from_version, "to_version": self.to_version,
             "config_text": self.config_text, "config_path": self.config_path,
             "arbiter": self.supervisor.as_dict(), "metrics": self.metrics,
             "http": [{"host": h.host, "port": h.port, "fd": h.fd} for h in self.listeners],
-            "reply_fd": self.reply_fd, "held": [{"name": h.name, "fd": h.fd} for h in self.held]}).encode()
+            "reply_fd": self.reply_fd}).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> "SupervisorSnapshot":
