@@ -121,7 +121,8 @@ def test_install_now_restart_reload_stop_uninstall(installed, tmp_path):
     sampler.join()
     assert p.returncode == 0, p.stderr + c.journal("twindns")
     assert result.sent >= QPS * 10 * 0.9, result.raw
-    assert result.lost == 0, result.raw + c.journal("twindns")
+    # on failure: where datagrams were dropped (RcvbufErrors: some socket's buffer was full)
+    assert result.lost == 0, result.raw + c.net.run(["grep", "Udp:", "/proc/net/snmp"]).stdout + c.journal("twindns")
     assert set(result.rcodes) == {"NOERROR"}, result.raw
     assert sampler.samples and all(addr and rules for addr, rules in sampler.samples), sampler.samples
     second = wait_healthy(c, other_than=first["supervisor"]["pid"])
