@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 from contract import child
 from contract.child import ChildTimeout
 from contract.endpoint import Endpoint, parse_endpoint
+from contract import validate
 from contract.exits import EX_CONFIG
 
 SYSTEM_CONFIG = "/etc/twindns/twindns.toml"
@@ -98,32 +99,26 @@ class Config:
 
 # -- validators: value -> converted value, or _BadValue(expectation) -------
 
-def _boolean(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise _BadValue("expected true or false")
-    return v
+def _checked(primitive: Callable, *args, **kw) -> Callable[[Any], Any]:
+    """A contract.validate check as a validator of this module."""
+    def check(v: Any) -> Any:
+        try:
+            return primitive(v, *args, **kw)
+        except validate.Invalid as e:
+            raise _BadValue(f"expected {e}") from None
+    return check
 
 
-def _seconds(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-        raise _BadValue("expected a number of seconds > 0")
-    return float(v)
+_boolean = _checked(validate.boolean)
+_seconds = _checked(validate.seconds, finite=False)
 
 
 def _int_range(lo: int, hi: int, what: str) -> Callable[[Any], int]:
-    def check(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise _BadValue(f"expected {what}")
-        return v
-    return check
+    return _checked(validate.integer, lo, hi, what)
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
-    def check(v: Any) -> str:
-        if v not in options:
-            raise _BadValue("expected one of " + ", ".join(f'"{o}"' for o in options))
-        return v
-    return check
+    return _checked(validate.choice, options)
 
 
 def _nonempty_str(what: str) -> Callable[[Any], str]:

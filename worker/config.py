@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import math
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import dns.exception
 import dns.name
 
 from contract.endpoint import DNS_PORT, format_server, parse_server  # noqa: F401 (worker.config's API)
+from contract import validate
 from contract.exits import EX_CONFIG
 from worker import resolvconf
 
@@ -183,27 +183,26 @@ def _check_keys(table: dict, allowed: Sequence[str], prefix: str, source: str) -
                               f"{', '.join(allowed)}")
 
 
+def _value(check, table: dict, key: str, default: Any, prefix: str, source: str, *args, **kw) -> Any:
+    """table[key] (or `default`) through a contract.validate check."""
+    value = table.get(key, default)
+    try:
+        return check(value, *args, **kw)
+    except validate.Invalid as e:
+        raise _fail(source, f"{prefix}.{key}", value, str(e)) from None
+
+
 def _integer(table: dict, key: str, default: int, low: int, high: int,
              prefix: str, source: str) -> int:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _fail(source, f"{prefix}.{key}", value, f"a whole number from {low} to {high}")
-    return value
+    return _value(validate.integer, table, key, default, prefix, source, low, high)
 
 
 def _seconds(table: dict, key: str, default: float, prefix: str, source: str, zero: bool = False) -> float:
-    value = table.get(key, default)
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or value < 0 or (value == 0 and not zero)):
-        raise _fail(source, f"{prefix}.{key}", value, f"a number of seconds {'>=' if zero else '>'} 0")
-    return float(value)
+    return _value(validate.seconds, table, key, default, prefix, source, zero=zero)
 
 
 def _boolean(table: dict, key: str, default: bool, prefix: str, source: str) -> bool:
-    value = table.get(key, default)
-    if not isinstance(value, bool):
-        raise _fail(source, f"{prefix}.{key}", value, "true or false")
-    return value
+    return _value(validate.boolean, table, key, default, prefix, source)
 
 
 def _zone(table: dict, prefix: str, source: str) -> str:
@@ -217,10 +216,7 @@ def _zone(table: dict, prefix: str, source: str) -> str:
 
 
 def _strings(table: dict, key: str, default: list, prefix: str, source: str) -> list[str]:
-    value = table.get(key, default)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _fail(source, f"{prefix}.{key}", value, "an array of strings")
-    return value
+    return _value(validate.strings, table, key, default, prefix, source)
 
 
 def _cache(doc: dict, source: str) -> CacheConfig:

@@ -79,3 +79,22 @@ def test_every_stats_counter_a_worker_reports_is_exported_by_the_supervisor():
     for name in ("cache_hits", "cache_misses", "cache_evictions", "cache_prefetches", "cache_stale_served",
                  "malformed_queries", "formerr_responses"):
         assert f"twindns_{name}_total 7.0" in body, name
+
+
+def test_validation_primitives_say_what_is_expected():
+    from contract import validate
+    assert validate.integer(5, 1, 10) == 5 and validate.seconds(2) == 2.0 and validate.seconds(0, zero=True) == 0.0
+    assert validate.seconds(float("inf"), finite=False) == float("inf")
+    for check, value, expected in (
+            (lambda v: validate.integer(v, 1, 10), True, "a whole number from 1 to 10"),
+            (lambda v: validate.integer(v, 1, 10, "a port"), 11, "a port"),
+            (validate.seconds, 0, "a number of seconds > 0"),
+            (lambda v: validate.seconds(v, zero=True), -1, "a number of seconds >= 0"),
+            (validate.seconds, float("nan"), "a number of seconds > 0"),
+            (validate.seconds, float("inf"), "a number of seconds > 0"),
+            (validate.boolean, 1, "true or false"),
+            (validate.strings, ["a", 1], "an array of strings"),
+            (lambda v: validate.choice(v, ("a", "b")), "c", 'one of "a", "b"')):
+        with pytest.raises(validate.Invalid) as e:
+            check(value)
+        assert str(e.value) == expected
