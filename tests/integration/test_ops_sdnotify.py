@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from helpers.sdnotify import fill_queue
 from helpers.twindns import Supervisor, write_config
 
 pytestmark = pytest.mark.netns
@@ -89,21 +90,6 @@ def test_notify_lifecycle(netns, upstream, tmp_path, systemd):
         if sup.proc.poll() is None:
             sup.terminate()
         sup.log.close()
-
-
-def fill_queue(path: str) -> int:
-    """Send until the receiver's queue is full: 10 datagrams at the kernel
-    default net.unix.max_dgram_qlen, 512 on a systemd-booted host."""
-    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
-    sent = 0
-    try:
-        while True:
-            filler.sendto(b"STATUS=filler", path)
-            sent += 1
-    except BlockingIOError:
-        return sent
-    finally:
-        filler.close()
 
 
 def test_a_stuck_systemd_never_stops_the_supervisor(netns, upstream, tmp_path, systemd):

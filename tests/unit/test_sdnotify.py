@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from helpers.sdnotify import fill_queue
+
 from supervisor.sdnotify import Notifier, NotifySocketError, socket_address
 
 
@@ -95,21 +97,6 @@ def test_relative_notify_socket_is_refused():
     assert socket_address("@x") == b"\0x"
     with pytest.raises(NotifySocketError, match="NOTIFY_SOCKET"):
         Notifier.from_environ({"NOTIFY_SOCKET": "relative/path"})
-
-
-def fill_queue(path: str) -> int:
-    """Send to `path` until the receiver's queue is full (whatever
-    net.unix.max_dgram_qlen is: 10 by kernel default, 512 under systemd)."""
-    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
-    sent = 0
-    try:
-        while True:
-            filler.sendto(b"STATUS=filler", path)
-            sent += 1
-    except BlockingIOError:
-        return sent
-    finally:
-        filler.close()
 
 
 def drain(sock) -> list[dict[str, str]]:
