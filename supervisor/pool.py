@@ -28,6 +28,7 @@ from supervisor.rolling import RestartAborted, WorkerGone   # noqa: F401 (raised
 from supervisor.slot import Backoff, Runtime, Worker, WorkerSlot
 from supervisor.snapshot import SlotRecord, SupervisorRecord
 from supervisor.sockets import HeldSockets, SocketSet, SocketSetupError, is_bound
+from supervisor.workerlog import WorkerLog
 from supervisor.spawn import RunAs, SpawnError, WorkerHandles, effective_caps, spawn
 from supervisor.states import RestartCause, SlotPhase, SlotState
 
@@ -137,6 +138,8 @@ class WorkerPool:
             prober=Prober(h.probe, self.loop, partial(self.probe_answered, worker)),
             channel=ControlChannel(h.control, self.loop, partial(self._on_event, worker)),
             ready=self.loop.create_future(), exited=self.loop.create_future())
+        if h.log >= 0:
+            worker.runtime.log = WorkerLog(h.log, self.loop, worker.slot)   # h.close() closes it
         self.loop.add_reader(h.pidfd, self._on_pidfd, worker)
 
     def start_all(self) -> None:
@@ -239,6 +242,8 @@ class WorkerPool:
         rt, worker.runtime = worker.runtime, None
         rt.prober.close()
         rt.channel.close()
+        if rt.log is not None:
+            rt.log.close()
         how = f"exit {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         replacement = slot.incoming is worker
         if replacement:

@@ -44,6 +44,7 @@ class Runtime:
     channel: Any
     ready: Any                  # asyncio.Future: True once READY, WorkerGone if it exits first
     exited: Any                 # asyncio.Future: its exit code
+    log: Any = None             # supervisor.workerlog.WorkerLog: its stdout/stderr pipe
     next_probe: float = 0.0
     next_stats: float = 0.0
     stats_pending: bool = False

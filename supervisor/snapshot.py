@@ -40,24 +40,27 @@ class WorkerFds:
     tcp: tuple[int, ...] = ()
     adopted_udp: tuple[int, ...] = ()      # a dead predecessor's sockets it drains
     steered: bool = False                  # portable: its UDP sockets are steered away
+    log: int = -1                          # read end of its stdout/stderr pipe; -1: none (an older image's)
 
     def fds(self) -> list[int]:
-        return [self.pidfd, self.control, self.probe, *self.udp, *self.tcp, *self.adopted_udp]
+        return [self.pidfd, self.control, self.probe, *self.udp, *self.tcp, *self.adopted_udp,
+                *((self.log,) if self.log >= 0 else ())]
 
     def renumbered(self, new: dict[int, int]) -> "WorkerFds":
         return WorkerFds(new[self.pidfd], new[self.control], new[self.probe],
                          tuple(new[f] for f in self.udp), tuple(new[f] for f in self.tcp),
-                         tuple(new[f] for f in self.adopted_udp), self.steered)
+                         tuple(new[f] for f in self.adopted_udp), self.steered,
+                         new[self.log] if self.log >= 0 else -1)
 
     def as_dict(self) -> dict:
         return {"pidfd": self.pidfd, "udp": list(self.udp), "tcp": list(self.tcp),
                 "adopted_udp": list(self.adopted_udp), "steered": self.steered,
-                "control": self.control, "probe": self.probe}
+                "control": self.control, "probe": self.probe, **({"log": self.log} if self.log >= 0 else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> "WorkerFds":
         return cls(int(d["pidfd"]), int(d["control"]), int(d["probe"]), _ints(d["udp"]), _ints(d["tcp"]),
-                   _ints(d["adopted_udp"]), bool(d.get("steered", False)))
+                   _ints(d["adopted_udp"]), bool(d.get("steered", False)), int(d.get("log", -1)))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ the worker answers its first probe (`effective_caps`).
 from __future__ import annotations
 
 import fcntl
+import grp
 import logging
 import os
 import pwd
@@ -25,7 +26,9 @@ from supervisor.sockets import HeldSockets, SocketSet
 
 log = logging.getLogger("twindns.spawn")
 
-FALLBACK_USER = "nobody"
+SHARED_USER = "nobody"
+# systemd's DynamicUser range: uids no distribution hands to accounts.
+DYNAMIC_UIDS = range(61184, 65520)
 # The worker must not talk to systemd or inherit socket activation meant for us.
 SCRUBBED_ENV = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID")
 
@@ -44,27 +47,76 @@ class RunAs:
 
 def resolve_user(name: str) -> tuple[RunAs | None, str | None]:
     """The account workers run as and a warning to log, if any. None: keep our
-    own ids (only when not root, i.e. development)."""
+    own ids (only when not root, i.e. development).
+
+    Always an account of their own: a user that does not exist is created (a
+    system account without home or shell, as `twindns install` makes it); if
+    that fails (no useradd, read-only /etc), workers get a uid no account and
+    no process uses, from systemd's DynamicUser range. Never the shared
+    `nobody` as a fallback: its other processes could signal or trace them."""
     if os.geteuid() != 0:
         return None, f"not running as root: workers run as uid {os.geteuid()}, not as {name!r}"
-    for candidate in (name, FALLBACK_USER):
-        try:
-            pw = pwd.getpwnam(candidate)
-        except KeyError:
-            continue
-        if pw.pw_uid == 0:
-            raise SpawnError(f"user {candidate!r} is uid 0: workers must not run as root")
-        warning = None if candidate == name else f"user {name!r} does not exist; workers run as {FALLBACK_USER!r}"
-        try:
-            reach = plan(pw.pw_uid, pw.pw_gid, candidate)
-        except Unreachable as e:
-            raise SpawnError(str(e)) from None
-        if reach is not None:
-            notice = (f"user {candidate!r} may not enter {reach.covered}: each worker gets a private mount "
-                      f"namespace showing only {reach.exposed} there")
-            warning = f"{warning}; {notice}" if warning else notice
-        return RunAs(candidate, pw.pw_uid, pw.pw_gid, reach), warning
-    raise SpawnError(f"neither user {name!r} nor {FALLBACK_USER!r} exists")
+    warning = None
+    try:
+        pw = pwd.getpwnam(name)
+        uid, gid = pw.pw_uid, pw.pw_gid
+        if name == SHARED_USER:
+            warning = (f"user {name!r} is shared with other services; set `user` to an account of "
+                       "twindns' own (a missing one is created)")
+    except KeyError:
+        why = create_system_user(name)
+        if why is None:
+            pw = pwd.getpwnam(name)
+            uid, gid = pw.pw_uid, pw.pw_gid
+            warning = f"user {name!r} did not exist: created it (uid {uid}, system account, no home, no shell)"
+        else:
+            uid = gid = dynamic_uid()
+            warning = (f"user {name!r} does not exist and could not be created ({why}): "
+                       f"workers run as uid {uid}, which no account and no process uses")
+    if uid == 0:
+        raise SpawnError(f"user {name!r} is uid 0: workers must not run as root")
+    try:
+        reach = plan(uid, gid, name)
+    except Unreachable as e:
+        raise SpawnError(str(e)) from None
+    if reach is not None:
+        notice = (f"user {name!r} may not enter {reach.covered}: each worker gets a private mount "
+                  f"namespace showing only {reach.exposed} there")
+        warning = f"{warning}; {notice}" if warning else notice
+    return RunAs(name, uid, gid, reach), warning
+
+
+def create_system_user(name: str) -> str | None:
+    """useradd a system account for the workers; None on success, else why not."""
+    argv = ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+            "--shell", "/usr/sbin/nologin", "--user-group", "--comment", "twindns DNS cache worker", name]
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"useradd: {e}"
+    if p.returncode != 0:
+        return f"useradd exit {p.returncode}: {p.stderr.strip() or p.stdout.strip()}"
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return "useradd succeeded but the account is not visible"
+    return None
+
+
+def dynamic_uid(candidates: range = DYNAMIC_UIDS, proc: str = "/proc") -> int:
+    """The first uid of `candidates` that no account, no group and no running
+    process has."""
+    taken = {pw.pw_uid for pw in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
+    for entry in os.scandir(proc):
+        if entry.name.isdigit():
+            try:
+                taken.add(os.stat(entry.path).st_uid)
+            except OSError:
+                continue            # exited meanwhile
+    for uid in candidates:
+        if uid not in taken:
+            return uid
+    raise SpawnError(f"no free uid in {candidates.start}-{candidates.stop - 1} for the workers")
 
 
 @dataclass
@@ -77,18 +129,19 @@ class WorkerHandles:
     adopted: SocketSet | None          # a crashed predecessor's sockets it drains
     control: socket.socket
     probe: socket.socket
+    log: int = -1                      # read end of its stdout/stderr pipe (supervisor/workerlog.py)
 
     def fd_numbers(self) -> WorkerFds:
         return WorkerFds(self.pidfd, self.control.fileno(), self.probe.fileno(),
                          tuple(self.sockets.udp_fds()), tuple(self.sockets.tcp_fds()),
-                         tuple(self.adopted.udp_fds()) if self.adopted else (), self.sockets.steered)
+                         tuple(self.adopted.udp_fds()) if self.adopted else (), self.sockets.steered, self.log)
 
     @classmethod
     def adopt(cls, pid: int, fds: WorkerFds) -> "WorkerHandles":
         """Our ends of a worker that a previous supervisor started (the fds are ours now)."""
         handles = cls(None, pid, fds.pidfd, SocketSet.adopt(list(fds.udp), list(fds.tcp), fds.steered),
                       SocketSet.adopt(list(fds.adopted_udp), [], True) if fds.adopted_udp else None,
-                      socket.socket(fileno=fds.control), socket.socket(fileno=fds.probe))
+                      socket.socket(fileno=fds.control), socket.socket(fileno=fds.probe), fds.log)
         handles.control.setblocking(False)
         handles.probe.setblocking(False)
         return handles
@@ -104,6 +157,9 @@ class WorkerHandles:
         self.release_adopted()
         self.control.close()
         self.probe.close()
+        if self.log >= 0:
+            os.close(self.log)
+            self.log = -1
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
@@ -154,6 +210,7 @@ def spawn(slot: str, generation: int, raw_config: bytes, listen: list[str], sock
     probe_ours, probe_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     ctl_ours, ctl_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     config_fd = _config_pipe(raw_config)
+    log_read, log_write = os.pipe()
     theirs = [config_fd, ctl_theirs.fileno(), probe_theirs.fileno(),
               *sockets.udp_fds(), *sockets.tcp_fds(), *(adopted.udp_fds() if adopted else []),
               *(shared.udp_fds() + shared.tcp_fds() if shared else [])]
@@ -166,17 +223,20 @@ def spawn(slot: str, generation: int, raw_config: bytes, listen: list[str], sock
     elif run_as is not None:
         ids = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
     try:
-        proc = subprocess.Popen(argv, pass_fds=theirs, stdin=subprocess.DEVNULL, cwd="/", env=env,
-                                close_fds=True, **ids)
+        proc = subprocess.Popen(argv, pass_fds=theirs, stdin=subprocess.DEVNULL, stdout=log_write,
+                                stderr=log_write, cwd="/", env=env, close_fds=True, **ids)
     except OSError as e:
         for s in (probe_ours, ctl_ours):
             s.close()
+        os.close(log_read)
         raise SpawnError(f"cannot start worker {slot}: {e}") from None
     finally:
         os.close(config_fd)
+        os.close(log_write)
         probe_theirs.close()
         ctl_theirs.close()
-    handles = WorkerHandles(proc, proc.pid, os.pidfd_open(proc.pid), sockets, adopted, ctl_ours, probe_ours)
+    handles = WorkerHandles(proc, proc.pid, os.pidfd_open(proc.pid), sockets, adopted, ctl_ours, probe_ours,
+                            log_read)
     for s in (ctl_ours, probe_ours):
         s.setblocking(False)
     return handles

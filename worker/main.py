@@ -4,6 +4,7 @@ as inherited fds; both then hand over to service.Service."""
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import resource
 import socket
@@ -19,6 +20,7 @@ from worker.config import EX_CONFIG, ConfigError, WorkerConfig, check_config_mai
 from worker.server import TcpLimits
 from worker.service import Identity, Options, Service, Sockets
 
+PR_SET_DUMPABLE = 4
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)   # Linux; Python 3.11 lacks the name
 UDP_RCVBUF = 4 * 1024 * 1024
 TCP_BACKLOG = 1024
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _not_dumpable()
     logfmt.setup(sys.stderr)
     if args.check_config:
         return check_config_main(args.check_config, args.listen)
@@ -100,6 +103,17 @@ def _config(args) -> WorkerConfig:
         config = replace(config, upstreams=tuple(replace(z, force_tcp=True) if z.zone == "." else z
                                                  for z in config.upstreams))
     return config
+
+
+def _not_dumpable() -> None:
+    """Other processes of our uid (`nobody` is shared) may then neither
+    ptrace us nor read /proc/PID/mem or environ, and a crash leaves no core
+    with cached answers: the kernel makes /proc/PID/* root's. The uid change
+    before exec does not do it: exec of a plain binary makes us dumpable again."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_DUMPABLE, 0): {os.strerror(err)}")
 
 
 def _raise_fd_limit() -> None:
