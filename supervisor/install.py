@@ -19,6 +19,7 @@ with `systemctl --root DIR`, and the skipped steps are named.
 """
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -76,8 +77,18 @@ def system_wide_command() -> str:
     checkout = Path(__file__).resolve().parent.parent
     if (checkout / "install.sh").is_file() and (checkout / "pyproject.toml").is_file():
         return f"sudo {checkout}/install.sh --service"
-    return (f"sudo sh -c 'python3 -m venv {SYSTEM_PREFIX} && {SYSTEM_PREFIX}/bin/pip install twindns "
+    return (f"sudo sh -c 'python3 -m venv {SYSTEM_PREFIX} && {SYSTEM_PREFIX}/bin/pip install {installed_from()} "
             f"&& {SYSTEM_PREFIX}/bin/twindns install --now'")
+
+
+def installed_from() -> str:
+    """What pip installed this twindns from (a wheel file or a directory), as pip records it."""
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+        url = json.loads(distribution("twindns").read_text("direct_url.json") or "{}").get("url", "")
+    except (PackageNotFoundError, ValueError):
+        url = ""
+    return url.removeprefix("file://") if url.startswith("file://") else "twindns"
 
 
 def unit_text(command: str, name: str = UNIT_NAME) -> str:
