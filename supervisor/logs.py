@@ -17,23 +17,42 @@ import logging
 import os
 import sys
 import time
+from types import MappingProxyType
 from typing import IO, Mapping
-
-from contract import journal
 
 LEVELS = ("debug", "info", "warning", "error")
 
+# RFC 5424 severities journald understands as a line prefix.
+_SYSLOG_PRIORITY = MappingProxyType({
+    logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
+    logging.ERROR: 3, logging.CRITICAL: 2,
+})
 
 
 class LevelError(ValueError):
     """A log level name that is not one of LEVELS."""
 
 
+def under_journald(stream: IO, environ: Mapping[str, str] = os.environ) -> bool:
+    """True when `stream` is the journal stream systemd set up for us.
+
+    JOURNAL_STREAM ("dev:inode") is inherited by children whose stderr may be
+    redirected elsewhere, so it only counts if it names this very stream.
+    """
+    value = environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
 class JournalFormatter(logging.Formatter):
     """`<priority>logger: message`; journald adds time, host and pid."""
 
     def format(self, record: logging.LogRecord) -> str:
-        prio = journal.priority(record.levelno)
+        prio = _SYSLOG_PRIORITY.get(record.levelno, 6)
         return f"<{prio}>{record.name}: {_one_line(super().format(record))}"
 
 
@@ -72,7 +91,7 @@ def setup(level: str = "info", stream: IO | None = None,
         logger.removeHandler(old)
     handler = logging.StreamHandler(stream)
     handler.twindns_handler = True
-    handler.setFormatter(JournalFormatter() if journal.under_journald(stream, environ) else IsoFormatter())
+    handler.setFormatter(JournalFormatter() if under_journald(stream, environ) else IsoFormatter())
     logger.addHandler(handler)
     logger.setLevel(parse_level(level))
     logger.propagate = False

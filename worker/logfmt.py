@@ -1,32 +1,26 @@
-"""How a worker's log lines look on its stderr.
-
-Under systemd a worker's stderr is the supervisor's journal stream
-($JOURNAL_STREAM names it): each line then starts with its priority
-(contract/journal.py says why).
-"""
+"""How a worker's log lines look: `worker[PID] LEVEL message`, one line per
+record, on its stderr. Supervised, stderr is a pipe the supervisor reads
+(supervisor/workerlog.py): it takes the level word from each line and logs
+it again at that level, so under systemd a worker's warning reaches the
+journal at priority 4, like the supervisor's own."""
 from __future__ import annotations
 
 import logging
 import os
-from typing import IO, Mapping
-
-from contract import journal
+from typing import IO
 
 
-class PriorityFormatter(logging.Formatter):
-    """`<priority>` + the plain line; one journal entry per record."""
+class OneLineFormatter(logging.Formatter):
+    """A traceback or multi-line message stays one line, with its level word in front."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record).replace("\n", " | ")
-        return f"<{journal.priority(record.levelno)}>{text}"
+        return super().format(record).replace("\n", " | ")
 
 
-def setup(stream: IO, environ: Mapping[str, str] = os.environ, level: int = logging.INFO) -> logging.Handler:
+def setup(stream: IO, level: int = logging.INFO) -> logging.Handler:
     """The root logger's one handler, writing to `stream`."""
-    fmt = f"worker[{os.getpid()}] %(levelname)s %(message)s"
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(PriorityFormatter(fmt) if journal.under_journald(stream, environ)
-                         else logging.Formatter(fmt))
+    handler.setFormatter(OneLineFormatter(f"worker[{os.getpid()}] %(levelname)s %(message)s"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

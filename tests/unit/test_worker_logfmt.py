@@ -1,40 +1,42 @@
-"""A worker's log lines carry their syslog priority when stderr is the journal stream."""
+"""A worker's warning reaches the journal at warning priority: the worker's
+line format, read from a real pipe by the supervisor's WorkerLog and written
+through the supervisor's journald formatter (priority prefix)."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
+from supervisor import logs
+from supervisor.workerlog import WorkerLog
 from worker import logfmt
 
 
-def _journal_env(f) -> dict[str, str]:
-    st = os.fstat(f.fileno())
-    return {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+def test_worker_lines_reach_the_journal_with_their_own_priority(tmp_path):
+    journal = open(tmp_path / "journal", "w+")
+    st = os.fstat(journal.fileno())
+    handler = logs.setup("info", stream=journal, environ={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    r, w = os.pipe()
+    worker_handler = None
+    try:
+        with os.fdopen(w, "w", buffering=1) as worker_stderr:
+            worker_handler = logfmt.setup(worker_stderr)
+            wlog = logging.getLogger("worker.test")
+            wlog.warning("cache handoff stopped")
+            wlog.error("boom\nsecond line")
+            wlog.info("serving")
 
-
-def test_warnings_reach_the_journal_at_warning_priority(tmp_path):
-    with open(tmp_path / "stderr", "w+") as f:
-        handler = logfmt.setup(f, _journal_env(f))
-        try:
-            log = logging.getLogger("worker.test")
-            log.warning("cache handoff stopped")
-            log.error("boom\nsecond line")
-            log.info("serving")
-        finally:
-            logging.getLogger().removeHandler(handler)
-        f.seek(0)
-        lines = f.read().splitlines()
-    assert lines[0].startswith("<4>worker[") and lines[0].endswith("WARNING cache handoff stopped")
+        async def relay():
+            reader = WorkerLog(r, asyncio.get_running_loop(), "A")
+            reader.close()                  # the worker has exited: log everything left
+        asyncio.run(relay())
+    finally:
+        logging.getLogger().removeHandler(worker_handler)
+        logging.getLogger("twindns").removeHandler(handler)
+        os.close(r)
+    journal.seek(0)
+    lines = journal.read().splitlines()
+    journal.close()
+    assert lines[0].startswith("<4>twindns.worker.A: worker[") and lines[0].endswith("cache handoff stopped")
     assert lines[1].startswith("<3>") and "boom | second line" in lines[1]
     assert lines[2].startswith("<6>")
-
-
-def test_no_prefix_when_stderr_is_not_the_journal(tmp_path):
-    with open(tmp_path / "a", "w+") as f, open(tmp_path / "b", "w") as other:
-        handler = logfmt.setup(f, _journal_env(other))      # JOURNAL_STREAM names another file
-        try:
-            logging.getLogger("worker.test").warning("plain")
-        finally:
-            logging.getLogger().removeHandler(handler)
-        f.seek(0)
-        assert f.read().startswith("worker[")
