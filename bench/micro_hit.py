@@ -19,7 +19,8 @@ import dns.rrset
 
 from worker import wire
 from worker.answer import Answerer
-from worker.cache import Cache, entry_from_response
+from worker.cache import Cache
+from worker.response import entry_from_response
 from worker.config import CacheConfig
 from worker.stats import Stats
 

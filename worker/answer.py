@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 from worker import wire
@@ -20,7 +21,17 @@ from worker.stats import Stats
 
 Send = Callable[[bytes, Any], None]
 
-PENDING = b""   # answer() result: a miss is in flight and will call send() later
+class Pending(Enum):
+    """answer()'s result when a miss is in flight and send() will be called
+    later: falsy like "nothing to send now" (the servers test `if reply:`),
+    but not None, which means the packet is dropped."""
+    PENDING = "pending"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+PENDING = Pending.PENDING
 
 # Header bytes 4..12 (QD, AN, NS, AR counts) of the two shapes nearly all queries have.
 _COUNTS_PLAIN = b"\x00\x01\x00\x00\x00\x00\x00\x00"
@@ -70,7 +81,7 @@ class Answerer:
         body = self.exact_body(data[2:], now)
         return None if body is None else data[:2] + body[2:]
 
-    def answer(self, data: bytes, udp: bool, send: Send, dest: Any, now: float) -> bytes | None:
+    def answer(self, data: bytes, udp: bool, send: Send, dest: Any, now: float) -> bytes | Pending | None:
         """The reply to send now, PENDING when send(reply, dest) will be called
         later, or None when the packet is dropped. `now` is time.monotonic().
         UDP servers try exact_reply() first."""
@@ -126,7 +137,7 @@ class Answerer:
             self.stats.prefetches += 1
             self.resolver.prefetch(entry.key)
 
-    def _slow(self, data: bytes, udp: bool, send: Send, dest: Any, now: float) -> bytes | None:
+    def _slow(self, data: bytes, udp: bool, send: Send, dest: Any, now: float) -> bytes | Pending | None:
         """Every query the fast path did not answer: full parse, errors, misses."""
         stats = self.stats
         # A response (QR=1) is never answered: two servers that answered each

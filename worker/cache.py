@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from types import MappingProxyType
+from collections.abc import Callable
 
 from worker import wire
-from worker.config import CacheConfig, HeaderRule
 
-# [[header]] flag name -> (header byte, bit); read-only.
-_FLAG_BITS = MappingProxyType({"aa": (2, wire.FLAG_AA), "rd": (2, wire.FLAG_RD), "ra": (3, wire.FLAG_RA)})
 
 
 # RFC 8767 section 4: a stale answer's TTL, and how long it is reused before upstream is asked again.
@@ -188,83 +184,3 @@ class Cache:
             if entries.get(key) is entry:
                 del entries[key]
                 self._leave(entry)
-
-
-def _flags(template: bytearray, rule: HeaderRule | None) -> bool:
-    """Apply the zone's [[header]] rule; answers from a cache are not
-    authoritative unless a rule says so. Returns whether RD mirrors the client."""
-    template[2] &= ~wire.FLAG_AA & 0xFF
-    if rule is None:
-        return True
-    for name in rule.set:
-        byte, bit = _FLAG_BITS[name]
-        template[byte] |= bit
-    for name in rule.clear:
-        byte, bit = _FLAG_BITS[name]
-        template[byte] &= ~bit & 0xFF
-    return "rd" not in rule.set and "rd" not in rule.clear
-
-
-def lifetime_and_ttls(resp: wire.Response, records: Sequence[wire.Record], data: bytes,
-                      policy: CacheConfig) -> tuple[float, list[int]]:
-    """How long to cache this response and the TTL to show for each of
-    `records` (the response's records without its OPT).
-
-    Positive answers: every TTL clamped to [min_ttl, max_ttl], lifetime the
-    smallest. Negative answers (RFC 2308): min(SOA TTL, SOA MINIMUM,
-    negative_max_ttl), shown as the SOA's TTL. SERVFAIL/REFUSED: servfail_ttl.
-    Anything else, or a negative answer without SOA: not cached (lifetime 0).
-    """
-    rcode = resp.rcode
-    if rcode == wire.RCODE_SERVFAIL or rcode == wire.RCODE_REFUSED:
-        return float(policy.servfail_ttl), [min(r.ttl, policy.servfail_ttl) for r in records]
-    if (rcode != wire.RCODE_NOERROR and rcode != wire.RCODE_NXDOMAIN) or resp.flags & (wire.FLAG_TC << 8):
-        return 0.0, [r.ttl for r in records]
-    answers = [r for r in records if r.section == 0]
-    # NODATA includes a CNAME chain that ends without a record of the asked
-    # type (an AAAA query for a CDN name, say): RFC 2308 negative caching.
-    qtype = resp.qtype
-    negative = rcode == wire.RCODE_NXDOMAIN or not answers or (
-        qtype != wire.TYPE_CNAME and qtype != wire.TYPE_ANY and not any(r.rtype == qtype for r in answers))
-    if negative:
-        soa = next((r for r in records if r.section == 1 and r.rtype == wire.TYPE_SOA), None)
-        if soa is None:
-            if rcode == wire.RCODE_NOERROR and answers and all(r.rtype == wire.TYPE_CNAME for r in answers):
-                # A CNAME chain alone (a forwarder that does not chase it out
-                # of its zone): cached for the chain's TTLs, as unbound does.
-                low, high = policy.min_ttl, policy.max_ttl
-                ttls = [min(max(r.ttl, low), high) for r in records]
-                return float(min(ttls[i] for i, r in enumerate(records) if r.section == 0)), ttls
-            return 0.0, [r.ttl for r in records]
-        # A chain's records must not outlive their own TTLs either.
-        lifetime = min(soa.ttl, wire.soa_minimum(data, soa), policy.negative_max_ttl,
-                       *(r.ttl for r in answers))
-        return float(lifetime), [min(r.ttl, lifetime) for r in records]
-    low, high = policy.min_ttl, policy.max_ttl
-    ttls = [min(max(r.ttl, low), high) for r in records]
-    return float(min(ttls)), ttls
-
-
-def entry_from_response(data: bytes, now: float, policy: CacheConfig,
-                        rule: HeaderRule | None, do: bool) -> Entry:
-    """An Entry for upstream response `data` (raises wire.WireError). Its
-    lifetime is 0 when it must not be cached; the caller checks `expires`."""
-    resp = wire.parse_response(data)
-    records = resp.records
-    template = bytearray(data)
-    if records and records[-1].rtype == wire.TYPE_OPT:
-        # Replies get our own OPT per client; the upstream's is dropped. It is
-        # the last record in practice; only then can it be cut without
-        # breaking a compression pointer that might point into it.
-        del template[records[-1].start:]
-        wire.U16.pack_into(template, 10, wire.U16.unpack_from(template, 10)[0] - 1)
-        records = records[:-1]
-    if any(r.rtype == wire.TYPE_OPT for r in records):
-        raise wire.WireError("OPT record is not the last record")
-    lifetime, ttls = lifetime_and_ttls(resp, records, data, policy)
-    mirror_rd = _flags(template, rule)
-    # The question as we asked it: lower case (parse_response() saw it uncompressed).
-    name_end = resp.question_end - 4
-    template[12:name_end] = resp.qname
-    return Entry(bytes(template), name_end, tuple(r.ttl_offset for r in records), tuple(ttls),
-                 now, lifetime, resp.rcode, mirror_rd, do)

@@ -21,7 +21,8 @@ import dns.rdatatype
 import dns.rrset
 
 from worker import wire
-from worker.cache import Cache, Entry, entry_from_response
+from worker.cache import Cache, Entry
+from worker.response import entry_from_response
 from worker.config import CacheConfig, HeaderRule
 from worker.upstream import Forwarder, zone_labels
 from worker.upstream_query import UpstreamQuery
@@ -62,7 +63,7 @@ def servfail_response(q: wire.Question) -> bytes:
     (QR, RD, RA, the client's CD) and question."""
     flags = bytes((wire.FLAG_QR | wire.FLAG_RD,
                    wire.FLAG_RA | (wire.FLAG_CD if q.cd else 0) | wire.RCODE_SERVFAIL))
-    return b"\x00\x00" + flags + b"\x00\x01\x00\x00\x00\x00\x00\x00" + q.key[:-1]
+    return b"\x00\x00" + flags + b"\x00\x01\x00\x00\x00\x00\x00\x00" + wire.key_question(q.key)
 
 
 class Resolver:
@@ -150,7 +151,7 @@ class Resolver:
         if answer is None:
             self.upstream_failures += 1
             return self._stale_or_servfail(q)
-        rule = wire.longest_zone(self.headers, q.key[:-5], self.header_depth) if self.headers else None
+        rule = wire.longest_zone(self.headers, wire.key_qname(q.key), self.header_depth) if self.headers else None
         try:
             entry = entry_from_response(answer, time.monotonic(), self.policy, rule, q.do)
         except wire.WireError:

@@ -56,7 +56,7 @@ class UpstreamQuery:
     def from_question(cls, q: wire.Question) -> UpstreamQuery:
         """The upstream query for a client's question: its lower-cased name,
         type and class, its CD bit, our payload size and its DO bit."""
-        return cls(q.key[:-5], q.qtype, q.qclass, q.do, q.cd)
+        return cls(wire.key_qname(q.key), q.qtype, q.qclass, q.do, q.cd)
 
     @property
     def name_text(self) -> str:

@@ -21,6 +21,7 @@ U32 = struct.Struct(">I")
 RR_FIXED = struct.Struct(">HHIH")      # type, class, ttl, rdlength
 QUESTION_FIXED = struct.Struct(">HH")   # type, class
 
+TYPE_NS = 2
 TYPE_CNAME = 5
 TYPE_SOA = 6
 TYPE_OPT = 41
@@ -44,6 +45,9 @@ FLAG_RA = 0x80       # in header byte 3
 FLAG_CD = 0x10
 EDNS_DO = 0x8000
 
+# A cache key: lower-cased qname wire + qtype + qclass + one byte (DO << 1 | CD).
+# The hit path (worker/answer.py) builds it inline; everything else uses the
+# helpers below.
 KEY_FLAGS = (b"\x00", b"\x01", b"\x02", b"\x03")   # indexed by DO << 1 | CD
 
 MAX_NAME = 255
@@ -161,16 +165,32 @@ def parse_query(data: bytes) -> Question:
         except BadEdnsVersion as e:
             e.question_end = qend + 4
             raise
-    key = data[12:qend].lower() + data[qend:qend + 4] + KEY_FLAGS[do << 1 | cd]
+    key = make_key(data[12:qend], data[qend:qend + 4], do, cd)
     return Question(key, qend, qtype, qclass, has_opt, payload, do, cd)
+
+
+def make_key(qname: bytes, type_class: bytes, do: bool, cd: bool) -> bytes:
+    """The cache key of a question: `qname` wire (any case), the 4 bytes of qtype and qclass."""
+    return qname.lower() + type_class + KEY_FLAGS[do << 1 | cd]
+
+
+def key_qname(key: bytes) -> bytes:
+    """The lower-cased qname wire of a cache key."""
+    return key[:-5]
+
+
+def key_question(key: bytes) -> bytes:
+    """The question section (qname, qtype, qclass) a cache key was made from."""
+    return key[:-1]
 
 
 def question_from_key(key: bytes) -> Question:
     """The Question a cache key was made from, as a query of ours with EDNS
     would carry it (for asking upstream without a client: prefetch)."""
     do, cd = bool(key[-1] & 2), bool(key[-1] & 1)
-    qtype, qclass = U16.unpack_from(key, len(key) - 5)[0], U16.unpack_from(key, len(key) - 3)[0]
-    return Question(key, 12 + len(key) - 5, qtype, qclass, do, OUR_UDP_PAYLOAD, do, cd)
+    qname = key_qname(key)
+    qtype, qclass = QUESTION_FIXED.unpack_from(key, len(qname))
+    return Question(key, 12 + len(qname), qtype, qclass, do, OUR_UDP_PAYLOAD, do, cd)
 
 
 def _find_opt(data: bytes, off: int, skip: int, additional: int) -> tuple[bool, int, bool]:

@@ -6,7 +6,8 @@ import dns.rrset
 
 from worker import wire
 from worker.answer import Answerer
-from worker.cache import Cache, entry_from_response
+from worker.cache import Cache
+from worker.response import entry_from_response
 from worker.config import CacheConfig
 from worker.stats import Stats
 
@@ -53,3 +54,8 @@ def test_an_entry_that_left_the_cache_is_not_served_from_the_index():
     cache_answer(cache, query)
     answerer.answer(query, True, None, None, 2.0)
     assert answerer.exact_reply(query, expired_at) is None
+
+
+def test_pending_is_falsy_but_not_a_drop():
+    from worker.answer import PENDING
+    assert not PENDING and PENDING is not None and PENDING != b""

@@ -1,4 +1,4 @@
-"""Cache logic (worker/cache.py): lifetimes, TTL rendering, eviction. No root."""
+"""Cache logic (worker/cache.py, worker/response.py): lifetimes, TTL rendering, eviction. No root."""
 from __future__ import annotations
 
 import dns.message
@@ -6,8 +6,9 @@ import dns.rcode
 import dns.rrset
 
 from worker import wire
-from worker.cache import Cache, entry_from_response
+from worker.cache import Cache
 from worker.config import CacheConfig, HeaderRule
+from worker.response import entry_from_response
 
 SOA = "test. 3600 IN SOA ns.test. hostmaster.test. 1 3600 600 86400 30"
 

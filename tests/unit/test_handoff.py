@@ -12,7 +12,8 @@ import dns.rrset
 import pytest
 
 from worker import wire
-from worker.cache import Cache, entry_from_response
+from worker.cache import Cache
+from worker.response import entry_from_response
 from worker.config import CacheConfig, HeaderRule, WorkerConfig
 from worker.handoff import (HandoffError, StreamReader, encode_entry, encode_stream, fingerprint,
                             receive_cache, send_cache)

@@ -12,7 +12,8 @@ import pytest
 
 from worker import mmsg, wire
 from worker.answer import Answerer
-from worker.cache import Cache, entry_from_response
+from worker.cache import Cache
+from worker.response import entry_from_response
 from worker.config import CacheConfig
 from worker.server import BatchedUdpServer, UdpServer, udp_server
 from worker.stats import Stats

@@ -129,3 +129,15 @@ def test_question_from_key_gives_back_what_the_key_was_made_from():
         back = wire.question_from_key(q.key)
         assert (back.key, back.qname_end, back.qtype, back.qclass, back.do, back.cd) == \
                (q.key, q.qname_end, q.qtype, q.qclass, q.do, q.cd)
+
+
+def test_key_helpers_take_apart_what_parse_query_builds():
+    import dns.message
+    q = wire.parse_query(dns.message.make_query("WwW.Example.", "AAAA", want_dnssec=True).to_wire())
+    qname = b"\x03www\x07example\x00"
+    assert wire.key_qname(q.key) == qname
+    assert wire.key_question(q.key) == qname + b"\x00\x1c\x00\x01"
+    assert q.key == wire.make_key(b"\x03WWW\x07example\x00", b"\x00\x1c\x00\x01", do=True, cd=False)
+    back = wire.question_from_key(q.key)
+    assert (back.key, back.qtype, back.qclass, back.do, back.cd, back.qname_end) == \
+        (q.key, 28, 1, True, False, q.qname_end)

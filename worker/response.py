@@ -1,0 +1,121 @@
+"""From an upstream response to a cache entry: what kind of answer it is
+(ResponseType, as CoreDNS's response.Typify), how long it may be kept and
+with which TTLs (lifetime_and_ttls), and the Entry the cache stores
+(entry_from_response), with the zone's [[header]] rule applied."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+from types import MappingProxyType
+
+from worker import wire
+from worker.cache import Entry
+from worker.config import CacheConfig, HeaderRule
+
+# [[header]] flag name -> (header byte, bit); read-only.
+_FLAG_BITS = MappingProxyType({"aa": (2, wire.FLAG_AA), "rd": (2, wire.FLAG_RD), "ra": (3, wire.FLAG_RA)})
+
+
+class ResponseType(Enum):
+    POSITIVE = "positive"   # NOERROR with records of the asked type (or a CNAME/ANY question answered)
+    NXDOMAIN = "nxdomain"   # the name does not exist (RFC 2308)
+    NODATA = "nodata"       # NOERROR, nothing of the asked type: no answer, or a CNAME chain ending elsewhere
+    REFERRAL = "referral"   # NOERROR, no answer, NS records and no SOA in authority: a delegation
+    SERVFAIL = "servfail"   # SERVFAIL or REFUSED: the server could not or would not answer
+    OTHER = "other"         # any other rcode, or truncated: never cached
+
+
+def classify(resp: wire.Response, records: Sequence[wire.Record]) -> ResponseType:
+    """The type of `resp`, whose records without its OPT are `records`."""
+    rcode = resp.rcode
+    if rcode == wire.RCODE_SERVFAIL or rcode == wire.RCODE_REFUSED:
+        return ResponseType.SERVFAIL
+    if (rcode != wire.RCODE_NOERROR and rcode != wire.RCODE_NXDOMAIN) or resp.flags & (wire.FLAG_TC << 8):
+        return ResponseType.OTHER
+    if rcode == wire.RCODE_NXDOMAIN:
+        return ResponseType.NXDOMAIN
+    answers = [r for r in records if r.section == 0]
+    # NODATA includes a CNAME chain that ends without a record of the asked
+    # type (an AAAA query for a CDN name, say): RFC 2308 negative caching.
+    qtype = resp.qtype
+    if answers and (qtype == wire.TYPE_CNAME or qtype == wire.TYPE_ANY or any(r.rtype == qtype for r in answers)):
+        return ResponseType.POSITIVE
+    authority = [r.rtype for r in records if r.section == 1]
+    if not answers and wire.TYPE_NS in authority and wire.TYPE_SOA not in authority:
+        return ResponseType.REFERRAL
+    return ResponseType.NODATA
+
+
+def _flags(template: bytearray, rule: HeaderRule | None) -> bool:
+    """Apply the zone's [[header]] rule; answers from a cache are not
+    authoritative unless a rule says so. Returns whether RD mirrors the client."""
+    template[2] &= ~wire.FLAG_AA & 0xFF
+    if rule is None:
+        return True
+    for name in rule.set:
+        byte, bit = _FLAG_BITS[name]
+        template[byte] |= bit
+    for name in rule.clear:
+        byte, bit = _FLAG_BITS[name]
+        template[byte] &= ~bit & 0xFF
+    return "rd" not in rule.set and "rd" not in rule.clear
+
+
+def lifetime_and_ttls(resp: wire.Response, records: Sequence[wire.Record], data: bytes,
+                      policy: CacheConfig) -> tuple[float, list[int]]:
+    """How long to cache this response and the TTL to show for each of
+    `records` (the response's records without its OPT).
+
+    Positive answers: every TTL clamped to [min_ttl, max_ttl], lifetime the
+    smallest. Negative answers (RFC 2308): min(SOA TTL, SOA MINIMUM,
+    negative_max_ttl), shown as the SOA's TTL. SERVFAIL/REFUSED: servfail_ttl.
+    Anything else, or a negative answer without SOA: not cached (lifetime 0).
+    """
+    kind = classify(resp, records)
+    if kind is ResponseType.SERVFAIL:
+        return float(policy.servfail_ttl), [min(r.ttl, policy.servfail_ttl) for r in records]
+    if kind is ResponseType.OTHER:
+        return 0.0, [r.ttl for r in records]
+    if kind is not ResponseType.POSITIVE:       # NXDOMAIN, NODATA, REFERRAL
+        answers = [r for r in records if r.section == 0]
+        soa = next((r for r in records if r.section == 1 and r.rtype == wire.TYPE_SOA), None)
+        if soa is None:
+            if kind is ResponseType.NODATA and answers and all(r.rtype == wire.TYPE_CNAME for r in answers):
+                # A CNAME chain alone (a forwarder that does not chase it out
+                # of its zone): cached for the chain's TTLs, as unbound does.
+                low, high = policy.min_ttl, policy.max_ttl
+                ttls = [min(max(r.ttl, low), high) for r in records]
+                return float(min(ttls[i] for i, r in enumerate(records) if r.section == 0)), ttls
+            return 0.0, [r.ttl for r in records]
+        # A chain's records must not outlive their own TTLs either.
+        lifetime = min(soa.ttl, wire.soa_minimum(data, soa), policy.negative_max_ttl,
+                       *(r.ttl for r in answers))
+        return float(lifetime), [min(r.ttl, lifetime) for r in records]
+    low, high = policy.min_ttl, policy.max_ttl
+    ttls = [min(max(r.ttl, low), high) for r in records]
+    return float(min(ttls)), ttls
+
+
+def entry_from_response(data: bytes, now: float, policy: CacheConfig,
+                        rule: HeaderRule | None, do: bool) -> Entry:
+    """An Entry for upstream response `data` (raises wire.WireError). Its
+    lifetime is 0 when it must not be cached; the caller checks `expires`."""
+    resp = wire.parse_response(data)
+    records = resp.records
+    template = bytearray(data)
+    if records and records[-1].rtype == wire.TYPE_OPT:
+        # Replies get our own OPT per client; the upstream's is dropped. It is
+        # the last record in practice; only then can it be cut without
+        # breaking a compression pointer that might point into it.
+        del template[records[-1].start:]
+        wire.U16.pack_into(template, 10, wire.U16.unpack_from(template, 10)[0] - 1)
+        records = records[:-1]
+    if any(r.rtype == wire.TYPE_OPT for r in records):
+        raise wire.WireError("OPT record is not the last record")
+    lifetime, ttls = lifetime_and_ttls(resp, records, data, policy)
+    mirror_rd = _flags(template, rule)
+    # The question as we asked it: lower case (parse_response() saw it uncompressed).
+    name_end = resp.question_end - 4
+    template[12:name_end] = resp.qname
+    return Entry(bytes(template), name_end, tuple(r.ttl_offset for r in records), tuple(ttls),
+                 now, lifetime, resp.rcode, mirror_rd, do)
