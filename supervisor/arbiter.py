@@ -446,7 +446,7 @@ def run_main(args) -> int:
     listen_fds = take_listen_fds()
     try:
         handoff = upgrade.take_handoff()
-    except upgrade.HandoffError as e:
+    except upgrade.UpgradeHandoffError as e:
         print(f"twindns: {e}", file=sys.stderr)
         return 1
     state_dir = getattr(args, "state_dir", None)

@@ -19,7 +19,7 @@ STATUS_TIMEOUT = 5.0
 MUTATION_TIMEOUT = 300.0
 
 
-class Unreachable(ConnectionError):
+class SupervisorUnreachable(ConnectionError):
     """No supervisor answers on the control socket."""
 
 
@@ -51,13 +51,13 @@ def request(path: str, op: str, timeout: float, on_progress=lambda text: None, *
                 on_progress(msg["progress"])
                 continue
             return msg
-        raise Unreachable(f"{path}: the supervisor closed the connection without a reply")
+        raise SupervisorUnreachable(f"{path}: the supervisor closed the connection without a reply")
     except (FileNotFoundError, ConnectionRefusedError) as e:
-        raise Unreachable(f"{path}: no supervisor is running ({e.strerror})") from None
+        raise SupervisorUnreachable(f"{path}: no supervisor is running ({e.strerror})") from None
     except PermissionError:
-        raise Unreachable(f"{path}: permission denied (the socket is for root and its group)") from None
+        raise SupervisorUnreachable(f"{path}: permission denied (the socket is for root and its group)") from None
     except (socket.timeout, OSError) as e:
-        raise Unreachable(f"{path}: {e}") from None
+        raise SupervisorUnreachable(f"{path}: {e}") from None
     finally:
         s.close()
 
@@ -147,7 +147,7 @@ def main(args) -> int:
             # reload --config F moves the supervisor onto F (without it: re-read its own file)
             fields = {"config": os.path.abspath(args.config)} if op == "reload" and args.config else {}
             reply = request(path, op, MUTATION_TIMEOUT, lambda text: print(text, flush=True), **fields)
-    except Unreachable as e:
+    except SupervisorUnreachable as e:
         if op == "status" and getattr(args, "json", False):
             print(json.dumps({"healthy": False, "error": str(e)}))
         print(f"twindns {op}: {e}", file=sys.stderr)

@@ -11,6 +11,7 @@ the reason.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ MOUNT_SCRIPT = ('set -e; exec {d}<"$1"; mount -t tmpfs -o mode=0755,size=64k twi
                 'shift 2; exec "$@"')
 
 
-class Unreachable(RuntimeError):
+class InterpreterUnreachable(RuntimeError):
     """The worker user cannot reach the interpreter or our code, and no bind mount would help."""
 
 
@@ -57,11 +58,19 @@ def closed_on_the_way(target: str, uid: int, gid: int) -> list[str]:
     return [d for d in _ancestors(target) if not _searchable(d, uid, gid)]
 
 
+def worker_package_dir() -> str:
+    """Where the worker package's files are, found as `python -m worker` would
+    find them, without importing it (the supervisor imports no worker code)."""
+    spec = importlib.util.find_spec("worker")
+    if spec is None or spec.origin is None:
+        raise InterpreterUnreachable("the worker package is not installed beside the supervisor")
+    return os.path.dirname(os.path.realpath(spec.origin))
+
+
 def plan(uid: int, gid: int, user: str) -> Reach | None:
     """None when the user reaches the interpreter and the worker code as they
     are; a Reach when exactly one closed directory is in the way."""
-    import worker    # only to locate its files; nothing of it is called
-    targets = (os.path.realpath(sys.executable), os.path.dirname(os.path.realpath(worker.__file__)))
+    targets = (os.path.realpath(sys.executable), worker_package_dir())
     closed = {d for t in targets for d in closed_on_the_way(t, uid, gid)}
     if not closed:
         return None
@@ -71,10 +80,10 @@ def plan(uid: int, gid: int, user: str) -> Reach | None:
     for target in targets:
         if closed_on_the_way(target, uid, gid) and (closed_on_the_way(target, uid, gid) != [covered]
                                                     or not target.startswith(exposed + os.sep)):
-            raise Unreachable(f"user {user!r} cannot reach {target} ({', '.join(sorted(closed))} closed to it); "
+            raise InterpreterUnreachable(f"user {user!r} cannot reach {target} ({', '.join(sorted(closed))} closed to it); "
                               "install twindns into a Python every user can run (e.g. the system python3)")
     if not private_mounts_permitted():
-        raise Unreachable(f"user {user!r} cannot reach {covered}, and this supervisor may not make a "
+        raise InterpreterUnreachable(f"user {user!r} cannot reach {covered}, and this supervisor may not make a "
                           "private mount namespace (under the shipped unit: RestrictNamespaces=yes, no "
                           "CAP_SYS_ADMIN); install twindns into a Python every user can run "
                           "(e.g. the system python3)")

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from supervisor.reach import Reach, Unreachable, plan, wrap
+from supervisor.reach import Reach, InterpreterUnreachable, plan, wrap
 from supervisor.snapshot import WorkerFds
 from supervisor.sockets import HeldSockets, SocketSet
 
@@ -77,7 +77,7 @@ def resolve_user(name: str) -> tuple[RunAs | None, str | None]:
         raise SpawnError(f"user {name!r} is uid 0: workers must not run as root")
     try:
         reach = plan(uid, gid, name)
-    except Unreachable as e:
+    except InterpreterUnreachable as e:
         raise SpawnError(str(e)) from None
     if reach is not None:
         notice = (f"user {name!r} may not enter {reach.covered}: each worker gets a private mount "

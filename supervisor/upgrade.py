@@ -57,7 +57,7 @@ class UpgradeError(RuntimeError):
     """The upgrade was refused or the new code failed its check; nothing changed."""
 
 
-class HandoffError(RuntimeError):
+class UpgradeHandoffError(RuntimeError):
     """The state handed over by the previous supervisor image is unreadable."""
 
 
@@ -182,13 +182,13 @@ def take_handoff(environ: dict[str, str] | None = None) -> SupervisorSnapshot | 
         with os.fdopen(fd, "rb") as f:
             data = f.read(MAX_HANDOFF + 1)
     except (ValueError, OSError) as e:
-        raise HandoffError(f"${HANDOFF_ENV}={raw!r}: {e}") from None
+        raise UpgradeHandoffError(f"${HANDOFF_ENV}={raw!r}: {e}") from None
     if len(data) > MAX_HANDOFF:
-        raise HandoffError(f"${HANDOFF_ENV}: handoff larger than {MAX_HANDOFF} bytes")
+        raise UpgradeHandoffError(f"${HANDOFF_ENV}: handoff larger than {MAX_HANDOFF} bytes")
     try:
         state = SupervisorSnapshot.from_json(data)
     except SnapshotError as e:
-        raise HandoffError(f"${HANDOFF_ENV}: malformed handoff: {e}") from None
+        raise UpgradeHandoffError(f"${HANDOFF_ENV}: malformed handoff: {e}") from None
     for fd in state.fds():
         os.set_inheritable(fd, False)      # ours again: workers spawned later must not get them
     return state

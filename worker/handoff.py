@@ -39,11 +39,11 @@ MAX_RECORD = 70000              # a template is one DNS message (64 KiB at most)
 RECORDS_PER_SLICE = 500         # the sender yields to its event loop between slices
 
 
-class HandoffError(Exception):
+class CacheStreamError(Exception):
     """A cache stream that is not one we can load."""
 
 
-class ConfigMismatch(HandoffError):
+class ConfigMismatch(CacheStreamError):
     """The stream was made under another worker config (a reload changed it): starting cold is expected."""
 
 
@@ -64,20 +64,20 @@ def encode_entry(key: bytes, entry: Entry) -> bytes:
 
 
 def decode_entry(body: bytes) -> tuple[bytes, Entry]:
-    """One record's body; HandoffError when it does not hold together."""
+    """One record's body; CacheStreamError when it does not hold together."""
     if len(body) < _FIXED.size:
-        raise HandoffError("record shorter than its fixed part")
+        raise CacheStreamError("record shorter than its fixed part")
     key_len, tlen, qname_end, rcode, flags, nttl, stored_at, expires = _FIXED.unpack_from(body)
     if len(body) != _FIXED.size + key_len + tlen + nttl * _TTL.size:
-        raise HandoffError("record length does not match its fields")
+        raise CacheStreamError("record length does not match its fields")
     if not 12 < qname_end <= tlen - 4 or key_len == 0 or not expires >= stored_at:
-        raise HandoffError("entry fields out of range")
+        raise CacheStreamError("entry fields out of range")
     at = _FIXED.size
     key = body[at:at + key_len]
     template = body[at + key_len:at + key_len + tlen]
     ttls = [_TTL.unpack_from(body, at + key_len + tlen + i * _TTL.size) for i in range(nttl)]
     if any(off < qname_end or off + 4 > tlen for off, _ in ttls):
-        raise HandoffError("TTL offset outside the template")
+        raise CacheStreamError("TTL offset outside the template")
     entry = Entry(template, qname_end, tuple(off for off, _ in ttls), tuple(ttl for _, ttl in ttls),
                   stored_at, expires - stored_at, rcode, bool(flags & _MIRROR_RD), bool(flags & _DO))
     return key, entry
@@ -111,7 +111,7 @@ class StreamReader:
                 return []
             magic, theirs = _HEADER.unpack_from(self.buf)
             if magic != MAGIC:
-                raise HandoffError("not a twindns cache stream")
+                raise CacheStreamError("not a twindns cache stream")
             if theirs != self.config_print:
                 raise ConfigMismatch("made under a different config")
             del self.buf[:_HEADER.size]
@@ -121,7 +121,7 @@ class StreamReader:
         while len(buf) >= _RECORD_LEN.size:
             (length,) = _RECORD_LEN.unpack_from(buf)
             if length > MAX_RECORD:
-                raise HandoffError(f"record of {length} bytes")
+                raise CacheStreamError(f"record of {length} bytes")
             if len(buf) < _RECORD_LEN.size + length:
                 break
             out.append(decode_entry(bytes(buf[_RECORD_LEN.size:_RECORD_LEN.size + length])))
@@ -132,7 +132,7 @@ class StreamReader:
         """At EOF: nothing at all (the sender never got its end) is fine;
         a cut header or record is not."""
         if self.buf:
-            raise HandoffError("stream ended inside a record")
+            raise CacheStreamError("stream ended inside a record")
 
 
 async def send_cache(cache: Cache, fd: int, config_print: bytes) -> int:

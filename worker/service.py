@@ -15,7 +15,7 @@ from worker.answer import Answerer
 from worker.cache import Cache
 from worker.channel import DEFAULT_DRAIN_TIMEOUT, ControlChannel
 from worker.config import WorkerConfig
-from worker.handoff import ConfigMismatch, HandoffError, fingerprint, receive_cache, send_cache
+from worker.handoff import ConfigMismatch, CacheStreamError, fingerprint, receive_cache, send_cache
 from worker.resolver import LocalAnswers, Resolver
 from worker.server import ProbeServer, TcpLimits, TcpServer, UdpServer, udp_server
 from worker.states import WorkerState
@@ -120,7 +120,7 @@ class Service:
             # discards the stream (ConfigMismatch), so the sender's pipe breaks.
             log.info("cache handoff (%s) not made: %s", direction, e)
             return
-        except (HandoffError, OSError) as e:
+        except (CacheStreamError, OSError) as e:
             # Best effort: a worker without the old cache only has more misses.
             log.warning("cache handoff (%s) stopped: %s", direction, e)
             return

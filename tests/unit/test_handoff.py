@@ -15,7 +15,7 @@ from worker import wire
 from worker.cache import Cache
 from worker.response import entry_from_response
 from worker.config import CacheConfig, HeaderRule, WorkerConfig
-from worker.handoff import (HandoffError, StreamReader, encode_entry, encode_stream, fingerprint,
+from worker.handoff import (CacheStreamError, StreamReader, encode_entry, encode_stream, fingerprint,
                             receive_cache, send_cache)
 
 CONFIG = WorkerConfig(headers=(HeaderRule(zone="test.", set=frozenset({"ra", "aa"})),))
@@ -54,9 +54,9 @@ def test_the_fingerprint_ignores_set_order_but_not_content():
 
 def test_a_stream_made_under_another_config_is_refused():
     header = next(encode_stream(fingerprint(WorkerConfig()), []))
-    with pytest.raises(HandoffError, match="different config"):
+    with pytest.raises(CacheStreamError, match="different config"):
         StreamReader(fingerprint(CONFIG)).feed(header)
-    with pytest.raises(HandoffError, match="not a twindns"):
+    with pytest.raises(CacheStreamError, match="not a twindns"):
         StreamReader(fingerprint(CONFIG)).feed(b"GET / HTTP/1.1\r\n" * 4)
 
 
@@ -75,7 +75,7 @@ def test_a_damaged_record_ends_the_load(damage):
         record += b"\x00"
         record[4:6] = (len(key) + 1).to_bytes(2, "big")                 # key longer than it is
     reader = StreamReader(fingerprint(CONFIG))
-    with pytest.raises(HandoffError):
+    with pytest.raises(CacheStreamError):
         reader.feed(next(encode_stream(fingerprint(CONFIG), [])) + bytes(record))
         reader.check_end()
 

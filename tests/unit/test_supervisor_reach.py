@@ -52,7 +52,7 @@ def test_closed_directories_on_the_way(tmp_path):
 def test_plan_exposes_the_interpreters_tree(tmp_path, monkeypatch):
     top, interp, code = tree(tmp_path)
     monkeypatch.setattr(sys, "executable", str(interp))
-    monkeypatch.setattr("worker.__file__", str(code / "__init__.py"))
+    monkeypatch.setattr(reach, "worker_package_dir", lambda: str(code))
     assert reach.plan(UID, GID, "nobody") == reach.Reach(covered=str(top), exposed=str(top / "pyenv"))
     os.chmod(top, 0o755)
     assert reach.plan(UID, GID, "nobody") is None
@@ -63,12 +63,12 @@ def test_plan_refuses_what_a_bind_mount_cannot_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "executable", str(interp))
     other = top / "src" / "worker"
     other.mkdir(parents=True)
-    monkeypatch.setattr("worker.__file__", str(other / "__init__.py"))
-    with pytest.raises(reach.Unreachable, match="cannot reach .*src/worker"):
+    monkeypatch.setattr(reach, "worker_package_dir", lambda: str(other))
+    with pytest.raises(reach.InterpreterUnreachable, match="cannot reach .*src/worker"):
         reach.plan(UID, GID, "nobody")
     os.chmod(code.parent, 0o700)          # closed below the exposed tree as well
-    monkeypatch.setattr("worker.__file__", str(code / "__init__.py"))
-    with pytest.raises(reach.Unreachable, match="install twindns into a Python every user can run"):
+    monkeypatch.setattr(reach, "worker_package_dir", lambda: str(code))
+    with pytest.raises(reach.InterpreterUnreachable, match="install twindns into a Python every user can run"):
         reach.plan(UID, GID, "nobody")
 
 
@@ -88,3 +88,15 @@ def test_private_mounts_permitted_follows_the_probe_command():
     assert reach.private_mounts_permitted(("true",)) is True
     assert reach.private_mounts_permitted(("false",)) is False
     assert reach.private_mounts_permitted(("/nonexistent/unshare",)) is False
+
+
+def test_the_worker_package_is_found_without_importing_it():
+    import subprocess
+    import sys
+    code = ("import sys; from supervisor import reach; d = reach.worker_package_dir(); "
+            "print(d, 'worker' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    where, imported = out.stdout.split()
+    import worker
+    assert where == os.path.dirname(os.path.realpath(worker.__file__))
+    assert imported == "False"

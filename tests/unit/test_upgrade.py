@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers.image import break_image, make_image
-from supervisor.upgrade import HANDOFF_ENV, HandoffError, UpgradeError, preflight, take_handoff
+from supervisor.upgrade import HANDOFF_ENV, UpgradeHandoffError, UpgradeError, preflight, take_handoff
 
 # Run as a script: first pass builds state with live fds and re-executes
 # itself through upgrade.reexec(); the second pass (same pid) reads it back.
@@ -65,9 +65,9 @@ def test_unreadable_handoff_is_a_clear_error(tmp_path):
     r, w = os.pipe()
     os.write(w, b"{not json")
     os.close(w)
-    with pytest.raises(HandoffError, match="malformed handoff"):
+    with pytest.raises(UpgradeHandoffError, match="malformed handoff"):
         take_handoff({HANDOFF_ENV: str(r)})
-    with pytest.raises(HandoffError, match=HANDOFF_ENV):
+    with pytest.raises(UpgradeHandoffError, match=HANDOFF_ENV):
         take_handoff({HANDOFF_ENV: "99999"})
 
 
