@@ -3,12 +3,15 @@ TCP (length-prefixed, pipelined) and the supervisor's probe datagrams."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from dataclasses import dataclass
 
 from worker import mmsg, wire
 from worker.answer import Answerer
+
+log = logging.getLogger(__name__)
 
 # Datagrams handled per wake-up before other sockets get their turn.
 UDP_BATCH = 64
@@ -169,6 +172,7 @@ class TcpServer:
         self.connections: set[TcpConnection] = set()
         self.refused = 0
         self.evicted = 0
+        self.dropped_after_fin = 0      # segments that arrived after a drain's FIN
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -212,14 +216,18 @@ class TcpServer:
             self.server.close()
 
     async def finish(self, deadline: float) -> None:
-        """Close connections as their pending answers are sent; abort what is
-        left at `deadline` (time.monotonic())."""
+        """Drain every connection (TcpConnection.drain); close what is left
+        at `deadline` (time.monotonic())."""
+        open_at_start = len(self.connections)
         for conn in list(self.connections):
-            conn.finish_when_idle()
+            conn.drain()
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        late = len(self.connections)
         for conn in list(self.connections):
-            conn.transport.abort()
+            conn.transport.close()
+        log.info("tcp drained: %d connections, %d still open at the deadline, %d segments after our FIN",
+                 open_at_start, late, self.dropped_after_fin)
 
 
 class TcpConnection(asyncio.Protocol):
@@ -230,8 +238,12 @@ class TcpConnection(asyncio.Protocol):
         self.buf = bytearray()
         self.pending = 0
         self.closing = False
+        self.draining = False       # answer what arrives, FIN at the next message boundary with nothing pending
+        self.fin_sent = False       # our side is shut: what still arrives is read and dropped
+        self.keepalive = False      # the client sent edns-tcp-keepalive (RFC 7828)
+        self.client_eof = False
         self.transport: asyncio.Transport | None = None
-        self.last_active = time.monotonic()       # the last whole query, or the connection's start
+        self.opened = self.last_active = time.monotonic()   # last: the last whole query, or the start
         self.partial_since: float | None = None    # the first byte of an unfinished query
         self.timer: asyncio.TimerHandle | None = None
 
@@ -269,6 +281,8 @@ class TcpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
+            if self.fin_sent:
+                self.server.dropped_after_fin += 1      # the client saw our FIN after sending it
             return
         now = time.monotonic()
         buf = self.buf
@@ -285,6 +299,8 @@ class TcpConnection(asyncio.Protocol):
                 return
             query = bytes(buf[2:2 + length])
             del buf[:2 + length]
+            if self.last_active == self.opened:     # the first query: did the client ask for keepalive?
+                self.keepalive = wire.asks_tcp_keepalive(query)
             self.last_active = now
             self.partial_since = now if buf else None
             reply = answer(query, False, self._send_later, None, now)
@@ -292,6 +308,13 @@ class TcpConnection(asyncio.Protocol):
                 self._write(reply)
             elif reply is not None:
                 self.pending += 1
+        if self.draining:
+            self._fin_when_done()
+
+    def eof_received(self) -> bool:
+        """The client shut its side: answer what is pending, then close."""
+        self.client_eof = True
+        return bool(self.pending)
 
     def _oversized(self, length: int) -> None:
         """A length beyond any query: FORMERR once the header is here (the
@@ -305,19 +328,44 @@ class TcpConnection(asyncio.Protocol):
         self.transport.close()
 
     def _write(self, reply: bytes) -> None:
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and not self.fin_sent:
+            if self.draining and self.keepalive:
+                reply = wire.with_keepalive_close(reply)
             self.transport.write(wire.U16.pack(len(reply)) + reply)
 
     def _send_later(self, reply: bytes, _dest) -> None:
         self.pending -= 1
         self._write(reply)
-        if self.closing and self.pending == 0:
-            self.transport.close()
+        if self.pending == 0:
+            if self.draining:
+                self._fin_when_done()
+            elif self.closing or self.client_eof:
+                self.transport.close()
 
     def finish_when_idle(self) -> None:
         self.closing = True
         if self.pending == 0:
             self.transport.close()
+
+    def drain(self) -> None:
+        """The worker is stopping: answer every query read so far and any
+        that arrives before we are done (RFC 7828 keepalive timeout 0 in those
+        answers, for a client that sent the option), then shut our side (FIN)
+        at a message boundary with nothing pending. What arrives after that
+        is read and dropped, so closing never resets the connection."""
+        if self.closing or self.transport.is_closing():
+            return
+        self.draining = True
+        self._fin_when_done()
+
+    def _fin_when_done(self) -> None:
+        if self.pending or self.buf or self.fin_sent:
+            return
+        self.fin_sent = self.closing = True
+        if self.client_eof:
+            self.transport.close()
+        else:
+            self.transport.write_eof()      # after the queued answers; the client's FIN then closes
 
     def _check_idle(self) -> None:
         """Close a connection idle for idle_timeout, or one whose unfinished

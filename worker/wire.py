@@ -25,6 +25,7 @@ TYPE_NS = 2
 TYPE_CNAME = 5
 TYPE_SOA = 6
 TYPE_OPT = 41
+OPTION_TCP_KEEPALIVE = 11      # RFC 7828
 TYPE_TXT = 16
 TYPE_ANY = 255
 CLASS_IN = 1
@@ -332,6 +333,48 @@ def soa_minimum(data: bytes, rec: Record) -> int:
     if rec.end - 4 < rec.ttl_offset + 6:
         raise ShortMessage("SOA rdata too short")
     return U32.unpack_from(data, rec.end - 4)[0]
+
+
+def asks_tcp_keepalive(query: bytes) -> bool:
+    """Whether a query's OPT carries edns-tcp-keepalive (RFC 7828); False
+    for anything that does not parse."""
+    try:
+        if len(query) < 12 or U16.unpack_from(query, 10)[0] == 0:
+            return False
+        off = skip_name(query, 12, pointers=False) + 4
+        _qd, an, ns, ar = struct.unpack_from(">HHHH", query, 4)
+        for _ in range(an + ns):
+            off = _skip_rr(query, off)
+        for _ in range(ar):
+            start = skip_name(query, off)
+            if start + 10 > len(query):
+                return False
+            rtype, _cls, _ttl, rdlen = RR_FIXED.unpack_from(query, start)
+            off = start + 10 + rdlen
+            if rtype == TYPE_OPT:
+                return _has_option(query[start + 10:off], OPTION_TCP_KEEPALIVE)
+    except WireError:
+        return False
+    return False
+
+
+def _has_option(rdata: bytes, code: int) -> bool:
+    i = 0
+    while i + 4 <= len(rdata):
+        opt, length = struct.unpack_from(">HH", rdata, i)
+        if opt == code:
+            return True
+        i += 4 + length
+    return False
+
+
+def with_keepalive_close(reply: bytes) -> bytes:
+    """`reply` with edns-tcp-keepalive timeout 0 added to its OPT, the
+    server's "close this connection now" (RFC 7828 section 3.3.2). Our
+    replies' OPT is the last record with empty rdata; one without is kept as it is."""
+    if len(reply) < 23 or reply[-11] != 0 or reply[-10:-8] != b"\x00\x29" or reply[-2:] != b"\x00\x00":
+        return reply
+    return reply[:-2] + b"\x00\x06" + struct.pack(">HHH", OPTION_TCP_KEEPALIVE, 2, 0)
 
 
 def opt_record(do: bool) -> bytes:

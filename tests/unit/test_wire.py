@@ -1,6 +1,7 @@
 """Hand parsing of DNS wire data (worker/wire.py): no root needed."""
 from __future__ import annotations
 
+import dns.edns
 import dns.flags
 import dns.rcode
 import dns.message
@@ -141,3 +142,15 @@ def test_key_helpers_take_apart_what_parse_query_builds():
     back = wire.question_from_key(q.key)
     assert (back.key, back.qtype, back.qclass, back.do, back.cd, back.qname_end) == \
         (q.key, 28, 1, True, False, q.qname_end)
+
+
+def test_tcp_keepalive_is_found_and_the_close_signal_added_to_our_opt():
+    asked = dns.message.make_query("a.test", "A", use_edns=0, options=[dns.edns.GenericOption(11, b"")]).to_wire()
+    plain = dns.message.make_query("a.test", "A", use_edns=0).to_wire()
+    assert wire.asks_tcp_keepalive(asked) and not wire.asks_tcp_keepalive(plain)
+    assert not wire.asks_tcp_keepalive(asked[:-3]) and not wire.asks_tcp_keepalive(b"\x00" * 5)
+    reply = wire.error_reply(plain, wire.RCODE_SERVFAIL, 12 + len(b"\x01a\x04test\x00"), False)
+    signalled = dns.message.from_wire(wire.with_keepalive_close(reply))
+    assert [(o.otype, o.to_wire()) for o in signalled.options] == [(11, b"\x00\x00")]
+    no_opt = wire.error_reply(plain, wire.RCODE_SERVFAIL)
+    assert wire.with_keepalive_close(no_opt) == no_opt
