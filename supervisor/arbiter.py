@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 
-from supervisor import accepted, logs, upgrade, version, watch
+from supervisor import accepted, logs, successor, upgrade, version, watch
 from supervisor.config import Config, ConfigError, EX_CONFIG, check_with_worker, check_with_worker_async, load, \
     parse, resolve_path
 from supervisor.control import ControlServer, ControlSocketBusy
@@ -49,7 +49,7 @@ class Arbiter:
     def __init__(self, config: Config, config_arg: str | None = None, socket_arg: str | None = None,
                  snapshot: SupervisorRecord | None = None, handoff: SupervisorSnapshot | None = None,
                  state_dir: str | None = None,
-                 listen_fds: dict | None = None, keep_network: bool = False) -> None:
+                 listen_fds: dict | None = None, keep_network: bool = False, takeover: bool = False) -> None:
         self.config = config
         self.config_arg = config_arg          # what `reload` re-reads (None: the default lookup)
         self.disk = accepted.DiskConfig(config_arg, config, accepted.state_dir(state_dir))
@@ -60,6 +60,9 @@ class Arbiter:
         self.state = SupervisorState.STARTING
         self.started_at = time.monotonic() - (snapshot.uptime if snapshot else 0.0)
         self.network = NetworkState(config, keep=keep_network)
+        self.keep_network = keep_network
+        self.takeover = takeover              # --takeover: replace a running supervisor
+        self.predecessor: int | None = None   # pid of the supervisor we are taking over from
         self.listen_fds = dict(listen_fds or {})   # FDNAME -> socket, from systemd's fd store
         self.metrics = MetricsAggregator(version())
         self.notifier = Notifier.from_environ()
@@ -125,11 +128,18 @@ class Arbiter:
     async def _start_services(self, run_as) -> bool:
         # The control socket first: a second supervisor must stop before it
         # touches (and on its way out tears down) the first one's network state.
+        orphans = successor.orphan_pids()     # workers of a supervisor that died, still serving
         try:
-            self.control = ControlServer({"status": self._op_status, "restart": self._op_restart,
-                                          "reload": self._op_reload, "upgrade": self._op_upgrade})
-            await self.control.start(self.config.control_socket)
-        except (ControlSocketBusy, OSError) as e:
+            await self.start_control()
+        except ControlSocketBusy as e:
+            self.control = None
+            if not self.takeover or e.pid is None:
+                logs.event(log, "startup_failed", logging.ERROR, error=str(e))
+                return False
+            # It owns the address and rules until it has handed them over (successor.py).
+            self.predecessor, self.network.keep = e.pid, True
+            logs.event(log, "taking_over", pid=e.pid)
+        except OSError as e:
             self.control = None
             logs.event(log, "startup_failed", logging.ERROR, error=str(e))
             return False
@@ -140,11 +150,35 @@ class Arbiter:
             return False
         try:
             await self.network.ensure()
-            await self._start_http()
+            if self.predecessor is None:
+                await self._start_http()        # else: once the predecessor is gone
         except (NetworkError, OSError) as e:
             logs.event(log, "startup_failed", logging.ERROR, error=f"{e}")
             return False
-        return early or self._start_pool(run_as)
+        if not (early or self._start_pool(run_as)):
+            return False
+        if self.predecessor is not None or orphans:
+            self._spawn_task(successor.succeed(self, orphans))
+        return True
+
+    async def start_control(self) -> None:
+        self.control = ControlServer({"status": self._op_status, "restart": self._op_restart,
+                                      "reload": self._op_reload, "upgrade": self._op_upgrade,
+                                      "step_down": self._op_step_down})
+        await self.control.start(self.config.control_socket)
+
+    async def claim_services(self) -> None:
+        """After a takeover: the control socket and HTTP listeners the predecessor left,
+        and the network state it handed over."""
+        await self.start_control()
+        await self._start_http()
+        self.network.keep = self.keep_network
+
+    def begin_stop(self, code: int = 0) -> None:
+        if self.state is SupervisorState.RUNNING:
+            self.exit_code = code
+            self.change_state(SupervisorState.STOPPING)
+            self._stop_task = self._spawn_task(self._stop())
 
     def _start_pool(self, run_as) -> bool:
         self.pool = WorkerPool(asyncio.get_running_loop(), self.config, run_as, self.metrics, self._on_workers_changed)
@@ -204,8 +238,7 @@ class Arbiter:
                 self._stop_task.cancel()
             self._spawn_task(self._stop_now())
         elif self.state is SupervisorState.RUNNING:
-            self.change_state(SupervisorState.STOPPING)
-            self._stop_task = self._spawn_task(self._stop())
+            self.begin_stop()
 
     def _periodic(self, now: float) -> None:
         if self.state is SupervisorState.RUNNING:
@@ -358,6 +391,9 @@ class Arbiter:
             return {"ok": False, "error": f"reload: config = {path!r}: expected an absolute path"}
         return await self._reload(progress, path)
 
+    async def _op_step_down(self, request, progress) -> dict:
+        return await successor.step_down(self, request, progress)
+
     async def _op_upgrade(self, request, progress) -> dict:
         async with self._restart_lock:
             return await upgrade.begin(self, progress)     # returns only if nothing changed
@@ -469,4 +505,4 @@ def run_main(args) -> int:
         return runner.run(Arbiter(config, config_arg=config_arg, socket_arg=args.socket,
                                   snapshot=handoff.supervisor if handoff else None, handoff=handoff,
                                   state_dir=state_dir, listen_fds=listen_fds,
-                                  keep_network=args.keep_network).run())
+                                  keep_network=args.keep_network, takeover=args.takeover).run())

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = cmd("run", "run the supervisor in the foreground (systemd ExecStart)")
     run.add_argument("--state-dir", default=None,
                      help="where the last accepted config is kept (default $TWINDNS_STATE_DIR or /var/lib/twindns)")
+    run.add_argument("--takeover", action="store_true",
+                     help="replace the supervisor that runs: start beside it, then have it step down")
     run.add_argument("--keep-network", action="store_true",
                      help="leave the interface and rules in place on exit (twindns-net.service owns them)")
     st = cmd("status", "show supervisor, workers and network state")

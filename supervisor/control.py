@@ -19,7 +19,7 @@ log = logging.getLogger("twindns.control")
 MAX_REQUEST = 64 * 1024
 READ_TIMEOUT = 10.0
 SOCKET_MODE = 0o660
-MUTATING = frozenset({"restart", "reload", "upgrade"})
+MUTATING = frozenset({"restart", "reload", "upgrade", "step_down"})
 
 Progress = Callable[[str], None]
 Handler = Callable[[dict, Progress], Awaitable[dict]]
@@ -27,6 +27,15 @@ Handler = Callable[[dict, Progress], Awaitable[dict]]
 
 class ControlSocketBusy(RuntimeError):
     """Another supervisor already answers on the control socket."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+def peer_pid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[0]
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -43,7 +52,9 @@ def bind_control_socket(path: str) -> socket.socket:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)
-            raise ControlSocketBusy(f"{path}: another twindns supervisor is running")
+            pid = peer_pid(probe)
+            raise ControlSocketBusy(f"{path}: another twindns supervisor is running (pid {pid}); "
+                                    "`twindns run --takeover` replaces it without losing a query", pid)
         except (ConnectionRefusedError, FileNotFoundError):
             p.unlink(missing_ok=True)
         finally:

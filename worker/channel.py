@@ -27,8 +27,12 @@ class ControlChannel:
 
     def __init__(self, sock: socket.socket, stats: Callable[[], dict],
                  request_drain: Callable[[float], None],
-                 cache_pipe: Callable[[str, int], None] = lambda direction, fd: os.close(fd)) -> None:
+                 cache_pipe: Callable[[str, int], None] = lambda direction, fd: os.close(fd),
+                 on_lost: Callable[[], None] | None = None) -> None:
         self.sock = sock
+        # The supervisor is gone (the channel closed): by default drain; a supervised
+        # worker instead serves on as an orphan (worker/orphan.py).
+        self.on_lost = on_lost or (lambda: request_drain(DEFAULT_DRAIN_TIMEOUT))
         self.stats = stats
         self.request_drain = request_drain
         self.cache_pipe = cache_pipe
@@ -46,10 +50,9 @@ class ControlChannel:
         except OSError:
             msg, fds = b"", []
         if not msg:
-            # The supervisor is gone: nobody will ever ask us to drain.
-            log.warning("control channel closed; draining")
+            log.warning("control channel closed")
             self.loop.remove_reader(self.sock.fileno())
-            self.request_drain(DEFAULT_DRAIN_TIMEOUT)
+            self.on_lost()
             return
         self._send(self._handle(msg, fds))
 

@@ -16,6 +16,7 @@ from worker.cache import Cache
 from worker.channel import DEFAULT_DRAIN_TIMEOUT, ControlChannel
 from worker.config import WorkerConfig
 from worker.handoff import ConfigMismatch, CacheStreamError, fingerprint, receive_cache, send_cache
+from worker.orphan import Orphanage
 from worker.resolver import LocalAnswers, Resolver
 from worker.server import ProbeServer, TcpLimits, TcpServer, UdpServer, udp_server
 from worker.states import WorkerState
@@ -84,6 +85,7 @@ class Service:
         self.adopting: asyncio.Task | None = None
         self.probe: ProbeServer | None = None
         self.control: ControlChannel | None = None
+        self.orphanage: Orphanage | None = None        # while our supervisor is gone
         self.handoffs: set[asyncio.Task] = set()       # cache streams to or from a sibling worker
         self.config_print = fingerprint(config)        # what a handed-over cache must have been made under
 
@@ -126,6 +128,24 @@ class Service:
             return
         log.info("cache handoff: %s %d entries in %.3f s", "sent" if direction == "send" else "stored",
                  count, time.monotonic() - started)
+
+    def _control_on(self, sock: socket.socket) -> None:
+        self.control = ControlChannel(sock, self.stats, self.request_drain, self.cache_pipe, self._supervisor_lost)
+        self.control.start()
+
+    def _supervisor_lost(self) -> None:
+        """The control channel closed without a drain request: the supervisor died.
+        Serve on and wait for a successor (worker/orphan.py) instead of leaving the
+        node without DNS."""
+        if self.stop_requested.is_set():
+            return
+        if self.probe is not None:
+            self.probe.stop()       # its peer is gone too; a successor does not probe us
+        old = self.control.sock if self.control is not None else None
+        self.control = None
+        if old is not None:
+            old.close()
+        self.orphanage = Orphanage(self._control_on, lambda: self.request_drain(DEFAULT_DRAIN_TIMEOUT))
 
     def stats(self) -> dict:
         return self.counters.snapshot(self.identity.stats_fields(), self.cache, self.forwarder)
@@ -176,8 +196,7 @@ class Service:
             self.probe = ProbeServer(self.sockets.probe, probe_answerer)
             self.probe.start()
         if self.sockets.control is not None:
-            self.control = ControlChannel(self.sockets.control, self.stats, self.request_drain, self.cache_pipe)
-            self.control.start()
+            self._control_on(self.sockets.control)
 
     async def _drain(self, deadline: float) -> None:
         """Leave the reuseport groups, answer what is queued and in flight
@@ -211,6 +230,8 @@ class Service:
         if self.probe:
             self.probe.stop()
         await self.forwarder.close()
+        if self.orphanage is not None:
+            self.orphanage.close()
         if self.control:
             self.control.send_final_stats()
 

@@ -66,14 +66,15 @@ class Supervisor:
     """`twindns run --config F` in `netns`, output in F's directory/run.log."""
 
     def __init__(self, netns, config: Path, env: dict | None = None, cwd: str | None = None,
-                 prefix: tuple[str, ...] = (), reachable: bool = True) -> None:
+                 prefix: tuple[str, ...] = (), reachable: bool = True, args: tuple[str, ...] = (),
+                 log_name: str = "run.log") -> None:
         self.netns = netns
         self.config = config
-        self.log_path = config.parent / "run.log"
+        self.log_path = config.parent / log_name
         self.log = open(self.log_path, "ab")
         # `prefix` (e.g. setpriv) runs after reachable_python's mounts, right before python
         # reachable=False: leave our Python where it is (twindns must cope itself)
-        argv = [*prefix, sys.executable, "-m", "supervisor", "run", "--config", str(config)]
+        argv = [*prefix, sys.executable, "-m", "supervisor", "run", *args, "--config", str(config)]
         argv = reachable_python(argv) if reachable else argv
         self.proc = netns.popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
                                 env={"TWINDNS_STATE_DIR": str(config.parent / "state"), **os.environ, **(env or {})},

@@ -14,7 +14,7 @@ import dns.rcode
 import pytest
 
 from helpers.unbound import Unbound
-from helpers.worker import SupervisedWorker, listen_sockets, ns_socket
+from helpers.worker import SupervisedWorker, listen_sockets, ns_socket, query
 
 pytestmark = pytest.mark.netns
 
@@ -194,10 +194,27 @@ def _worker_pid(w: SupervisedWorker) -> int:
     return w.request("stats")["stats"]["pid"]
 
 
-def test_control_channel_closed_means_drain_and_exit(spawn):
+def test_supervisor_gone_worker_serves_on_until_a_successor_drains_it(spawn, netns):
+    """The control channel closing without a drain request means the supervisor died:
+    the worker keeps answering, and a root successor that connects to
+    @twindns-orphan.<pid> (same network namespace) gets a control channel
+    that drains it."""
     w = spawn()
+    pid = _worker_pid(w)
     w.control.close()
+    time.sleep(0.5)
+    assert w.proc.poll() is None, w.log_path.read_text()
+    answer = query(netns, SERVER, dns.message.make_query("n1.hit.test", "A"))
+    assert answer.rcode() == dns.rcode.NOERROR and answer.answer
+    successor = ns_socket(netns, socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    successor.settimeout(5)
+    successor.connect(b"\0twindns-orphan." + str(pid).encode())
+    successor.send(json.dumps({"id": 1, "op": "stats"}).encode())
+    assert json.loads(successor.recv(65536))["stats"]["pid"] == pid
+    successor.send(json.dumps({"id": 2, "op": "drain", "timeout": 1.0}).encode())
+    assert json.loads(successor.recv(65536)) == {"id": 2, "ok": True}
     assert w.wait() == 0
+    successor.close()
 
 
 def test_bad_config_exits_78_naming_the_key(spawn):
