@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import dns.message
@@ -31,10 +32,15 @@ log = logging.getLogger(__name__)
 
 Waiter = Callable[[Entry], None]
 
-# Distinct questions in flight upstream at most. Past it a miss is answered
-# SERVFAIL at once: a flood of unique names (or a slow upstream) must not
-# grow memory without bound; unbound's num-queries-per-thread plays this role.
-MAX_PENDING = 10000
+# Distinct questions waiting or in flight upstream at most (default of
+# [cache] max_concurrent). Past it a miss is answered SERVFAIL at once: a
+# flood of unique names (or a slow upstream) must not grow memory or the
+# wait without bound; CoreDNS's max_concurrent, unbound's num-queries-per-thread.
+MAX_PENDING = 1000
+# New misses sent upstream per turn of the event loop. The client sockets are
+# read between turns (64 datagrams a batch), so under a miss flood the hits
+# queued behind the misses are answered at read speed, not at miss speed.
+MISSES_PER_TURN = 16
 # Local answers and SERVFAILs are made per miss and never stored.
 UNCACHED = CacheConfig(servfail_ttl=0)
 
@@ -79,8 +85,10 @@ class Resolver:
         self.headers = {zone_labels(r.zone): r for r in headers}
         self.header_depth = max(map(len, self.headers), default=0)
         self.local = local
-        # Key -> the clients waiting for its answer, while its query is upstream.
+        # Key -> the clients waiting for its answer, while its query waits or is upstream.
         self.pending: dict[bytes, list[Waiter]] = {}
+        self.queued: deque[wire.Question] = deque()     # misses not yet sent upstream
+        self.sending = False                            # a _send_queued turn is scheduled
         self.upstream_failures = 0
         self.overloaded = 0
 
@@ -98,17 +106,35 @@ class Resolver:
             return False
         self.pending[q.key] = [waiter]
         try:
-            if q.qclass == wire.CLASS_CH:
+            if q.qclass == wire.CLASS_CH:       # the supervisor's probe: never behind a miss flood
                 asyncio.get_running_loop().call_soon(self._finish, q.key, self._local(q))
-            else:
-                self.forwarder.ask(UpstreamQuery.from_question(q), lambda answer: self._answered(q, answer))
-                if self.policy.stale_client_timeout and self._has_stale(q.key):
-                    asyncio.get_running_loop().call_later(self.policy.stale_client_timeout,
-                                                          self._stale_early, q.key)
+                return True
         except Exception:  # noqa: BLE001 - waiters must always get an answer
             log.exception("miss path failed for %r", q.key)
             asyncio.get_running_loop().call_soon(self._finish, q.key, self._servfail(q))
+            return True
+        self.queued.append(q)
+        if not self.sending:
+            self.sending = True
+            asyncio.get_running_loop().call_soon(self._send_queued)
         return True
+
+    def _send_queued(self) -> None:
+        """Send up to MISSES_PER_TURN queued misses upstream; the rest next turn."""
+        queued, loop = self.queued, asyncio.get_running_loop()
+        for _ in range(min(MISSES_PER_TURN, len(queued))):
+            q = queued.popleft()
+            try:
+                self.forwarder.ask(UpstreamQuery.from_question(q), lambda answer, q=q: self._answered(q, answer))
+                if self.policy.stale_client_timeout and self._has_stale(q.key):
+                    loop.call_later(self.policy.stale_client_timeout, self._stale_early, q.key)
+            except Exception:  # noqa: BLE001 - waiters must always get an answer
+                log.exception("miss path failed for %r", q.key)
+                loop.call_soon(self._finish, q.key, self._servfail(q))
+        if queued:
+            loop.call_soon(self._send_queued)
+        else:
+            self.sending = False
 
     def _has_stale(self, key: bytes) -> bool:
         entry = self.cache.entries.get(key)

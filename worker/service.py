@@ -169,7 +169,7 @@ class Service:
         loop = asyncio.get_running_loop()
         self.forwarder = Forwarder(self.config.upstreams)
         resolver = Resolver(self.forwarder, self.cache, self.config.cache, self.config.headers,
-                            LocalAnswers(self.identity.probe_text()))
+                            LocalAnswers(self.identity.probe_text()), self.config.cache.max_concurrent)
         answerer = Answerer(self.cache, resolver, self.counters, self.config.cache.prefetch,
                             self.config.cache.max_udp_size)
         for sig in (signal.SIGTERM, signal.SIGINT):
