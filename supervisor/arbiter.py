@@ -13,7 +13,6 @@ supervisor/snapshot.py record of everything it needs.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
@@ -21,21 +20,22 @@ import socket
 import sys
 import time
 
-from supervisor import accepted, logs, successor, upgrade, version, watch
-from supervisor.config import Config, ConfigError, EX_CONFIG, check_with_worker, check_with_worker_async, load, \
-    parse, resolve_path
+from supervisor import accepted, logs, successor, upgrade, version
+from supervisor.config import Config, ConfigError, EX_CONFIG, check_with_worker, parse
 from supervisor.control import ControlServer, ControlSocketBusy
-from supervisor.health import HealthJudge, socket_inode, udp_drops
-from supervisor.http import HttpServer, bind_listener, plan, text_response
+from supervisor.health import HealthJudge
+from supervisor.http import HttpServer, bind_listener, plan
 from supervisor.metrics import MetricsAggregator
 from supervisor.netstate import NetworkError, NetworkState
-from supervisor.pool import SLOT_NAMES, RestartAborted, WorkerPool
+from supervisor.observe import Observation
+from supervisor.pool import WorkerPool
+from supervisor.restarts import RestartAndReload, with_socket
 from supervisor.sdnotify import Notifier
 from supervisor.listenfds import take_listen_fds
 from supervisor.snapshot import HeldRecord, ListenerRecord, SupervisorRecord, SupervisorSnapshot
 from supervisor.sockets import HeldSockets, check_kernel
-from supervisor.spawn import SpawnError, resolve_user
-from supervisor.states import SlotState, SupervisorState
+from supervisor.spawn import SpawnError
+from supervisor.states import SupervisorState
 
 log = logging.getLogger("twindns.arbiter")
 
@@ -45,7 +45,11 @@ CONFIG_CHECK_EVERY = 2.0       # the config file is re-read this often (one smal
 TERMINATING = (signal.SIGTERM, signal.SIGINT)
 
 
-class Arbiter:
+class Arbiter(RestartAndReload, Observation):
+    """The supervisor: starts and stops its services and runs the main loop;
+    restarts and reloads are supervisor/restarts.py, status and health
+    supervisor/observe.py."""
+
     def __init__(self, config: Config, config_arg: str | None = None, socket_arg: str | None = None,
                  snapshot: SupervisorRecord | None = None, handoff: SupervisorSnapshot | None = None,
                  state_dir: str | None = None,
@@ -297,166 +301,6 @@ class Arbiter:
             await asyncio.sleep(TICK)
         self.change_state(SupervisorState.STOPPED)
 
-    # -- restart and reload ---------------------------------------------------
-    async def rolling_restart(self, progress) -> dict:
-        """Replace slot A then slot B; serialised with every other restart or reload."""
-        async with self._restart_lock:
-            return await self._replace_both(progress)
-
-    async def _replace_both(self, progress) -> dict:
-        if self.state is not SupervisorState.RUNNING:
-            return {"ok": False, "error": f"supervisor is {self.state.value}"}
-        self.notifier.reloading("rolling restart")
-        try:
-            for name in SLOT_NAMES:
-                await self.pool.replace(name, progress)
-        except (RestartAborted, SpawnError, OSError) as e:
-            logs.event(log, "restart_aborted", logging.ERROR, error=str(e))
-            return {"ok": False, "error": str(e)}
-        finally:
-            self.notifier.ready(self._status_line())
-        self.metrics.inc_rolling_restart()
-        logs.event(log, "rolling_restart_done")
-        return {"ok": True}
-
-    async def _reload(self, progress, config_arg: str | None = None) -> dict:
-        """Re-read the config file (or move onto `config_arg`) and roll onto it if valid."""
-        config_arg = config_arg or self.config_arg
-        try:
-            new = with_socket(load(config_arg), self.socket_arg)
-            await self._worker_check(new)
-            run_as = self.pool.run_as if new.user == self.config.user else self._resolve_user(new.user)
-        except (ConfigError, SpawnError) as e:
-            logs.event(log, "reload_refused", logging.ERROR, error=str(e))
-            if config_arg == self.config_arg:
-                await self._check_config_file()
-            return {"ok": False, "error": str(e)}
-        async with self._restart_lock:
-            old, old_run_as = self.config, self.pool.run_as
-            await self._apply_config(new, run_as)
-            progress(f"config {new.path} accepted")
-            result = await self._replace_both(progress)
-            if not result.get("ok"):
-                # The reply says the reload failed: nothing may go on using the new config
-                # (a later crash would respawn on it). A slot replaced before the failure
-                # keeps its new worker until the next restart.
-                await self._apply_config(old, old_run_as, quiet=True)
-                logs.event(log, "reload_rolled_back", logging.WARNING, path=old.path)
-                progress(f"reload failed: back on the previous config {old.path}")
-            else:
-                if config_arg != self.config_arg:
-                    self.config_arg = self.disk.config_arg = config_arg
-                    logs.event(log, "config_file_changed", path=resolve_path(config_arg))
-                self.disk.accepted(new)
-                await self._check_config_file()
-            return result
-
-    @staticmethod
-    def _resolve_user(name: str):
-        run_as, notice = resolve_user(name)
-        if notice:
-            logs.event(log, "worker_user", logging.WARNING, detail=notice)
-        return run_as
-
-    async def _apply_config(self, new: Config, run_as, quiet: bool = False) -> None:
-        for key in ("control_socket", "health_listen", "metrics_listen"):
-            if not quiet and getattr(new, key) != getattr(self.config, key):
-                logs.event(log, "reload_deferred", logging.WARNING, key=key,
-                           detail="takes effect when the supervisor is restarted")
-        self.pool.run_as = run_as
-        self.config = new
-        self.pool.reconfigure(new)
-        self.network.config = new
-        self.judge.drop_window = new.supervisor.health_drop_window
-        await self.network.ensure()
-        logs.setup(new.log_level)
-        logs.event(log, "config_applied", path=new.path)
-
-    async def _worker_check(self, config: Config) -> None:
-        await check_with_worker_async(config)
-
-    # -- control socket ops ------------------------------------------------
-    async def _op_status(self, request, progress) -> dict:
-        # Asked now, answered now: the rules and the config file as they are at this moment.
-        await asyncio.gather(self.network.verify(), self._check_config_file(), watch.fresh_stats(self.pool))
-        self._sample_health(time.monotonic())
-        return {"ok": True, **self.status()}
-
-    async def _op_restart(self, request, progress) -> dict:
-        return await self.rolling_restart(progress)
-
-    async def _op_reload(self, request, progress) -> dict:
-        path = request.get("config")
-        if path is not None and not (isinstance(path, str) and os.path.isabs(path)):
-            return {"ok": False, "error": f"reload: config = {path!r}: expected an absolute path"}
-        return await self._reload(progress, path)
-
-    async def _op_step_down(self, request, progress) -> dict:
-        return await successor.step_down(self, request, progress)
-
-    async def _op_upgrade(self, request, progress) -> dict:
-        async with self._restart_lock:
-            return await upgrade.begin(self, progress)     # returns only if nothing changed
-
-    # -- observation ---------------------------------------------------------
-    def _on_workers_changed(self) -> None:
-        ready = self.pool.ready_count()
-        self.metrics.set_workers_ready(ready)
-        self._sample_health(time.monotonic())
-        if not self._told_ready and ready == len(SLOT_NAMES):
-            self._told_ready = True
-            self.notifier.ready(self._status_line())
-            logs.event(log, "supervisor_ready", workers=ready)
-        else:
-            self.notifier.status(self._status_line())
-
-    def _status_line(self) -> str:
-        parts = [f"{s['slot']}:{s['state']}" + (f" gen {s['generation']}" if s["generation"] else "")
-                 for s in self.pool.status()]
-        return f"{self.pool.ready_count()}/{len(SLOT_NAMES)} workers ready ({', '.join(parts)})"
-
-    def _sample_health(self, now: float) -> None:
-        drops = {}
-        if self.pool is not None:
-            for slot in self.pool.slots.values():
-                w = slot.current
-                if w is None or w.handles is None:
-                    continue
-                inodes = [socket_inode(s) for s in w.handles.sockets.udp if s.fileno() >= 0]
-                total = sum(udp_drops(inodes).values())
-                drops[f"{slot.name}{w.generation}"] = total
-                self.metrics.set_dropped(slot.name, w.generation, total)
-        ready = self.pool.ready_count() if self.pool is not None else 0
-        self.verdict = self.judge.observe(now, ready, self.network.problems, drops, self.disk.problems())
-
-    def _health_response(self):
-        if self.verdict is None:
-            return text_response(503, "starting\n")
-        return text_response(self.verdict.status, self.verdict.body)
-
-    async def _metrics_response(self):
-        if self.pool is not None:
-            await watch.fresh_stats(self.pool)
-        body, ctype = self.metrics.render()
-        return 200, ctype, body
-
-    def status(self) -> dict:
-        workers = self.pool.status() if self.pool is not None else []
-        ready = sum(1 for w in workers if w["state"] == SlotState.READY.value)
-        network = self.network.status()
-        return {
-            "healthy": ready == len(SLOT_NAMES) and not network["problems"] and not self.disk.degraded,
-            "ready_workers": ready,
-            "state": self.state.value,
-            "version": version(),
-            "supervisor": {"pid": os.getpid(), "uptime": round(time.monotonic() - self.started_at, 3),
-                           "config": self.config.path},
-            "workers": workers,
-            "network": network,
-            "config": self.disk.status(),
-            "health": self.verdict.body if self.verdict is not None else "starting\n",
-        }
-
     def busy_slots(self) -> list[str]:
         return self.pool.busy_slots()
 
@@ -470,10 +314,6 @@ class Arbiter:
             metrics=self.metrics.snapshot(),
             listeners=tuple(ListenerRecord.of(s.sock) for s in self.http if s.sock is not None),
             held=tuple(HeldRecord(name, sock.fileno()) for name, sock in self.pool.held_named()))
-
-
-def with_socket(config: Config, socket_arg: str | None) -> Config:
-    return config if socket_arg is None else dataclasses.replace(config, control_socket=socket_arg)
 
 
 def run_main(args) -> int:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import supervisor.netstate as netstate
-from supervisor import arbiter as arbiter_mod
+from supervisor import restarts as restarts_mod
 from supervisor.arbiter import Arbiter
 from supervisor.config import Endpoint, parse
 from supervisor.pool import RestartAborted, WorkerPool
@@ -181,7 +181,7 @@ def test_teardown_runs_after_an_ensure_that_failed(monkeypatch):
 def test_reload_that_fails_to_restart_restores_the_previous_config(monkeypatch):
     old = parse("", "/etc/old.toml")
     new = parse('listen = ["169.254.20.11"]\n', "/etc/new.toml")
-    monkeypatch.setattr(arbiter_mod, "load", lambda arg: new)
+    monkeypatch.setattr(restarts_mod, "load", lambda arg: new)
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
 
     async def scenario():
