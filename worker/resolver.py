@@ -21,7 +21,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from worker import wire
+from worker import scrub, wire
 from worker.cache import Cache, Entry
 from worker.response import entry_from_response
 from worker.config import CacheConfig, HeaderRule
@@ -88,6 +88,7 @@ class Resolver:
         # Key -> the clients waiting for its answer, while its query waits or is upstream.
         self.pending: dict[bytes, list[Waiter]] = {}
         self.queued: deque[wire.Question] = deque()     # misses not yet sent upstream
+        self.zone_wires: dict[str, bytes] = {}          # upstream zone -> its name wire, for scrub
         self.sending = False                            # a _send_queued turn is scheduled
         self.upstream_failures = 0
         self.overloaded = 0
@@ -165,8 +166,41 @@ class Resolver:
         self.miss(wire.question_from_key(key), lambda entry: None)
 
     def _answered(self, q: wire.Question, answer: bytes | None) -> None:
-        """The forwarder's outcome for q: store it, hand it to the waiters."""
+        """The forwarder's outcome for q: scrub it, follow a CNAME out of the
+        zone, store it, hand it to the waiters."""
         try:
+            if answer is not None:
+                answer, follow = self._scrubbed(wire.key_qname(q.key), answer)
+                if follow is not None and scrub.target_type(q.qtype):
+                    target = UpstreamQuery(follow, q.qtype, q.qclass, q.do, q.cd)
+                    self.forwarder.ask(target, lambda t: self._followed(q, answer, follow, t))
+                    return
+            entry = self._entry(q, answer)
+        except Exception:  # noqa: BLE001 - waiters must always get an answer
+            log.exception("miss path failed for %r", q.key)
+            entry = self._servfail(q)
+        self._finish(q.key, entry)
+
+    def _scrubbed(self, qname: bytes, answer: bytes) -> tuple[bytes | None, bytes | None]:
+        """(the answer scrubbed to its zone, a CNAME target outside it); a
+        malformed answer is (None, None), an upstream failure."""
+        name = self.forwarder.zone_for(qname).zone
+        zone = self.zone_wires.get(name)
+        if zone is None:
+            zone = self.zone_wires[name] = dns.name.from_text(name).to_wire().lower()
+        try:
+            return scrub.scrub(answer, zone)
+        except wire.WireError:
+            return None, None
+
+    def _followed(self, q: wire.Question, chain: bytes, target_name: bytes, target: bytes | None) -> None:
+        """The target's own upstream answered (or not): one answer of both.
+        A chain that leaves the target's zone again ends there (one hop, as
+        far as forwarding goes; the client sees the CNAME)."""
+        try:
+            if target is not None:
+                target, _again = self._scrubbed(target_name, target)
+            answer = scrub.with_target(chain, target) if target is not None else None
             entry = self._entry(q, answer)
         except Exception:  # noqa: BLE001 - waiters must always get an answer
             log.exception("miss path failed for %r", q.key)

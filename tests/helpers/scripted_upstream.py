@@ -14,6 +14,10 @@ Modes (every real answer is `NAME A 192.0.2.77`, every forged one
   tc      UDP answers carry TC=1 and no records; TCP answers are full
   cname   UDP answers are a CNAME alone (NAME CNAME target.elsewhere.), no
           SOA: what a forwarder that does not chase the chain returns
+  outofzone  UDP answers carry records about other zones: names starting
+          with "chain" get `NAME CNAME a.test.` plus a forged `a.test. A
+          198.51.100.66`; others the real A plus `evil.example. A
+          198.51.100.66` (additional) and `test. NS ns.evil.example.` (authority)
   spoof   each UDP query first gets forged answers (from another port of our
           address, from another address, with the ID + 1, for another
           question, and a QR=0 copy), then the real answer after --delay
@@ -98,6 +102,17 @@ class Server:
         elif self.mode == "tc":
             reply = dns.message.make_response(query)
             reply.flags |= dns.flags.TC
+            self.udp.sendto(reply.to_wire(), addr)
+        elif self.mode == "outofzone":
+            reply = dns.message.make_response(query)
+            name = query.question[0].name
+            if name.to_text().startswith("chain"):
+                reply.answer.append(dns.rrset.from_text(name, 300, "IN", "CNAME", "a.test."))
+                reply.answer.append(dns.rrset.from_text("a.test.", 300, "IN", "A", FORGED))
+            else:
+                reply.answer.append(dns.rrset.from_text(name, 300, "IN", "A", REAL))
+                reply.authority.append(dns.rrset.from_text("test.", 300, "IN", "NS", "ns.evil.example."))
+                reply.additional.append(dns.rrset.from_text("evil.example.", 300, "IN", "A", FORGED))
             self.udp.sendto(reply.to_wire(), addr)
         elif self.mode == "cname":
             reply = dns.message.make_response(query)
@@ -205,7 +220,7 @@ class Scripted:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--listen", required=True)
-    p.add_argument("--mode", choices=("answer", "lossy", "silent", "tc", "spoof", "cname"), required=True)
+    p.add_argument("--mode", choices=("answer", "lossy", "silent", "tc", "spoof", "cname", "outofzone"), required=True)
     p.add_argument("--state", required=True, type=Path)
     p.add_argument("--delay", type=float, default=0.1)
     p.add_argument("--close-after", type=int, default=0)

@@ -14,7 +14,7 @@ import uvloop
 
 from worker import wire
 from worker.cache import Cache
-from worker.config import CacheConfig, HeaderRule
+from worker.config import CacheConfig, HeaderRule, UpstreamZone
 from worker.resolver import LocalAnswers, Resolver
 
 
@@ -24,6 +24,10 @@ class FakeForwarder:
     def __init__(self, fail: bool = False) -> None:
         self.asked: list[bytes] = []
         self.fail = fail
+
+    @staticmethod
+    def zone_for(name: bytes):
+        return UpstreamZone(".", ())
 
     def ask(self, query, done) -> None:
         sent = query.wire(0)
