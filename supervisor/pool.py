@@ -20,7 +20,7 @@ from functools import partial
 from typing import Callable
 
 from contract.exits import EX_BOOT, EX_CONFIG
-from supervisor import custody, logs, rolling, watch
+from supervisor import custody, logs, peering, rolling, watch
 from supervisor.channel import ControlChannel
 from supervisor.config import Config
 from supervisor.probe import Prober
@@ -64,6 +64,7 @@ class WorkerPool:
         self.config = config
         self.run_as = run_as
         self.metrics = metrics
+        self.peers_linked: tuple[int, int] | None = None    # pids of the pair peering linked last
         self.on_change = on_change                  # ready count may have changed
         sup = config.supervisor
         self.slots = {n: WorkerSlot(n, Backoff(sup.backoff_initial, sup.backoff_max)) for n in SLOT_NAMES}
@@ -324,6 +325,7 @@ class WorkerPool:
         watch.time_out_boots(self, now)
         watch.probe(self, now)            # and kill the ones that missed probe_failures in a row
         watch.poll_stats(self, now)
+        peering.link_if_due(self)         # the two serving workers act as one cache
 
     def _respawn_due(self, now: float) -> None:
         for name, slot in self.slots.items():

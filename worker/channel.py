@@ -21,14 +21,15 @@ CACHE_OPS = {"cache_send": "send", "cache_receive": "receive"}
 
 
 class ControlChannel:
-    """Answers `stats`, `drain`, `cache_send` and `cache_receive` requests.
-    The handlers only record what was asked (`request_drain`, `cache_pipe`);
-    the service does the work."""
+    """Answers `stats`, `drain`, `cache_send`, `cache_receive` and `peer` requests.
+    The handlers only record what was asked (`request_drain`, `cache_pipe`,
+    `link_peer`); the service does the work."""
 
     def __init__(self, sock: socket.socket, stats: Callable[[], dict],
                  request_drain: Callable[[float], None],
                  cache_pipe: Callable[[str, int], None] = lambda direction, fd: os.close(fd),
-                 on_lost: Callable[[], None] | None = None) -> None:
+                 on_lost: Callable[[], None] | None = None,
+                 link_peer: Callable[[int], None] = os.close) -> None:
         self.sock = sock
         # The supervisor is gone (the channel closed): by default drain; a supervised
         # worker instead serves on as an orphan (worker/orphan.py).
@@ -36,6 +37,7 @@ class ControlChannel:
         self.stats = stats
         self.request_drain = request_drain
         self.cache_pipe = cache_pipe
+        self.link_peer = link_peer
         self.loop = asyncio.get_running_loop()
 
     def start(self) -> None:
@@ -85,8 +87,13 @@ class ControlChannel:
                 return {"id": rid, "ok": False, "error": f"{op}: expected a pipe end passed with the message"}, False
             self.cache_pipe(CACHE_OPS[op], fd)
             return {"id": rid, "ok": True}, True
-        return {"id": rid, "ok": False,
-                "error": f"unknown op {op!r}: expected 'stats', 'drain', 'cache_send' or 'cache_receive'"}, False
+        if op == "peer":
+            if fd is None:
+                return {"id": rid, "ok": False, "error": "peer: expected a socket passed with the message"}, False
+            self.link_peer(fd)
+            return {"id": rid, "ok": True}, True
+        return {"id": rid, "ok": False, "error": f"unknown op {op!r}: expected 'stats', 'drain', "
+                                                 f"'cache_send', 'cache_receive' or 'peer'"}, False
 
     def _send(self, obj: dict) -> None:
         data = json.dumps(obj).encode()

@@ -43,6 +43,9 @@ MAX_PENDING = 1000
 MISSES_PER_TURN = 16
 # Local answers and SERVFAILs are made per miss and never stored.
 UNCACHED = CacheConfig(servfail_ttl=0)
+# A miss asked of the peer (worker/peer.py) is asked upstream by us after the
+# zone's timeout and this: the owner answers within its timeout, even if only SERVFAIL.
+PEER_SLACK = 0.5
 
 
 class LocalAnswers:
@@ -87,13 +90,17 @@ class Resolver:
         self.local = local
         # Key -> the clients waiting for its answer, while its query waits or is upstream.
         self.pending: dict[bytes, list[Waiter]] = {}
-        self.queued: deque[wire.Question] = deque()     # misses not yet sent upstream
+        self.queued: deque[tuple[wire.Question, bool]] = deque()   # misses not yet sent (and: a refresh?)
         self.zone_wires: dict[str, bytes] = {}          # upstream zone -> its name wire, for scrub
         self.sending = False                            # a _send_queued turn is scheduled
+        # The other worker of the pair (worker/peer.py), when linked: it owns half the keys.
+        self.peer = None
+        self.asked_peer: dict[bytes, asyncio.TimerHandle] = {}   # keys the peer resolves for us
+        self.peer_asked: set[bytes] = set()                       # keys we resolve for the peer
         self.upstream_failures = 0
         self.overloaded = 0
 
-    def miss(self, q: wire.Question, waiter: Waiter) -> bool:
+    def miss(self, q: wire.Question, waiter: Waiter, refresh: bool = False) -> bool:
         """Call waiter(entry) once an answer for q is known (it always is:
         an upstream failure gives a SERVFAIL entry), never before miss()
         returns. False, and no call, when max_pending distinct questions are
@@ -114,7 +121,7 @@ class Resolver:
             log.exception("miss path failed for %r", q.key)
             asyncio.get_running_loop().call_soon(self._finish, q.key, self._servfail(q))
             return True
-        self.queued.append(q)
+        self.queued.append((q, refresh))
         if not self.sending:
             self.sending = True
             asyncio.get_running_loop().call_soon(self._send_queued)
@@ -124,9 +131,9 @@ class Resolver:
         """Send up to MISSES_PER_TURN queued misses upstream; the rest next turn."""
         queued, loop = self.queued, asyncio.get_running_loop()
         for _ in range(min(MISSES_PER_TURN, len(queued))):
-            q = queued.popleft()
+            q, refresh = queued.popleft()
             try:
-                self.forwarder.ask(UpstreamQuery.from_question(q), lambda answer, q=q: self._answered(q, answer))
+                self._forward(q, refresh)
                 if self.policy.stale_client_timeout and self._has_stale(q.key):
                     loop.call_later(self.policy.stale_client_timeout, self._stale_early, q.key)
             except Exception:  # noqa: BLE001 - waiters must always get an answer
@@ -136,6 +143,61 @@ class Resolver:
             loop.call_soon(self._send_queued)
         else:
             self.sending = False
+
+    def _forward(self, q: wire.Question, refresh: bool = False) -> None:
+        """Upstream, or to the peer when it owns the key (one upstream query
+        for the pair); `refresh`: a prefetch, which the peer must not answer
+        from its cache (its copy is as old as ours)."""
+        peer = self.peer
+        if peer is not None and peer.owns_elsewhere(q.key) and peer.ask(q.key, refresh):
+            wait = self.forwarder.zone_for(wire.key_qname(q.key)).timeout + PEER_SLACK
+            self.asked_peer[q.key] = asyncio.get_running_loop().call_later(wait, self._peer_silent, q)
+            return
+        self._upstream(q)
+
+    def _upstream(self, q: wire.Question) -> None:
+        self.forwarder.ask(UpstreamQuery.from_question(q), lambda answer: self._answered(q, answer))
+
+    def _peer_silent(self, q: wire.Question) -> None:
+        """The peer never answered (gone, or its reply was dropped): ask upstream ourselves."""
+        if self.asked_peer.pop(q.key, None) is not None and q.key in self.pending:
+            self._upstream(q)
+
+    def peer_asks(self, key: bytes, refresh: bool) -> None:
+        """The peer has a miss (or a prefetch: `refresh`) for a key we own:
+        resolve it (sharing a query already waiting or in flight) and tell it the outcome."""
+        entry = None if refresh else self.cache.get(key, time.monotonic())
+        if entry is not None:
+            self.peer.tell(key, entry)
+            return
+        q = wire.question_from_key(key)
+        self.peer_asked.add(key)
+        if key in self.pending:
+            return
+        if not self.miss(q, lambda entry: None):
+            self.peer_asked.discard(key)
+            self.peer.tell(key, self._servfail(q))
+
+    def peer_told(self, key: bytes, entry: Entry) -> None:
+        """What the peer learned from upstream for `key`: store it; clients
+        waiting because we asked the peer get it now."""
+        if entry.expires > time.monotonic():
+            self.cache.put(key, entry)
+        timer = self.asked_peer.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+            if key in self.pending:
+                self._finish(key, entry)
+
+    def peer_gone(self) -> None:
+        """The link closed: what we asked of the peer we ask upstream now."""
+        self.peer = None
+        self.peer_asked.clear()
+        for key, timer in list(self.asked_peer.items()):
+            timer.cancel()
+            del self.asked_peer[key]
+            if key in self.pending:
+                self._upstream(wire.question_from_key(key))
 
     def _has_stale(self, key: bytes) -> bool:
         entry = self.cache.entries.get(key)
@@ -163,11 +225,11 @@ class Resolver:
         for, whose answer replaces the entry (a failure leaves it alone)."""
         if key in self.pending or len(self.pending) >= self.max_pending:
             return
-        self.miss(wire.question_from_key(key), lambda entry: None)
+        self.miss(wire.question_from_key(key), lambda entry: None, refresh=True)
 
     def _answered(self, q: wire.Question, answer: bytes | None) -> None:
         """The forwarder's outcome for q: scrub it, follow a CNAME out of the
-        zone, store it, hand it to the waiters."""
+        zone, store it, hand it to the waiters and tell the peer."""
         try:
             if answer is not None:
                 answer, follow = self._scrubbed(wire.key_qname(q.key), answer)
@@ -179,7 +241,16 @@ class Resolver:
         except Exception:  # noqa: BLE001 - waiters must always get an answer
             log.exception("miss path failed for %r", q.key)
             entry = self._servfail(q)
+        self._done(q, entry)
+
+    def _done(self, q: wire.Question, entry: Entry) -> None:
+        """Waiters get `entry`; the peer gets it when it asked, or when it can cache it too."""
         self._finish(q.key, entry)
+        if self.peer is not None:
+            asked = q.key in self.peer_asked
+            self.peer_asked.discard(q.key)
+            if asked or entry.expires > entry.stored_at:
+                self.peer.tell(q.key, entry)
 
     def _scrubbed(self, qname: bytes, answer: bytes) -> tuple[bytes | None, bytes | None]:
         """(the answer scrubbed to its zone, a CNAME target outside it); a
@@ -205,7 +276,7 @@ class Resolver:
         except Exception:  # noqa: BLE001 - waiters must always get an answer
             log.exception("miss path failed for %r", q.key)
             entry = self._servfail(q)
-        self._finish(q.key, entry)
+        self._done(q, entry)
 
     def _entry(self, q: wire.Question, answer: bytes | None) -> Entry:
         if answer is None:
@@ -242,7 +313,10 @@ class Resolver:
         return entry
 
     def _finish(self, key: bytes, entry: Entry) -> None:
-        for waiter in self.pending.pop(key):
+        timer = self.asked_peer.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        for waiter in self.pending.pop(key, ()):
             try:
                 waiter(entry)
             except Exception:  # noqa: BLE001 - one client's failure must not cost the others theirs

@@ -17,6 +17,7 @@ from worker.channel import DEFAULT_DRAIN_TIMEOUT, ControlChannel
 from worker.config import WorkerConfig
 from worker.handoff import ConfigMismatch, CacheStreamError, fingerprint, receive_cache, send_cache
 from worker.orphan import Orphanage
+from worker.peer import PeerLink
 from worker.resolver import LocalAnswers, Resolver
 from worker.server import ProbeServer, TcpLimits, TcpServer, UdpServer, udp_server
 from worker.states import WorkerState
@@ -87,6 +88,8 @@ class Service:
         self.control: ControlChannel | None = None
         self.orphanage: Orphanage | None = None        # while our supervisor is gone
         self.handoffs: set[asyncio.Task] = set()       # cache streams to or from a sibling worker
+        self.resolver: Resolver | None = None
+        self.peer: PeerLink | None = None             # the other worker of the pair, when linked
         self.config_print = fingerprint(config)        # what a handed-over cache must have been made under
 
     def change_state(self, new: WorkerState) -> None:
@@ -130,7 +133,8 @@ class Service:
                  count, time.monotonic() - started)
 
     def _control_on(self, sock: socket.socket) -> None:
-        self.control = ControlChannel(sock, self.stats, self.request_drain, self.cache_pipe, self._supervisor_lost)
+        self.control = ControlChannel(sock, self.stats, self.request_drain, self.cache_pipe, self._supervisor_lost,
+                                      self.link_peer)
         self.control.start()
 
     def _supervisor_lost(self) -> None:
@@ -146,6 +150,28 @@ class Service:
         if old is not None:
             old.close()
         self.orphanage = Orphanage(self._control_on, lambda: self.request_drain(DEFAULT_DRAIN_TIMEOUT))
+
+    def link_peer(self, fd: int) -> None:
+        """Called from the control channel with our end of a socketpair to
+        the other serving worker (worker/peer.py); replaces any older link."""
+        sock = socket.socket(fileno=fd)
+        if self.resolver is None or self.state is not WorkerState.SERVING:
+            sock.close()
+            return
+        if self.peer is not None:
+            self.peer.close()
+        resolver = self.resolver
+        self.peer = PeerLink(sock, self.identity.slot, self.config_print, resolver.peer_asks, resolver.peer_told,
+                             self._peer_closed)
+        resolver.peer = self.peer
+        self.peer.start()
+        log.info("peer link to the other worker up")
+
+    def _peer_closed(self, link: PeerLink) -> None:
+        if self.peer is link:
+            self.peer = None
+            self.resolver.peer_gone()
+            log.info("peer link closed: resolving every key ourselves")
 
     def stats(self) -> dict:
         return self.counters.snapshot(self.identity.stats_fields(), self.cache, self.forwarder)
@@ -168,8 +194,8 @@ class Service:
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
         self.forwarder = Forwarder(self.config.upstreams)
-        resolver = Resolver(self.forwarder, self.cache, self.config.cache, self.config.headers,
-                            LocalAnswers(self.identity.probe_text()), self.config.cache.max_concurrent)
+        resolver = self.resolver = Resolver(self.forwarder, self.cache, self.config.cache, self.config.headers,
+                                            LocalAnswers(self.identity.probe_text()), self.config.cache.max_concurrent)
         answerer = Answerer(self.cache, resolver, self.counters, self.config.cache.prefetch,
                             self.config.cache.max_udp_size)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -201,6 +227,8 @@ class Service:
     async def _drain(self, deadline: float) -> None:
         """Leave the reuseport groups, answer what is queued and in flight
         (TCP and UDP, bounded by `deadline`), then close everything."""
+        if self.peer is not None:
+            self.peer.close()           # what it owns for us we ask upstream ourselves while draining
         for server in self.udp:
             server.steer_away()
         for server in self.tcp:

@@ -1,0 +1,64 @@
+"""Linking the two serving workers so the pair acts as one cache
+(worker/peer.py says what flows over the link, and why).
+
+Each tick the pool asks `link_if_due()`: when both slots' current workers
+are ready and are not the pair linked last, they get the two ends of a new
+AF_UNIX SOCK_SEQPACKET socketpair over their control channels (op `peer`,
+SCM_RIGHTS). A worker drops its older link when it gets a new one, so after
+a replacement the new worker and its sibling are linked within a tick.
+Best effort: unlinked, each worker resolves every key itself.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+
+from supervisor import logs
+from supervisor.channel import ChannelClosed
+from supervisor.states import SlotState
+
+log = logging.getLogger("twindns.peering")
+
+LINK_REPLY_WITHIN = 1.0
+
+
+def serving_pair(pool) -> tuple | None:
+    """The two current workers when both are ready and healthy, else None."""
+    pair = []
+    for slot in pool.slots.values():
+        w = slot.current
+        if w is None or w.state is not SlotState.READY or w.kill_cause is not None or w.runtime is None:
+            return None
+        pair.append(w)
+    return tuple(pair) if len(pair) == 2 else None
+
+
+def link_if_due(pool) -> None:
+    pair = serving_pair(pool)
+    if pair is None:
+        return
+    pids = tuple(w.pid for w in pair)
+    if pool.peers_linked == pids:
+        return
+    pool.peers_linked = pids
+    pool.background(link(*pair))
+
+
+async def link(a, b) -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    error = None
+    try:
+        for worker, end in ((a, ours), (b, theirs)):
+            reply = await worker.runtime.channel.request("peer", LINK_REPLY_WITHIN, fds=(end.fileno(),))
+            if not reply.get("ok"):
+                error = f"pid {worker.pid}: {reply.get('error')}"     # e.g. a worker older than the op
+                break
+    except (ChannelClosed, TimeoutError) as e:
+        error = str(e) or "timeout"
+    finally:
+        ours.close()
+        theirs.close()
+    if error is None:
+        logs.event(log, "peers_linked", a=a.pid, b=b.pid)
+    else:
+        logs.event(log, "peer_link_failed", logging.WARNING, a=a.pid, b=b.pid, error=error)

@@ -1,0 +1,81 @@
+"""The peer link's wire rules over a real socketpair: keys are validated,
+links between different configs stay unused, junk is counted and dropped."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+from worker import wire
+from worker.cache import Entry
+from worker.peer import PeerLink, owner, valid_key
+
+KEY = wire.make_key(b"\x03www\x07example\x03com\x00", b"\x00\x01\x00\x01", False, False)
+
+
+def entry() -> Entry:
+    template = (b"\x00\x00\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + KEY[:-1]
+                + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x01\x2c\x00\x04\xc0\x00\x02\x01")
+    qend = 12 + len(KEY) - 5
+    return Entry(template, qend, (qend + 4 + 6,), (300,), time.monotonic(), 300.0, 0, True, False)
+
+
+def test_valid_key():
+    assert valid_key(KEY)
+    assert not valid_key(b"\x05ab\x00" + KEY[-5:])          # label runs past the name
+    assert not valid_key(b"\x40" + b"a" * 64 + b"\x00" + KEY[-5:])
+    assert not valid_key(KEY[:-1] + b"\x07")                 # flags 0-3 only
+    assert not valid_key(b"\x00\x01")
+
+
+def test_owner_is_a_stable_half_split():
+    keys = [wire.make_key(f"\x05n{i:04d}\x00".encode(), b"\x00\x01\x00\x01", False, False) for i in range(1000)]
+    owners = [owner(k) for k in keys]
+    assert owners == [owner(k) for k in keys]
+    assert 400 < owners.count("A") < 600
+
+
+def run_pair(print_a: bytes, print_b: bytes, extra=lambda a, b, sa: None):
+    got = {"A": [], "B": []}
+
+    async def scenario():
+        sa, sb = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        a = PeerLink(sa, "A", print_a, lambda k, r: got["A"].append(("ask", k, r)),
+                     lambda k, e: got["A"].append(("told", k, e.ttls)), lambda link: None)
+        b = PeerLink(sb, "B", print_b, lambda k, r: got["B"].append(("ask", k, r)),
+                     lambda k, e: got["B"].append(("told", k, e.ttls)), lambda link: None)
+        a.start()
+        b.start()
+        await asyncio.sleep(0.05)
+        extra(a, b, sa)
+        a.ask(KEY)
+        a.ask(KEY, refresh=True)
+        a.tell(KEY, entry())
+        await asyncio.sleep(0.05)
+        a.close()
+        b.close()
+        return a, b
+    a, b = asyncio.run(scenario())
+    return got, a, b
+
+
+def test_asks_and_answers_cross_the_link():
+    got, a, b = run_pair(b"x" * 32, b"x" * 32)
+    assert got["B"] == [("ask", KEY, False), ("ask", KEY, True), ("told", KEY, (300,))]
+    assert b.bad == 0
+
+
+def test_a_link_between_two_configs_carries_nothing():
+    got, a, b = run_pair(b"x" * 32, b"y" * 32)
+    assert not a.usable and not b.usable
+    assert got["B"] == []
+
+
+def test_junk_is_counted_and_dropped():
+    def junk(a, b, sa):
+        sa.send(b"?" + b"\x05ab\x00\x00\x01\x00\x01\x00")     # not a key
+        sa.send(b"!" + b"\x00" * 10)                           # not a record
+        sa.send(b"Z")
+    got, a, b = run_pair(b"x" * 32, b"x" * 32, junk)
+    assert b.bad == 3
+    assert got["B"] == [("ask", KEY, False), ("ask", KEY, True), ("told", KEY, (300,))]
