@@ -3,6 +3,7 @@ Shared by tests/chaos/ (assertions) and bench/bench_chaos.py (figures)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -24,6 +25,20 @@ class Outcome:
         extra = "  ".join(f"{k}={v}" for k, v in self.notes.items())
         return (f"{self.scenario:<28} sent {r.sent:>7}  lost {r.lost:>4}  max latency {r.max_latency * 1000:7.1f} ms"
                 f"  rcodes {dict(sorted(r.rcodes.items()))}  {extra}")
+
+
+def answer_timeline(raw: str) -> list[float]:
+    """Answers per second in each of dnsperf's -S intervals, in order."""
+    return [float(m.group(1)) for m in re.finditer(r"^\d+\.\d+: ([0-9.]+)$", raw, re.M)]
+
+
+def longest_gap(raw: str, interval: float) -> float:
+    """The longest run of -S intervals with no answer at all, in seconds."""
+    best = run = 0
+    for rate in answer_timeline(raw):
+        run = run + 1 if rate == 0 else 0
+        best = max(best, run)
+    return round(best * interval, 3)
 
 
 def hit_queries(path: Path, n: int = 2000) -> Path:
