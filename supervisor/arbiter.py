@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 
-from supervisor import accepted, logs, successor, upgrade, version
+from supervisor import accepted, logs, restartcache, successor, upgrade, version
 from supervisor.config import Config, ConfigError, EX_CONFIG, check_with_worker, parse
 from supervisor.control import ControlServer, ControlSocketBusy
 from supervisor.health import HealthJudge
@@ -31,7 +31,7 @@ from supervisor.observe import Observation
 from supervisor.pool import WorkerPool
 from supervisor.restarts import RestartAndReload, with_socket
 from supervisor.sdnotify import Notifier
-from supervisor.listenfds import take_listen_fds
+from supervisor.listenfds import CACHE_FDNAME, take_listen_fds
 from supervisor.snapshot import HeldRecord, ListenerRecord, SupervisorRecord, SupervisorSnapshot
 from supervisor.sockets import HeldSockets, check_kernel
 from supervisor.spawn import SpawnError
@@ -68,6 +68,7 @@ class Arbiter(RestartAndReload, Observation):
         self.takeover = takeover              # --takeover: replace a running supervisor
         self.predecessor: int | None = None   # pid of the supervisor we are taking over from
         self.listen_fds = dict(listen_fds or {})   # FDNAME -> socket, from systemd's fd store
+        self.cache_fd = self.listen_fds.pop(CACHE_FDNAME, None)   # the previous workers' cache
         self.metrics = MetricsAggregator(version())
         self.notifier = Notifier.from_environ()
         self.judge = HealthJudge(config.supervisor.health_drop_window)
@@ -196,6 +197,10 @@ class Arbiter(RestartAndReload, Observation):
         if self.handoff is not None:
             self.metrics.restore(self.handoff.metrics)
         self.pool.start_all()
+        if self.cache_fd is not None:
+            self._spawn_task(restartcache.load(self.pool, self.notifier, self.cache_fd,
+                                               self.config.supervisor.ready_timeout))
+            self.cache_fd = None
         return True
 
     def _held_sockets(self) -> HeldSockets | None:
@@ -289,9 +294,13 @@ class Arbiter(RestartAndReload, Observation):
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
+        # Under systemd the next supervisor may be a `systemctl restart` away: leave it our cache.
+        cache = await restartcache.save(self.pool) if self.pool.held is not None and self.notifier.enabled else None
         try:
             await self.pool.stop_all()
         finally:
+            if cache is not None:
+                restartcache.store(self.notifier, cache)
             self.change_state(SupervisorState.STOPPED)
 
     async def _stop_now(self) -> None:
@@ -330,9 +339,11 @@ def run_main(args) -> int:
         listen_fds.update((h.name, socket.socket(fileno=h.fd)) for h in handoff.held)
     try:
         # after an upgrade: the config the previous image accepted, not the file as edited since
-        config = (parse(handoff.config_text, handoff.config_path) if handoff
-                  else accepted.load_for_start(args.config, accepted.state_dir(state_dir)))
-        check_with_worker(config)
+        if handoff:
+            config = parse(handoff.config_text, handoff.config_path)
+            check_with_worker(config)
+        else:       # checked by the worker already (each check is a Python start: ~0.3 s)
+            config = accepted.load_for_start(args.config, accepted.state_dir(state_dir))
     except ConfigError as e:
         print(f"twindns: {e}", file=sys.stderr)
         return EX_CONFIG

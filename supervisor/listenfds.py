@@ -3,10 +3,12 @@ ones the previous supervisor put into the service's fd store (FDSTORE=1,
 supervisor/sockets.py HeldSockets) before a `systemctl restart` or a crash.
 
     taken = take_listen_fds()     # {FDNAME: socket}, {} when there are none
+    cache = taken.pop(CACHE_FDNAME, None)   # an int: the previous workers' cache, a memfd
 
 Reads and removes $LISTEN_PID, $LISTEN_FDS and $LISTEN_FDNAMES (so nothing
-we start inherits them); the fds start at 3 (SD_LISTEN_FDS_START). Only
-sockets are taken; anything else passed is closed.
+we start inherits them); the fds start at 3 (SD_LISTEN_FDS_START). Sockets
+come as socket objects, the cache file as its fd number; anything else is
+closed.
 """
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ import stat
 from typing import MutableMapping
 
 SD_LISTEN_FDS_START = 3
+CACHE_FDNAME = "cache"
 ENV_KEYS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
 
-def take_listen_fds(environ: MutableMapping[str, str] | None = None, pid: int | None = None) -> dict[str, socket.socket]:
+def take_listen_fds(environ: MutableMapping[str, str] | None = None, pid: int | None = None) -> dict:
     environ = os.environ if environ is None else environ
     values = {k: environ.pop(k, None) for k in ENV_KEYS}
     try:
@@ -29,16 +32,21 @@ def take_listen_fds(environ: MutableMapping[str, str] | None = None, pid: int | 
     except ValueError:
         return {}
     names = (values["LISTEN_FDNAMES"] or "").split(":") if values["LISTEN_FDNAMES"] else []
-    taken: dict[str, socket.socket] = {}
+    taken: dict = {}
     for i in range(count):
         fd = SD_LISTEN_FDS_START + i
         name = names[i] if i < len(names) else f"unknown-{i}"
         try:
-            if not stat.S_ISSOCK(os.fstat(fd).st_mode) or name in taken:
-                os.close(fd)
-                continue
+            mode = os.fstat(fd).st_mode
         except OSError:
             continue
         os.set_inheritable(fd, False)
-        taken[name] = socket.socket(fileno=fd)
+        if name in taken:
+            os.close(fd)
+        elif stat.S_ISSOCK(mode):
+            taken[name] = socket.socket(fileno=fd)
+        elif name == CACHE_FDNAME and stat.S_ISREG(mode):
+            taken[name] = fd
+        else:
+            os.close(fd)
     return taken

@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import stat
 import struct
 import time
 from collections.abc import Iterable, Iterator
@@ -173,11 +174,15 @@ async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
 async def receive_cache(cache: Cache, fd: int, config_print: bytes) -> int:
     """Store the entries read from fd for which the cache holds no live entry
     (a live one of ours is newer); returns how many were stored. Stops at
-    EOF or a bad record."""
+    EOF or a bad record. fd is a pipe, or a file (a cache the previous
+    supervisor left in systemd's fd store across a restart), which is read
+    in slices without waiting for readiness (files are always readable)."""
     loop = asyncio.get_running_loop()
+    is_file = stat.S_ISREG(os.fstat(fd).st_mode)
     os.set_blocking(fd, False)
     readable = asyncio.Event()
-    loop.add_reader(fd, readable.set)
+    if not is_file:
+        loop.add_reader(fd, readable.set)
     reader = StreamReader(config_print)
     stored = 0
     try:
@@ -196,8 +201,11 @@ async def receive_cache(cache: Cache, fd: int, config_print: bytes) -> int:
                 if (held is None or now >= held.expires) and now < entry.expires:
                     cache.put(key, entry)
                     stored += 1
+            if is_file:
+                await asyncio.sleep(0)      # keep serving between slices
         reader.check_end()
         return stored
     finally:
-        loop.remove_reader(fd)
+        if not is_file:
+            loop.remove_reader(fd)
         os.close(fd)

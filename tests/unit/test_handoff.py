@@ -105,3 +105,22 @@ def test_send_and_receive_over_a_pipe_keep_newer_entries_and_drop_expired(capaci
     if capacity == 2000:
         assert new.entries[mine_key] is mine, "our own (newer) entry is kept"
         assert list(new.entries)[1:] == [k for k in old.entries if k not in (mine_key, key)], "order kept"
+
+
+def test_receive_reads_a_cache_left_in_a_file():
+    """After `systemctl restart` the cache arrives as a memfd from the fd store,
+    a file (always readable: no readiness to wait for)."""
+    now = time.monotonic()
+    old, new = Cache(2000), Cache(2000)
+    for i in range(1200):
+        old.put(*cached_entry(f"n{i}.test.", stored_at=now))
+
+    async def through_a_file():
+        fd = os.memfd_create("twindns-cache", os.MFD_CLOEXEC)
+        sent = await send_cache(old, os.dup(fd), fingerprint(CONFIG))
+        mine = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)      # as restartcache.load opens it
+        os.close(fd)
+        return sent, await receive_cache(new, mine, fingerprint(CONFIG))
+
+    assert asyncio.run(through_a_file()) == (1200, 1200)
+    assert list(new.entries) == list(old.entries)

@@ -1,0 +1,70 @@
+"""The workers' cache across a `systemctl restart`: the new workers must not
+start cold, or the queries that queued in the held sockets during the
+restart all become misses at once.
+
+On a stop under systemd (held sockets exist), one ready worker streams its
+cache (worker/handoff.py) into a memfd before it drains; once it has exited
+the memfd goes into the fd store as FDNAME=cache, replacing an older one.
+The next supervisor gets it back with $LISTEN_FDS (supervisor/listenfds.py)
+and gives each new worker its own read-only open of it (`cache_receive`;
+entries keep their monotonic expiry, the same clock on the whole host), then
+drops it from the store. A stop for good discards it with the store.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from supervisor import logs
+from supervisor.channel import ChannelClosed
+from supervisor.listenfds import CACHE_FDNAME
+from supervisor.states import SlotState
+
+log = logging.getLogger("twindns.restartcache")
+
+
+async def save(pool) -> int | None:
+    """A memfd the first ready worker is filling with its cache, or None."""
+    worker = next((s.current for s in pool.slots.values() if s.current is not None
+                   and s.current.state is SlotState.READY and s.current.runtime is not None), None)
+    if worker is None:
+        return None
+    fd = os.memfd_create("twindns-cache", os.MFD_CLOEXEC)
+    try:
+        reply = await worker.runtime.channel.request("cache_send", 1.0, fds=(fd,))
+    except (ChannelClosed, TimeoutError) as e:
+        reply = {"ok": False, "error": str(e) or "timeout"}
+    if not reply.get("ok"):
+        logs.event(log, "restart_cache_not_saved", logging.WARNING, pid=worker.pid, error=reply.get("error"))
+        os.close(fd)
+        return None
+    return fd
+
+
+def store(notifier, fd: int) -> None:
+    """Once the worker has exited (its drain waits for the stream): into the fd store."""
+    notifier.remove_fds(CACHE_FDNAME)
+    stored = notifier.store_fds(CACHE_FDNAME, [fd])
+    logs.event(log, "restart_cache_saved", bytes=os.fstat(fd).st_size, stored=stored)
+    os.close(fd)
+
+
+async def load(pool, notifier, fd: int, timeout: float) -> None:
+    """Give every new worker the previous workers' cache, then drop it from the store."""
+    try:
+        for slot in pool.slots.values():
+            worker = slot.current
+            if worker is None or worker.runtime is None:
+                continue
+            mine = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)   # an offset of its own
+            try:
+                await worker.runtime.channel.request("cache_receive", timeout, fds=(mine,))
+            except (ChannelClosed, TimeoutError) as e:
+                logs.event(log, "restart_cache_not_loaded", logging.WARNING, pid=worker.pid,
+                           error=str(e) or "timeout")
+            finally:
+                os.close(mine)
+        logs.event(log, "restart_cache_loaded", bytes=os.fstat(fd).st_size)
+    finally:
+        notifier.remove_fds(CACHE_FDNAME)
+        os.close(fd)
