@@ -44,6 +44,8 @@ _SCALARS = (
      "Expired answers served again (RFC 8767, cached 30 s) because every upstream failed."),
     (keys.MALFORMED, "malformed_queries", "Datagrams dropped because no DNS header could be read."),
     (keys.FORMERR, "formerr_responses", "Malformed queries answered with FORMERR."),
+    (keys.UNWANTED_REPLY_ACTIONS, "unwanted_reply_actions",
+     "Times unwanted upstream replies reached [cache] unwanted_reply_threshold (answers then in flight not cached)."),
 )
 # The classic text format generate_latest() writes, which every Prometheus
 # version scrapes (newer clients announce it as 1.0.0, unknown to older scrapers).

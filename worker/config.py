@@ -40,6 +40,7 @@ class CacheConfig:
     stale_client_timeout: float = 1.0          # serve a stale answer after this long waiting upstream; 0: only on failure
     max_udp_size: int = 1232                   # UDP answers beyond this (or the client's size) get TC (DNS flag day 2020)
     max_concurrent: int = 1000                 # distinct misses waiting or upstream; past it SERVFAIL at once
+    unwanted_reply_threshold: int = 10000      # unwanted upstream replies that make in-flight answers uncached; 0 off
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ HEADER_FLAGS = ("aa", "ra", "rd")
 MAX_TTL = 2**31 - 1
 
 _CACHE_KEYS = ("capacity", "min_ttl", "max_ttl", "negative_max_ttl", "servfail_ttl", "serve_stale", "prefetch",
-               "stale_client_timeout", "max_udp_size", "max_concurrent")
+               "stale_client_timeout", "max_udp_size", "max_concurrent",
+               "unwanted_reply_threshold")
 _UPSTREAM_KEYS = ("zone", "servers", "force_tcp", "timeout")
 _HEADER_KEYS = ("zone", "set", "clear")
 _DEFAULT_UPSTREAM = UpstreamZone(zone=".", servers=())
@@ -237,6 +239,8 @@ def _cache(doc: dict, source: str) -> CacheConfig:
                                       zero=True),
         max_udp_size=_integer(table, "max_udp_size", d.max_udp_size, 512, 65535, "cache", source),
         max_concurrent=_integer(table, "max_concurrent", d.max_concurrent, 1, 1_000_000, "cache", source),
+        unwanted_reply_threshold=_integer(table, "unwanted_reply_threshold", d.unwanted_reply_threshold,
+                                          0, 2**31 - 1, "cache", source),
     )
     if cache.min_ttl > cache.max_ttl:
         raise _fail(source, "cache.min_ttl", cache.min_ttl,

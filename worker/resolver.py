@@ -92,6 +92,9 @@ class Resolver:
         self.pending: dict[bytes, list[Waiter]] = {}
         self.queued: deque[tuple[wire.Question, bool]] = deque()   # misses not yet sent (and: a refresh?)
         self.zone_wires: dict[str, bytes] = {}          # upstream zone -> its name wire, for scrub
+        # Key -> the forwarder's unwanted_epoch when its query was sent (unwanted_reply_threshold).
+        self.epochs: dict[bytes, int] = {}
+        self.track_unwanted = bool(getattr(forwarder, "unwanted_threshold", 0))
         self.sending = False                            # a _send_queued turn is scheduled
         # The other worker of the pair (worker/peer.py), when linked: it owns half the keys.
         self.peer = None
@@ -132,6 +135,8 @@ class Resolver:
         queued, loop = self.queued, asyncio.get_running_loop()
         for _ in range(min(MISSES_PER_TURN, len(queued))):
             q, refresh = queued.popleft()
+            if self.track_unwanted:
+                self.epochs[q.key] = self.forwarder.unwanted_epoch
             try:
                 self._forward(q, refresh)
                 if self.policy.stale_client_timeout and self._has_stale(q.key):
@@ -294,7 +299,8 @@ class Resolver:
             kept = self.cache.get(q.key, entry.stored_at) or self.cache.stale(q.key, entry.stored_at)
             if kept is not None:
                 return kept
-        if entry.expires > entry.stored_at:
+        if entry.expires > entry.stored_at and (
+                not self.track_unwanted or self.epochs.get(q.key) == self.forwarder.unwanted_epoch):
             self.cache.put(q.key, entry)
         return entry
 
@@ -313,6 +319,7 @@ class Resolver:
         return entry
 
     def _finish(self, key: bytes, entry: Entry) -> None:
+        self.epochs.pop(key, None)
         timer = self.asked_peer.pop(key, None)
         if timer is not None:
             timer.cancel()

@@ -193,7 +193,7 @@ class Service:
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.forwarder = Forwarder(self.config.upstreams)
+        self.forwarder = Forwarder(self.config.upstreams, self.config.cache.unwanted_reply_threshold)
         resolver = self.resolver = Resolver(self.forwarder, self.cache, self.config.cache, self.config.headers,
                                             LocalAnswers(self.identity.probe_text()), self.config.cache.max_concurrent)
         answerer = Answerer(self.cache, resolver, self.counters, self.config.cache.prefetch,

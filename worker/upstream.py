@@ -25,6 +25,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Sequence
 
 import dns.name
@@ -255,8 +256,16 @@ class _Race:
 class Forwarder:
     """Sends queries to the configured upstreams and returns their answers."""
 
-    def __init__(self, zones: Sequence[UpstreamZone]) -> None:
+    def __init__(self, zones: Sequence[UpstreamZone], unwanted_threshold: int = 0) -> None:
         self._servers: dict[tuple[str, int], _Server] = {}
+        # unbound's unwanted-reply-threshold: every `unwanted_threshold`
+        # replies that answer nothing we asked (a poisoning attempt's flood),
+        # `unwanted_epoch` moves on and the resolver does not cache the
+        # answers that were in flight then.
+        self.unwanted_threshold = unwanted_threshold
+        self.unwanted = 0
+        self.unwanted_epoch = 0
+        self.unwanted_actions = 0
         # Bounds the UDP sockets open at once, so a burst of misses queues
         # here instead of running out of file descriptors.
         self._udp_budget = socket_budget()
@@ -268,12 +277,21 @@ class Forwarder:
                 if address not in self._servers:
                     stats = ServerStats(format_server(address))
                     self._servers[address] = _Server(
-                        address, stats, UdpUpstream(address, stats.count_rejected, self._udp_sockets),
-                        TcpUpstream(address, stats.count_rejected))
+                        address, stats, UdpUpstream(address, partial(self._unwanted, stats), self._udp_sockets),
+                        TcpUpstream(address, partial(self._unwanted, stats)))
         # Keyed by lower-cased labels: suffix lookups by tuple slicing cost far
         # less than building and hashing dns.name.Name parents.
         self._zones = {zone_labels(z.zone): (z, tuple(self._servers[a] for a in z.servers)) for z in zones}
         self._zone_depth = max(map(len, self._zones), default=0)
+
+    def _unwanted(self, stats: ServerStats) -> None:
+        stats.count_rejected()
+        self.unwanted += 1
+        if self.unwanted_threshold and self.unwanted % self.unwanted_threshold == 0:
+            self.unwanted_epoch += 1
+            self.unwanted_actions += 1
+            log.warning("%d unwanted upstream replies (unwanted_reply_threshold %d): answers in flight "
+                        "now are passed on but not cached", self.unwanted, self.unwanted_threshold)
 
     def zone_for(self, name: bytes) -> UpstreamZone:
         """The zone with the longest suffix match of `name` (a lower-case name wire)."""

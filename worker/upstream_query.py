@@ -24,6 +24,10 @@ class Rejected(Exception):
     """A message that is not the answer to the query we sent."""
 
 
+class CaseMismatch(Rejected):
+    """The answer's question matches ours except for the 0x20 letter case."""
+
+
 class RandomIds:
     """Unpredictable 16-bit message IDs (RFC 5452: IDs must not be guessable),
     from the operating system's CSPRNG. Drawn ID_BATCH at a time: one
@@ -63,14 +67,20 @@ class UpstreamQuery:
         """The name in presentation form, for messages."""
         return ".".join(label.decode("ascii", "backslashreplace") for label in wire.labels(self.qname)) or "."
 
-    def wire(self, query_id: int) -> bytes:
-        return wire.U16.pack(query_id) + self.tail
+    def wire(self, query_id: int, name: bytes | None = None) -> bytes:
+        """The query with `query_id`, asking `name` (the same name in other
+        letter case: 0x20) instead of our lower-case one when given."""
+        if name is None:
+            return wire.U16.pack(query_id) + self.tail
+        return wire.U16.pack(query_id) + self.tail[:10] + name + self.tail[10 + len(self.qname):]
 
-    def check(self, data: bytes, query_id: int) -> None:
+    def check(self, data: bytes, query_id: int, sent_name: bytes | None = None) -> None:
         """Raise Rejected unless `data` answers this query sent with
         `query_id`: same ID, QR=1, opcode QUERY, exactly one question, equal
-        to ours (the name in any case). Only the header and question are
-        read; the caller parses the rest (wire.parse_response)."""
+        to ours (the name in any case; in exactly the case of `sent_name`,
+        the 0x20-randomised name, when given: CaseMismatch otherwise). Only
+        the header and question are read; the caller parses the rest
+        (wire.parse_response)."""
         if len(data) < 12:
             raise Rejected("shorter than a header")
         if data[0] << 8 | data[1] != query_id:
@@ -90,3 +100,25 @@ class UpstreamQuery:
         # class are compared as they are: type 65 is 0x0041, an "A".)
         if data[12:name_end].lower() != self.qname or data[name_end:name_end + 4] != self.type_class:
             raise Rejected("wrong question")
+        if sent_name is not None and data[12:name_end] != sent_name:
+            raise CaseMismatch("question in other letter case than asked (0x20)")
+
+
+class RandomCase:
+    """DNS 0x20 (draft-vixie-dnsext-dns0x20): each letter of an upstream
+    query's name in random case, from the CSPRNG, so a forged answer must
+    also guess the case. Noise is drawn NOISE_BATCH bytes at a time."""
+
+    NOISE_BATCH = 4096
+
+    def __init__(self) -> None:
+        self._noise = b""
+        self._at = 0
+
+    def mix(self, name: bytes) -> bytes:
+        """`name` (a lower-case name wire) with every letter's case flipped at random."""
+        if self._at + len(name) > len(self._noise):
+            self._noise, self._at = os.urandom(self.NOISE_BATCH), 0
+        noise, at = self._noise, self._at
+        self._at += len(name)
+        return bytes(c ^ (noise[at + i] & 0x20) if 97 <= c <= 122 else c for i, c in enumerate(name))

@@ -19,12 +19,23 @@ epoll.register is one system call, and close() takes the socket out.
 from __future__ import annotations
 
 import asyncio
+import logging
 import resource
 import select
 import socket
 from typing import Callable
 
-from worker.upstream_query import RandomIds, Rejected, UpstreamQuery
+from worker.upstream_query import CaseMismatch, RandomCase, RandomIds, Rejected, UpstreamQuery
+
+# An answer in other letter case than asked is a forgery that guessed port
+# and ID, or comes from a server that does not echo 0x20. The real server's
+# answer in our case is waited for this long; then the query is asked again
+# in lower case, and a server that needed that this many times in a row is
+# asked in lower case from then on (unbound's caps fallback).
+CASE_WAIT = 0.3
+CASE_MISMATCHES_BEFORE_FALLBACK = 3
+
+log = logging.getLogger(__name__)
 
 # Unbound's default outgoing-range: UDP sockets per thread.
 MAX_SOCKETS = 4096
@@ -94,6 +105,9 @@ class UdpUpstream:
         # (getpeername of a connected socket): learnt once, then compared.
         self.peer: tuple[str, int] | None = None
         self.ids = RandomIds()
+        self.case = RandomCase()
+        self.use_0x20 = True
+        self.case_mismatches = 0        # in a row; reset by an answer in our case
 
     def ask(self, query: UpstreamQuery, on_answer: Callable[[bytes], None],
             on_error: Callable[[Exception], None]) -> UdpExchange:
@@ -107,8 +121,9 @@ class UdpUpstream:
             if self.peer is None:
                 self.peer = sock.getpeername()[:2]
             query_id = self.ids.next()
-            sock.send(query.wire(query_id))
-            return UdpExchange(self, sock, query, query_id, on_answer, on_error)
+            name = self.case.mix(query.qname) if self.use_0x20 else None
+            sock.send(query.wire(query_id, name))
+            return UdpExchange(self, sock, query, query_id, name, on_answer, on_error)
         except BaseException:
             sock.close()
             raise
@@ -117,11 +132,15 @@ class UdpUpstream:
 class UdpExchange:
     """One query sent on its own connected socket, waiting for its answer."""
 
-    __slots__ = ("_upstream", "_sock", "_fd", "_query", "_query_id", "_on_answer", "_on_error")
+    __slots__ = ("_upstream", "_sock", "_fd", "_query", "_query_id", "_name", "_on_answer", "_on_error",
+                 "_case_timer")
 
     def __init__(self, upstream: UdpUpstream, sock: socket.socket, query: UpstreamQuery, query_id: int,
-                 on_answer: Callable[[bytes], None], on_error: Callable[[Exception], None]) -> None:
+                 name: bytes | None, on_answer: Callable[[bytes], None],
+                 on_error: Callable[[Exception], None]) -> None:
         self._upstream, self._sock, self._query, self._query_id = upstream, sock, query, query_id
+        self._name = name               # the 0x20 name sent; None: asked in lower case
+        self._case_timer: asyncio.TimerHandle | None = None
         self._on_answer, self._on_error = on_answer, on_error
         self._fd = sock.fileno()
         upstream.sockets.watch(self._fd, self._readable)
@@ -143,16 +162,46 @@ class UdpExchange:
                 upstream.on_reject()
                 continue
             try:
-                self._query.check(data, self._query_id)
+                self._query.check(data, self._query_id, self._name)
+            except CaseMismatch:
+                upstream.on_reject()
+                if self._case_timer is None:
+                    self._case_timer = asyncio.get_running_loop().call_later(CASE_WAIT, self._reask_in_lower_case)
+                continue
             except Rejected:
                 upstream.on_reject()
                 continue
+            if self._name is not None:
+                upstream.case_mismatches = 0
             self.close()
             self._on_answer(data)
             return
 
+    def _reask_in_lower_case(self) -> None:
+        """Only answers in other case came within CASE_WAIT: ask again, a new
+        ID, in lower case, and take only that answer; after
+        CASE_MISMATCHES_BEFORE_FALLBACK in a row the server is asked without
+        0x20 from then on."""
+        self._case_timer = None
+        upstream = self._upstream
+        upstream.case_mismatches += 1
+        if upstream.case_mismatches >= CASE_MISMATCHES_BEFORE_FALLBACK and upstream.use_0x20:
+            upstream.use_0x20 = False
+            log.warning("upstream %s:%d does not echo the letter case of questions: 0x20 off for it",
+                        *upstream.server[:2])
+        self._query_id = upstream.ids.next()
+        self._name = None
+        try:
+            self._sock.send(self._query.wire(self._query_id))
+        except OSError as e:
+            self.close()
+            self._on_error(e)
+
     def close(self) -> None:
         """Stop waiting; no callback comes after this. Idempotent."""
+        if self._case_timer is not None:
+            self._case_timer.cancel()
+            self._case_timer = None
         if self._fd >= 0:
             self._upstream.sockets.unwatch(self._fd)
             self._sock.close()

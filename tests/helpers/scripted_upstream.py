@@ -14,6 +14,11 @@ Modes (every real answer is `NAME A 192.0.2.77`, every forged one
   tc      UDP answers carry TC=1 and no records; TCP answers are full
   cname   UDP answers are a CNAME alone (NAME CNAME target.elsewhere.), no
           SOA: what a forwarder that does not chase the chain returns
+  guessed UDP queries first get a forgery that guessed port and ID but
+          not the letter case (the question in lower case, A 198.51.100.66),
+          then after --delay the real answer echoing the question exactly
+  lowercase  UDP answers carry the question in lower case (a server that
+          does not echo 0x20)
   outofzone  UDP answers carry records about other zones: names starting
           with "chain" get `NAME CNAME a.test.` plus a forged `a.test. A
           198.51.100.66`; others the real A plus `evil.example. A
@@ -67,6 +72,13 @@ def answer(query: dns.message.Message, address: str, query_id: int | None = None
     return reply.to_wire()
 
 
+def lower_question(reply: bytes) -> bytes:
+    """`reply` with its question name (uncompressed at offset 12; records
+    point back to it) in lower case."""
+    end = reply.index(0, 12)
+    return reply[:12] + reply[12:end].lower() + reply[end:]
+
+
 class Server:
     def __init__(self, mode: str, state: Path, delay: float, ip: str, port: int,
                  close_after: int = 0) -> None:
@@ -103,6 +115,13 @@ class Server:
             reply = dns.message.make_response(query)
             reply.flags |= dns.flags.TC
             self.udp.sendto(reply.to_wire(), addr)
+        elif self.mode == "guessed":
+            self.counts["forged"] += 1
+            self.save()
+            self.udp.sendto(lower_question(answer(query, FORGED)), addr)
+            asyncio.get_running_loop().call_later(self.delay, self.udp.sendto, answer(query, REAL), addr)
+        elif self.mode == "lowercase":
+            self.udp.sendto(lower_question(answer(query, REAL)), addr)
         elif self.mode == "outofzone":
             reply = dns.message.make_response(query)
             name = query.question[0].name
@@ -220,7 +239,7 @@ class Scripted:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--listen", required=True)
-    p.add_argument("--mode", choices=("answer", "lossy", "silent", "tc", "spoof", "cname", "outofzone"), required=True)
+    p.add_argument("--mode", choices=("answer", "lossy", "silent", "tc", "spoof", "cname", "outofzone", "guessed", "lowercase"), required=True)
     p.add_argument("--state", required=True, type=Path)
     p.add_argument("--delay", type=float, default=0.1)
     p.add_argument("--close-after", type=int, default=0)
