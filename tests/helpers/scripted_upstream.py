@@ -125,7 +125,7 @@ class Server:
         elif self.mode == "outofzone":
             reply = dns.message.make_response(query)
             name = query.question[0].name
-            if name.to_text().startswith("chain"):
+            if name.to_text().lower().startswith("chain"):
                 reply.answer.append(dns.rrset.from_text(name, 300, "IN", "CNAME", "a.test."))
                 reply.answer.append(dns.rrset.from_text("a.test.", 300, "IN", "A", FORGED))
             else:
