@@ -289,6 +289,12 @@ async def step_down(arbiter, request: dict, progress) -> dict:
     from supervisor.states import SupervisorState
     if arbiter.state is not SupervisorState.RUNNING:
         return {"ok": False, "error": f"supervisor is {arbiter.state.value}"}
+    if arbiter.keep_network or arbiter.pool.held is not None:
+        # Under systemd the held sockets (fd store) and twindns-net.service outlive us: our exit
+        # would close the one and stop the other, under the successor's feet.
+        return {"ok": False, "error": "this supervisor is the systemd service (its fd store and twindns-net.service "
+                                      "hold the sockets and network state): replace it with `systemctl restart "
+                                      "twindns`"}
     conn = getattr(progress, "connection", None)
     requester = peer_pid(conn) if conn is not None else -1
     try:
