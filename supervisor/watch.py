@@ -67,6 +67,8 @@ async def fresh_stats(pool) -> None:
     """Ask every ready worker for its counters now, so a scrape or a status
     reflects the moment it was asked; a worker that does not answer within
     FRESH_STATS_WAIT is shown with its last report (hangs are the probe's job)."""
+    if pool is None:
+        return          # asked while starting: the control socket is up before the workers
     asks = []
     for worker in watched(pool):
         rt = worker.runtime
