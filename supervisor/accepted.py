@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor import logs
-from supervisor.config import Config, ConfigError, check_with_worker, check_with_worker_async, load, parse, \
-    resolve_path
+from supervisor.config import Config, ConfigError, check_with_worker, check_with_worker_async, expand_env, load, \
+    parse, resolve_path
 
 log = logging.getLogger("twindns.config")
 
@@ -161,7 +161,7 @@ class DiskConfig:
         if raw == self._seen and self.verdict is not None and self.verdict.path == path:
             return self.verdict
         self._seen = raw
-        differs = raw != self.running.raw_text.encode() or self.on_fallback
+        differs = _as_run(raw, path) != self.running.raw_text.encode() or self.on_fallback
         if error is None and differs:
             error = await _validate(raw, path)
         was = self.verdict
@@ -192,9 +192,17 @@ class DiskConfig:
         return out
 
 
+def _as_run(raw: bytes, path: str) -> bytes:
+    """The file's bytes as a supervisor would run them (environment references expanded)."""
+    try:
+        return expand_env(raw.decode("utf-8"), path).encode()
+    except (UnicodeDecodeError, ConfigError):
+        return raw                           # differs; _validate says why
+
+
 async def _validate(raw: bytes, path: str) -> str | None:
     try:
-        config = parse(raw.decode("utf-8"), path)
+        config = parse(expand_env(raw.decode("utf-8"), path), path)
         await check_with_worker_async(config)
     except UnicodeDecodeError as e:
         return f"{path}: not UTF-8 (byte {e.start})"

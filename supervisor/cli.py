@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--now", action="store_true", help="also start the service")
     un = cmd("uninstall", "stop and remove the service, tear down network state")
     un.add_argument("--root", default="/")
+    ic = sub.add_parser("import-corefile", help="translate a node-local-dns Corefile into a twindns.toml")
+    ic.add_argument("corefile", metavar="FILE")
+    ic.add_argument("-o", "--output", default=None, help="write the config here (default: stdout)")
     cmd("version", "print the version")
     return p
 
@@ -77,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     if c == "net":
         from supervisor.netcmd import main as net_main
         return net_main(args)
+    if c == "import-corefile":
+        from supervisor import corefile
+        return corefile.main(args)
     if c in ("install", "uninstall"):
         from supervisor import install
         return install.main(args)

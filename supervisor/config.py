@@ -12,6 +12,7 @@ bare host runs with no file at all.
 from __future__ import annotations
 
 import ipaddress
+import os
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from contract import child
+from contract import child, envexpand
 from contract.child import ChildTimeout
 from contract.endpoint import Endpoint, parse_endpoint
 from contract import validate
@@ -30,6 +31,7 @@ EMBEDDED_CONFIG = str(Path(__file__).with_name("default.toml"))
 WORKER_SECTIONS = ("cache", "upstream", "header")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 BACKENDS = ("auto", "legacy", "nft")
+METRICS_NAMES = ("twindns", "coredns", "both")
 
 
 class ConfigError(ValueError):
@@ -63,6 +65,7 @@ class SupervisorConfig:
     backoff_initial: float = 1.0
     backoff_max: float = 30.0
     health_drop_window: float = 30.0
+    reload_on_change: bool = False     # a valid change of the file is rolled onto by itself (a ConfigMap)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Config:
     health_listen: Endpoint | None = Endpoint("169.254.20.10", 8080)
     metrics_listen: Endpoint | None = Endpoint("169.254.20.10", 9253)
     log_level: str = "info"
+    metrics_names: str = "twindns"
     interface: InterfaceConfig = field(default_factory=InterfaceConfig)
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
@@ -184,6 +188,7 @@ _TOP = MappingProxyType({
     "health_listen": _endpoint,
     "metrics_listen": _endpoint,
     "log_level": _choice(LOG_LEVELS),
+    "metrics_names": _choice(METRICS_NAMES),
 })
 _INTERFACE = MappingProxyType({"name": _ifname, "manage": _boolean, "teardown": _boolean})
 _FIREWALL = MappingProxyType({"manage": _boolean, "backend": _choice(BACKENDS), "resync_interval": _seconds})
@@ -195,6 +200,7 @@ _SUPERVISOR = MappingProxyType({
     "backoff_initial": _seconds,
     "backoff_max": _seconds,
     "health_drop_window": _seconds,
+    "reload_on_change": _boolean,
 })
 _TABLES = MappingProxyType({"interface": (_INTERFACE, InterfaceConfig), "firewall": (_FIREWALL, FirewallConfig),
                             "supervisor": (_SUPERVISOR, SupervisorConfig)})
@@ -268,7 +274,15 @@ def load(path: str | None) -> Config:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 (byte {e.start})") from None
-    return parse(text, path)
+    return parse(expand_env(text, path), path)
+
+
+def expand_env(text: str, path: str) -> str:
+    """The file's text with its ${NAME} references replaced (contract/envexpand.py)."""
+    try:
+        return envexpand.expand(text, os.environ, path)
+    except envexpand.EnvExpandError as e:
+        raise ConfigError(str(e)) from None
 
 
 def worker_check_argv(config: Config) -> list[str]:

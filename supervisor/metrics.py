@@ -31,6 +31,7 @@ from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFami
                                             HistogramMetricFamily, InfoMetricFamily, Metric)
 
 from contract import stats as keys
+from supervisor import coredns_metrics
 from supervisor.states import RestartCause
 
 PREFIX = "twindns"
@@ -200,7 +201,14 @@ class MetricsAggregator:
         self.workers_ready = 0
         self.config_file_valid = True
         self.config_fallback = False
+        self.names = "twindns"                     # config metrics_names: twindns | coredns | both
+        self.coredns_labels = coredns_metrics.CorednsLabels()
         self.registry.register(_Collector(self))
+
+    def set_names(self, names: str, listen: tuple[str, ...], port: int) -> None:
+        """Which families /metrics serves (config `metrics_names`), and the coredns_* server label."""
+        self.names = names
+        self.coredns_labels = coredns_metrics.CorednsLabels.for_listen(listen, port)
 
     # -- fed by the arbiter --------------------------------------------------
     def update_worker(self, slot: str, generation: int, stats: Any) -> None:
@@ -297,6 +305,13 @@ class _Collector:
 
     def collect(self) -> Iterator[Metric]:
         agg, t = self._agg, self._agg.totals()
+        if agg.names != "coredns":
+            yield from self._twindns(agg, t)
+        if agg.names != "twindns":
+            yield from coredns_metrics.families(t, sum(agg.cache_entries().values()), agg.version,
+                                                agg.coredns_labels)
+
+    def _twindns(self, agg: MetricsAggregator, t: Totals) -> Iterator[Metric]:
         yield InfoMetricFamily(f"{PREFIX}_build", "twindns build information.",
                                value={"version": agg.version})
         restarts = CounterMetricFamily(f"{PREFIX}_worker_restarts", "Worker replacements by cause.",

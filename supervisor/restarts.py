@@ -92,6 +92,7 @@ class RestartAndReload:
                            detail="takes effect when the supervisor is restarted")
         self.pool.run_as = run_as
         self.config = new
+        self.metrics.set_names(new.metrics_names, new.listen, new.port)
         self.pool.reconfigure(new)
         self.network.config = new
         self.judge.drop_window = new.supervisor.health_drop_window

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any, Iterable, Sequence
 import dns.exception
 import dns.name
 
+from contract import envexpand
 from contract.endpoint import DNS_PORT, format_server, parse_server  # noqa: F401 (worker.config's API)
 from contract import validate
 from contract.exits import EX_CONFIG
@@ -89,7 +91,14 @@ def load_file(path: str, listen_ips: Iterable[str] = (), *,
             data = f.read()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from e
-    return load_bytes(data, path, listen_ips, root_servers=root_servers, resolv_conf=resolv_conf)
+    try:
+        # the supervisor hands its workers the expanded text; a file read here is expanded alike
+        text = envexpand.expand(data.decode("utf-8"), os.environ, path)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from e
+    except envexpand.EnvExpandError as e:
+        raise ConfigError(str(e)) from None
+    return load_text(text, path, listen_ips, root_servers=root_servers, resolv_conf=resolv_conf)
 
 
 def load_bytes(data: bytes, source: str, listen_ips: Iterable[str] = (), *,
