@@ -92,9 +92,10 @@ class Resolver:
         self.pending: dict[bytes, list[Waiter]] = {}
         self.queued: deque[tuple[wire.Question, bool]] = deque()   # misses not yet sent (and: a refresh?)
         self.zone_wires: dict[str, bytes] = {}          # upstream zone -> its name wire, for scrub
-        # Key -> the forwarder's unwanted_epoch when its query was sent (unwanted_reply_threshold).
+        # Key -> the forwarder's unwanted.epoch when its query was sent (unwanted_reply_threshold).
         self.epochs: dict[bytes, int] = {}
-        self.track_unwanted = bool(getattr(forwarder, "unwanted_threshold", 0))
+        unwanted = getattr(forwarder, "unwanted", None)     # absent in test doubles
+        self.track_unwanted = unwanted is not None and bool(unwanted.threshold)
         self.sending = False                            # a _send_queued turn is scheduled
         # The other worker of the pair (worker/peer.py), when linked: it owns half the keys.
         self.peer = None
@@ -136,7 +137,7 @@ class Resolver:
         for _ in range(min(MISSES_PER_TURN, len(queued))):
             q, refresh = queued.popleft()
             if self.track_unwanted:
-                self.epochs[q.key] = self.forwarder.unwanted_epoch
+                self.epochs[q.key] = self.forwarder.unwanted.epoch
             try:
                 self._forward(q, refresh)
                 if self.policy.stale_client_timeout and self._has_stale(q.key):
@@ -300,7 +301,7 @@ class Resolver:
             if kept is not None:
                 return kept
         if entry.expires > entry.stored_at and (
-                not self.track_unwanted or self.epochs.get(q.key) == self.forwarder.unwanted_epoch):
+                not self.track_unwanted or self.epochs.get(q.key) == self.forwarder.unwanted.epoch):
             self.cache.put(q.key, entry)
         return entry
 

@@ -78,6 +78,6 @@ class Stats:
             keys.CACHE_EVICTIONS: cache.evictions, keys.CACHE_ENTRIES: len(cache),
             keys.CACHE_STALE_SERVED: cache.stale_served, keys.CACHE_PREFETCHES: self.prefetches,
             keys.MALFORMED: self.malformed, keys.FORMERR: self.formerr,
-            keys.UNWANTED_REPLY_ACTIONS: getattr(forwarder, "unwanted_actions", 0),
+            keys.UNWANTED_REPLY_ACTIONS: forwarder.unwanted.actions,
             keys.UPSTREAM: forwarder.stats(),
         }

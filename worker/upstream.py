@@ -33,7 +33,7 @@ import dns.name
 from worker import wire
 from worker.config import UpstreamZone, format_server
 from worker.upstream_query import UpstreamQuery
-from worker.upstream_stats import ServerStats
+from worker.upstream_stats import ServerStats, UnwantedReplies
 from worker.upstream_tcp import TcpExchange, TcpUpstream
 from worker.upstream_udp import SocketWatch, UdpExchange, UdpUpstream, socket_budget
 
@@ -258,14 +258,7 @@ class Forwarder:
 
     def __init__(self, zones: Sequence[UpstreamZone], unwanted_threshold: int = 0) -> None:
         self._servers: dict[tuple[str, int], _Server] = {}
-        # unbound's unwanted-reply-threshold: every `unwanted_threshold`
-        # replies that answer nothing we asked (a poisoning attempt's flood),
-        # `unwanted_epoch` moves on and the resolver does not cache the
-        # answers that were in flight then.
-        self.unwanted_threshold = unwanted_threshold
-        self.unwanted = 0
-        self.unwanted_epoch = 0
-        self.unwanted_actions = 0
+        self.unwanted = UnwantedReplies(unwanted_threshold)
         # Bounds the UDP sockets open at once, so a burst of misses queues
         # here instead of running out of file descriptors.
         self._udp_budget = socket_budget()
@@ -277,21 +270,12 @@ class Forwarder:
                 if address not in self._servers:
                     stats = ServerStats(format_server(address))
                     self._servers[address] = _Server(
-                        address, stats, UdpUpstream(address, partial(self._unwanted, stats), self._udp_sockets),
-                        TcpUpstream(address, partial(self._unwanted, stats)))
+                        address, stats, UdpUpstream(address, partial(self.unwanted.count, stats), self._udp_sockets),
+                        TcpUpstream(address, partial(self.unwanted.count, stats)))
         # Keyed by lower-cased labels: suffix lookups by tuple slicing cost far
         # less than building and hashing dns.name.Name parents.
         self._zones = {zone_labels(z.zone): (z, tuple(self._servers[a] for a in z.servers)) for z in zones}
         self._zone_depth = max(map(len, self._zones), default=0)
-
-    def _unwanted(self, stats: ServerStats) -> None:
-        stats.count_rejected()
-        self.unwanted += 1
-        if self.unwanted_threshold and self.unwanted % self.unwanted_threshold == 0:
-            self.unwanted_epoch += 1
-            self.unwanted_actions += 1
-            log.warning("%d unwanted upstream replies (unwanted_reply_threshold %d): answers in flight "
-                        "now are passed on but not cached", self.unwanted, self.unwanted_threshold)
 
     def zone_for(self, name: bytes) -> UpstreamZone:
         """The zone with the longest suffix match of `name` (a lower-case name wire)."""

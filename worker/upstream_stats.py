@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import bisect
+import logging
 from dataclasses import dataclass, field
 
 from contract import stats as keys
+
+log = logging.getLogger(__name__)
 
 # Upper bounds (seconds) of the latency histogram; one more count is +Inf.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -31,3 +34,26 @@ class ServerStats:
         return {keys.UP_SERVER: self.server, keys.UP_QUERIES: self.queries, keys.UP_ERRORS: self.errors,
                 keys.UP_REJECTED: self.rejected, keys.UP_LATENCY_BUCKETS: list(LATENCY_BUCKETS),
                 keys.UP_LATENCY_COUNTS: list(self.latency_counts), keys.UP_LATENCY_SUM: self.latency_sum}
+
+
+class UnwantedReplies:
+    """unbound's unwanted-reply-threshold: every `threshold` upstream replies
+    that answer nothing we asked (a poisoning attempt's flood), `epoch`
+    moves on, and the resolver does not cache the answers that were in
+    flight then. 0 turns it off."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.total = 0
+        self.epoch = 0
+        self.actions = 0
+
+    def count(self, stats: ServerStats) -> None:
+        """One unwanted reply from the server of `stats`."""
+        stats.count_rejected()
+        self.total += 1
+        if self.threshold and self.total % self.threshold == 0:
+            self.epoch += 1
+            self.actions += 1
+            log.warning("%d unwanted upstream replies (unwanted_reply_threshold %d): answers in flight "
+                        "now are passed on but not cached", self.total, self.threshold)

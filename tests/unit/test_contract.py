@@ -68,7 +68,11 @@ def test_every_stats_counter_a_worker_reports_is_exported_by_the_supervisor():
     from worker.cache import Cache
     from worker.stats import Stats
 
+    from worker.upstream_stats import UnwantedReplies
+
     class NoUpstream:
+        unwanted = UnwantedReplies(0)
+
         def stats(self) -> list:
             return []
     report = Stats().snapshot({keys.SLOT: "A", keys.GENERATION: 1, keys.VERSION: "0"}, Cache(10), NoUpstream())

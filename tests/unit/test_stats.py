@@ -6,9 +6,12 @@ import json
 from worker.cache import Cache
 from worker.channel import MAX_REPLY
 from worker.stats import Stats
+from worker.upstream_stats import UnwantedReplies
 
 
 class NoUpstreams:
+    unwanted = UnwantedReplies(0)
+
     def stats(self) -> list:
         return []
 
