@@ -3,6 +3,10 @@
 the same upstream, same query files, same run, alternating.
 
     sudo python3 bench/bench_cache.py [--seconds 5] [--rounds 3] [--rate 20000] [--miss-rate 2000]
+    sudo python3 bench/bench_cache.py --workloads sharing memory --only twindns pair unbound
+
+The `sharing` and `memory` workloads and the `pair` contender (the
+supervised pair) are described in bench/sharing.py.
 
 Everything runs in a throwaway network namespace: the upstream is unbound
 serving local data on 127.0.0.2:53 (tests/helpers/unbound.py, its own cache
@@ -61,6 +65,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from helpers import dnsperf  # noqa: E402
 from helpers.netns import Netns  # noqa: E402
 from helpers.unbound import Unbound  # noqa: E402
+
+import sharing  # noqa: E402
 
 UPSTREAM = "127.0.0.2"
 PORTS = {"twindns": 5301, "unbound": 5302, "dnsmasq": 5303}
@@ -160,14 +166,38 @@ def settle(proc: psutil.Process, timeout: float = 30.0) -> None:
             return
 
 
+def cold_starters(ns: Netns, work: Path, args, pin: list[str]) -> dict:
+    """name -> start(): a fresh server, returned as (pids, address, port, stop)."""
+    def standalone(start, name):
+        def go():
+            proc = start()
+            wait_answering(ns, PORTS[name])
+
+            def stop():
+                proc.terminate()
+                proc.wait(timeout=20)
+            return [proc.pid], "127.0.0.1", PORTS[name], stop
+        return go
+
+    def pair():
+        proc = sharing.start_pair(ns, work, UPSTREAM)
+        pids = [w["pid"] for w in sharing.pair_workers(ns, work)]
+        return pids, sharing.PAIR_LISTEN, 53, lambda: sharing.stop_pair(ns, proc)
+    every = {"twindns": standalone(lambda: start_twindns(ns, work, args.worker_arg, pin), "twindns"),
+             "unbound": standalone(lambda: start_unbound(ns, work, pin), "unbound"),
+             "dnsmasq": standalone(lambda: start_dnsmasq(ns, work, pin), "dnsmasq"),
+             "pair": pair}
+    return {name: every[name] for name in args.only}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each dnsperf run")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rate", type=int, default=20000, help="offered qps of the hit latency runs")
     ap.add_argument("--miss-rate", type=int, default=2000, help="offered qps of the miss latency runs")
-    ap.add_argument("--only", nargs="*", default=list(PORTS), choices=list(PORTS))
-    ap.add_argument("--workloads", nargs="*", default=["hit", "miss"], choices=["hit", "miss"])
+    ap.add_argument("--only", nargs="*", default=list(PORTS), choices=[*PORTS, "pair"])
+    ap.add_argument("--workloads", nargs="*", default=["hit", "miss"], choices=["hit", "miss", "sharing", "memory"])
     ap.add_argument("--worker-arg", action="append", default=[], help="extra argument for python -m worker")
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2,
                     help="servers on CPU 1, dnsperf on CPU 0 (default with 2+ CPUs)")
@@ -183,6 +213,13 @@ def main() -> int:
     ns = Netns(prefix="twb")
     try:
         upstream = Unbound(work / "upstream", addr=UPSTREAM, port=53, netns=ns)
+        extra = [w for w in args.workloads if w in ("sharing", "memory")]
+        if extra:
+            sharing.run(ns, work, upstream, cold_starters(ns, work, args, server_pin), extra, dnsperf.write_queries)
+        args.workloads = [w for w in args.workloads if w in ("hit", "miss")]
+        args.only = [n for n in args.only if n != "pair"]
+        if not args.workloads:
+            return 0
         procs = {}
         starters = {"twindns": lambda: start_twindns(ns, work, args.worker_arg, server_pin),
                     "unbound": lambda: start_unbound(ns, work, server_pin),

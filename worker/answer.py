@@ -74,7 +74,7 @@ class Answerer:
         entry.referenced = True
         if self.per_query:
             entry.udp_hits += 1
-        return entry.with_opt if hit[1] else entry.plain
+        return (entry.with_opt or entry.opt_form()) if hit[1] else entry.plain
 
     def exact_reply(self, data: bytes, now: float) -> bytes | None:
         """exact_body() with the client's ID spliced in."""
@@ -100,7 +100,8 @@ class Answerer:
             else:
                 return self._slow(data, udp, send, dest, now)
             name = data[12:z]
-            entry = self.cache.entries.get(name.lower() + data[z:z + 4] + wire.KEY_FLAGS[flags])
+            lname = name.lower()
+            entry = self.cache.entries.get(lname + data[z:z + 4] + wire.KEY_FLAGS[flags])
             if entry is None or now >= entry.expires:
                 return self._slow(data, udp, send, dest, now)
             entry.referenced = True
@@ -111,11 +112,11 @@ class Answerer:
                     entry.tcp_hits += 1
             if now >= entry.render_at:
                 self._rerender(entry, now)
-            body = entry.with_opt if has_opt else entry.plain
+            body = (entry.with_opt or entry.opt_form()) if has_opt else entry.plain
             if (udp and len(body) > 512 and (len(body) > payload or len(body) > self.max_udp)) or (
                     entry.mirror_rd and (data[2] ^ body[2]) & wire.FLAG_RD):
                 return self._splice_slow(entry, body, data, z, udp, has_opt, payload)
-            if name == entry.qname:
+            if name == lname:       # the stored question (lower case) is the query's, byte for byte
                 # Only whole, plain queries: a UDP reply fits the client's size (so
                 # TCP may reuse it, not the reverse), and trailing bytes or EDNS
                 # options must not make keys of up to 4 KiB.
@@ -178,7 +179,7 @@ class Answerer:
             self.stats.count(udp, q.qtype, entry.rcode)
         if now >= entry.render_at:
             self._rerender(entry, now)
-        body = entry.with_opt if q.has_opt else entry.plain
+        body = (entry.with_opt or entry.opt_form()) if q.has_opt else entry.plain
         return self._splice_slow(entry, body, data, q.qname_end, udp, q.has_opt, q.payload)
 
     def _splice_slow(self, entry: Entry, body: bytes, data: bytes, qname_end: int, udp: bool,

@@ -90,7 +90,7 @@ def test_servfail_and_refused_cached_servfail_ttl():
 def test_upstream_opt_replaced_by_ours():
     e = entry_from_response(response(answers=["a.test. 300 IN A 192.0.2.1"]), 0.0, CacheConfig(), None, True)
     assert dns.message.from_wire(e.plain).edns < 0
-    with_opt = dns.message.from_wire(e.with_opt)
+    with_opt = dns.message.from_wire(e.opt_form())
     assert with_opt.edns == 0 and with_opt.payload == wire.OUR_UDP_PAYLOAD
     assert with_opt.ednsflags & 0x8000, "DO echoed"
 
