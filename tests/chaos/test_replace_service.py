@@ -23,6 +23,8 @@ QPS = 20000
 SECONDS = 12
 # More than QPS x any outage we would have: an outage shows as lost queries, not a stalled client.
 OUTSTANDING = 20000
+# An answer within a stub resolver's own timeout (glibc's default is 5 s) is an answer.
+TIMEOUT = 5.0
 
 
 def our_rules(netns) -> int:
@@ -71,6 +73,36 @@ def worker_pids(netns) -> list[int]:
     return out
 
 
+class DropWatch(threading.Thread):
+    """Datagrams dropped on full receive buffers during the run, per socket (from
+    /proc/net/udp every 100 ms, so sockets closed before the end still count):
+    on failure, says whether ours (port 53) or dnsperf's dropped them."""
+
+    def __init__(self, netns) -> None:
+        super().__init__(daemon=True)
+        self.netns, self.seen, self.first, self.halt = netns, {}, {}, threading.Event()
+        self.started = time.monotonic()
+        self.start()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            for line in self.netns.run(["cat", "/proc/net/udp"], check=False).stdout.splitlines()[1:]:
+                cols = line.split()
+                if len(cols) >= 13 and int(cols[12]):
+                    key = (cols[1], cols[9])
+                    self.seen[key] = int(cols[12])
+                    self.first.setdefault(key, round(time.monotonic() - self.started, 1))
+            time.sleep(0.1)
+
+    def report(self) -> str:
+        self.halt.set()
+        ours = sum(n for (local, _), n in self.seen.items() if local.endswith(":0035"))
+        theirs = sum(n for (local, _), n in self.seen.items() if not local.endswith(":0035"))
+        detail = "; ".join(f"{local} inode {inode}: {n} from {self.first[(local, inode)]} s"
+                           for (local, inode), n in self.seen.items())
+        return f"\nUDP drops: port 53 sockets {ours}, dnsperf's sockets {theirs} ({detail})\n"
+
+
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -102,7 +134,8 @@ def test_takeover_loses_nothing_and_hands_over_the_network_state(netns, config, 
     old_workers = [w["pid"] for w in before["workers"]]
     queries = dnsperf.mixed_queries(tmp_path / "q.txt")
     warm(netns, queries)
-    load = Load(netns, queries, SECONDS, QPS, outstanding=OUTSTANDING)
+    load = Load(netns, queries, SECONDS, QPS, timeout=TIMEOUT, outstanding=OUTSTANDING)
+    watch = DropWatch(netns)
     sampler = Sampler(netns)
     sampler.start()
     load.wait_until(3)
@@ -117,7 +150,7 @@ def test_takeover_loses_nothing_and_hands_over_the_network_state(netns, config, 
                      "the new supervisor answering status")
     print(f"takeover: sent {result.sent} lost {result.lost} max latency {result.max_latency:.3f}")
     assert result.sent >= QPS * SECONDS * 0.9, result.raw
-    assert result.lost == 0, result.raw + new.output()[-3000:]
+    assert result.lost == 0, result.raw + watch.report() + new.output()[-3000:]
     assert set(result.rcodes) == {"NOERROR"}, result.raw
     assert not any(alive(pid) for pid in old_workers), old_workers
     assert set(worker_pids(netns)) == {w["pid"] for w in after["workers"]}
@@ -134,7 +167,8 @@ def test_sigkilled_supervisor_workers_serve_on_and_the_next_run_takes_over(netns
     old_workers = [w["pid"] for w in before["workers"]]
     queries = dnsperf.mixed_queries(tmp_path / "q.txt")
     warm(netns, queries)
-    load = Load(netns, queries, SECONDS, QPS, outstanding=OUTSTANDING)
+    load = Load(netns, queries, SECONDS, QPS, timeout=TIMEOUT, outstanding=OUTSTANDING)
+    watch = DropWatch(netns)
     load.wait_until(3)
     os.kill(old.proc.pid, signal.SIGKILL)
     time.sleep(2)
@@ -145,7 +179,7 @@ def test_sigkilled_supervisor_workers_serve_on_and_the_next_run_takes_over(netns
     wait_for(lambda: not any(alive(pid) for pid in old_workers), 20, "the orphans to be drained")
     result = load.result()
     print(f"sigkill + run: sent {result.sent} lost {result.lost} max latency {result.max_latency:.3f}")
-    assert result.lost <= 10, result.raw + new.output()[-3000:]
+    assert result.lost <= 10, result.raw + watch.report() + new.output()[-3000:]
     assert sorted(worker_pids(netns)) == sorted(w["pid"] for w in after["workers"])
     assert len(worker_pids(netns)) == 2
     assert "orphan_taken_over" in new.output() and "netsetup_ensured" not in new.output(), new.output()[-3000:]
