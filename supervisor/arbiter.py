@@ -32,7 +32,7 @@ from supervisor.pool import WorkerPool
 from supervisor.restarts import RestartAndReload, with_socket
 from supervisor.sdnotify import Notifier
 from supervisor.listenfds import CACHE_FDNAME, take_listen_fds
-from supervisor.snapshot import HeldRecord, ListenerRecord, SupervisorRecord, SupervisorSnapshot
+from supervisor.snapshot import SupervisorRecord, SupervisorSnapshot
 from supervisor.sockets import HeldSockets, check_kernel
 from supervisor.spawn import SpawnError
 from supervisor.states import SupervisorState
@@ -46,10 +46,7 @@ TERMINATING = (signal.SIGTERM, signal.SIGINT)
 
 
 class Arbiter(RestartAndReload, Observation):
-    """The supervisor: starts and stops its services and runs the main loop;
-    restarts and reloads are supervisor/restarts.py, status and health
-    supervisor/observe.py."""
-
+    """Services and the main loop; restarts: supervisor/restarts.py, reporting: supervisor/observe.py."""
     def __init__(self, config: Config, config_arg: str | None = None, socket_arg: str | None = None,
                  snapshot: SupervisorRecord | None = None, handoff: SupervisorSnapshot | None = None,
                  state_dir: str | None = None,
@@ -319,19 +316,6 @@ class Arbiter(RestartAndReload, Observation):
             await asyncio.sleep(TICK)
         self.change_state(SupervisorState.STOPPED)
 
-    def busy_slots(self) -> list[str]:
-        return self.pool.busy_slots()
-
-    def snapshot(self) -> SupervisorSnapshot:
-        """What a supervisor taking over needs to adopt the running workers."""
-        generation, slots = self.pool.snapshot()
-        return SupervisorSnapshot(
-            SupervisorRecord(os.getpid(), generation, time.monotonic() - self.started_at,
-                             self.config_arg, self.socket_arg, slots),
-            from_version=version(), config_text=self.config.raw_text, config_path=self.config.path,
-            metrics=self.metrics.snapshot(),
-            listeners=tuple(ListenerRecord.of(s.sock) for s in self.http if s.sock is not None),
-            held=tuple(HeldRecord(name, sock.fileno()) for name, sock in self.pool.held_named()))
 
 
 def run_main(args) -> int:

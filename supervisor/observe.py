@@ -1,8 +1,8 @@
 """Observation, the part of the Arbiter (supervisor/arbiter.py) that reports:
 the ready count told to systemd and metrics, the health verdict behind
-/health, /metrics, and `twindns status` (the control op and its reply). A
-mixin of Arbiter: it reads the arbiter's pool, network state, config file
-state and metrics.
+/health, /metrics, `twindns status` (the control op and its reply), and the
+snapshot a supervisor taking over adopts. A mixin of Arbiter: it reads the
+arbiter's pool, network state, config file state and metrics.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from supervisor import logs, version, watch
 from supervisor.health import socket_inode, udp_drops
 from supervisor.http import text_response
 from supervisor.pool import SLOT_NAMES
+from supervisor.snapshot import HeldRecord, ListenerRecord, SupervisorRecord, SupervisorSnapshot
 from supervisor.states import SlotState
 
 log = logging.getLogger("twindns.arbiter")
@@ -84,3 +85,17 @@ class Observation:
             "config": self.disk.status(),
             "health": self.verdict.body if self.verdict is not None else "starting\n",
         }
+
+    def busy_slots(self) -> list[str]:
+        return self.pool.busy_slots()
+
+    def snapshot(self) -> SupervisorSnapshot:
+        """What a supervisor taking over needs to adopt the running workers."""
+        generation, slots = self.pool.snapshot()
+        return SupervisorSnapshot(
+            SupervisorRecord(os.getpid(), generation, time.monotonic() - self.started_at,
+                             self.config_arg, self.socket_arg, slots),
+            from_version=version(), config_text=self.config.raw_text, config_path=self.config.path,
+            metrics=self.metrics.snapshot(),
+            listeners=tuple(ListenerRecord.of(s.sock) for s in self.http if s.sock is not None),
+            held=tuple(HeldRecord(name, sock.fileno()) for name, sock in self.pool.held_named()))

@@ -1,9 +1,10 @@
-"""The two worker slots and what happens to their processes: start,
-readiness, the crash path with steering and socket hand-over, and backoff.
-The arbiter decides when; this does it. Which sockets a dead worker leaves
-behind is decided in supervisor/custody.py; probing, hang detection and
-stats polling are supervisor/watch.py; the rolling replacement and the
-drain are supervisor/rolling.py.
+"""The two worker slots and what happens to their processes: start, respawn
+with backoff, kill, stop. The arbiter decides when; this does it. A worker
+becoming ready is supervisor/readiness.py, its exit (the crash path)
+supervisor/crash.py, which sockets a dead worker leaves behind
+supervisor/custody.py; probing, hang detection and stats polling are
+supervisor/watch.py; the rolling replacement and the drain are
+supervisor/rolling.py.
 
 Runs on the supervisor's event loop. Child exits arrive through a pidfd
 per worker (no SIGCHLD handler, no child-watcher thread).
@@ -14,22 +15,20 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import time
 from functools import partial
 from typing import Callable
 
-from contract.exits import EX_BOOT, EX_CONFIG
-from supervisor import custody, logs, peering, rolling, watch
+from supervisor import crash, custody, logs, peering, readiness, rolling, watch
 from supervisor.channel import ControlChannel
 from supervisor.config import Config
 from supervisor.probe import Prober
 from supervisor.rolling import RestartAborted, WorkerGone   # noqa: F401 (raised through the pool)
 from supervisor.slot import Backoff, Runtime, Worker, WorkerSlot
 from supervisor.snapshot import SlotRecord, SupervisorRecord
-from supervisor.sockets import HeldSockets, SocketSet, SocketSetupError, is_bound
+from supervisor.sockets import HeldSockets, SocketSet
 from supervisor.workerlog import WorkerLog
-from supervisor.spawn import RunAs, SpawnError, WorkerHandles, effective_caps, spawn
+from supervisor.spawn import RunAs, SpawnError, WorkerHandles, spawn
 from supervisor.states import RestartCause, SlotPhase, SlotState
 
 log = logging.getLogger("twindns.pool")
@@ -39,14 +38,6 @@ SLOT_NAMES = ("A", "B")
 # and drop a dead worker's sockets, without steering or hand-over: the
 # handover DESIGN.md measures against.
 PLAIN_CLOSE_ENV = "TWINDNS_UNSAFE_PLAIN_CLOSE"
-
-def _connected(s: socket.socket) -> bool:
-    try:
-        s.getpeername()
-        return True
-    except OSError:
-        return False
-
 
 def exit_code(status: int) -> int:
     return os.waitstatus_to_exitcode(status)
@@ -147,9 +138,10 @@ class WorkerPool:
         """Spawn a worker for every slot that has none (adopted ones are kept)."""
         for name in SLOT_NAMES:
             if self.slots[name].current is None:
-                self._respawn(name)
+                self.respawn(name)
 
-    def _respawn(self, name: str) -> None:
+    def respawn(self, name: str) -> None:
+        """Start slot `name`'s worker again, adopting its orphaned sockets (backs off if it cannot)."""
         slot = self.slots[name]
         adopt, slot.orphans = slot.orphans, None
         try:
@@ -164,60 +156,8 @@ class WorkerPool:
 
     # -- events from the worker ------------------------------------------
     def probe_answered(self, worker: Worker, latency: float, text: str) -> None:
-        """The worker answered a probe: a STARTING one becomes READY and joins the group."""
-        if worker.kill_cause is not None:
-            return      # SIGKILLed already (an answer sent before): it must not become READY or bind
-        worker.probe_misses = 0
-        worker.last_probe_latency = latency
-        if worker.state is SlotState.STARTING:
-            if self.run_as is not None and not self._unprivileged(worker):
-                return
-            try:
-                worker.handles.sockets.bind_udp()
-            except SocketSetupError as e:
-                logs.event(log, "bind_failed", logging.ERROR, slot=worker.slot, pid=worker.pid, error=str(e))
-                self.kill(worker, RestartCause.BOOT)
-                return
-            slot = self.slots[worker.slot]
-            slot.change_state(worker, SlotState.READY, f"probe answered: {text}")
-            # Its own sockets are in the group now: the dead ones' it drains (and any orphans
-            # left in the group while nobody was serving) may leave it. The worker waits for
-            # this before it closes its copies.
-            for held in custody.unserved_sockets(self.slots.values()):
-                held.steer_away()
-            worker.handles.release_adopted()     # it holds its own copies and drains them
-            rt = worker.runtime
-            if rt is not None and not rt.ready.done():
-                rt.ready.set_result(True)
-            logs.event(log, "worker_ready", slot=worker.slot, pid=worker.pid,
-                       generation=worker.generation, after=f"{time.monotonic() - worker.started_at:.3f}")
-            if slot.incoming is not worker and any(slot.restarts.values()):
-                self._copy_cache_from_sibling(worker)
-            self.on_change()
-
-    def _copy_cache_from_sibling(self, worker: Worker) -> None:
-        """A respawned worker (after a crash, hang or failed boot) has no
-        predecessor to hand it a cache: take a copy of the other slot's, which
-        holds the popular names too (clients' source ports spread every name
-        over both workers). Rolling replacements get their predecessor's."""
-        for slot in self.slots.values():
-            other = slot.current
-            if (other is not None and other is not worker and other.state is SlotState.READY
-                    and other.kill_cause is None and other.alive):
-                self.background(rolling.hand_over_cache(other, worker))
-                return
-
-    def _unprivileged(self, worker: Worker) -> bool:
-        """A worker must hold no capability; one that does is killed before it counts as ready."""
-        try:
-            caps = effective_caps(worker.pid)
-        except (OSError, SpawnError):
-            return False          # already gone: the exit path reports it
-        if caps == 0:
-            return True
-        logs.event(log, "worker_privileged", logging.ERROR, slot=worker.slot, pid=worker.pid, cap_eff=f"{caps:x}")
-        self.kill(worker, RestartCause.BOOT)
-        return False
+        """The worker answered a probe (supervisor/readiness.py)."""
+        readiness.probe_answered(self, worker, latency, text)
 
     def _on_event(self, worker: Worker, msg: dict) -> None:
         if msg.get("event") == "stats" and isinstance(msg.get("stats"), dict):
@@ -238,86 +178,8 @@ class WorkerPool:
         self.worker_exited(worker, exit_code(status))
 
     def worker_exited(self, worker: Worker, code: int) -> None:
-        """The worker's process is gone (exit code, or -signal): settle its slot."""
-        slot = self.slots[worker.slot]
-        rt, worker.runtime = worker.runtime, None
-        rt.prober.close()
-        rt.channel.close()
-        if rt.log is not None:
-            rt.log.close()
-        how = f"exit {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
-        replacement = slot.incoming is worker
-        if replacement:
-            slot.incoming = None
-        if worker.state is SlotState.DRAINING:
-            slot.change_state(worker, SlotState.STOPPED if code == 0 else SlotState.FAILED, how)
-            if worker in slot.retiring:
-                slot.retiring.remove(worker)
-            worker.handles.close()
-            logs.event(log, "worker_stopped", slot=worker.slot, pid=worker.pid,
-                       generation=worker.generation, how=how)
-        elif replacement:
-            slot.change_state(worker, SlotState.FAILED, how)
-            worker.handles.close()
-            logs.event(log, "replacement_failed", logging.ERROR, slot=worker.slot, pid=worker.pid, how=how)
-        else:
-            self._crash(slot, worker, code, how)
-        if self.metrics is not None:
-            self.metrics.worker_exited(worker.slot, worker.generation,
-                                       worker.stats if worker.final_stats else None)
-        if not rt.ready.done():
-            rt.ready.set_exception(WorkerGone(how))
-            rt.ready.exception()    # retrieved: nobody may be waiting for it
-        rt.exited.set_result(code)
-        self.on_change()
-
-    def _crash(self, slot: WorkerSlot, worker: Worker, code: int, how: str) -> None:
-        """The crash path: steer its sockets away (if another worker serves), respawn (after
-        backoff) with them adopted."""
-        h: WorkerHandles = worker.handles
-        if self.plain_close:
-            h.sockets.close()       # the control: what dies with the worker is lost
-        elif custody.steer_when_lost(worker, custody.others_serving(self.slots.values(), worker)):
-            h.sockets.steer_away()
-        # else: nobody else serves (see supervisor/custody.py): left in the group, queueing.
-        cause = worker.kill_cause or (RestartCause.BOOT if code == EX_BOOT or worker.state is SlotState.STARTING
-                                      else RestartCause.CRASH)
-        slot.change_state(worker, SlotState.FAILED, f"{how} ({cause.value})")
-        slot.restarts[cause] += 1
-        if self.metrics is not None:
-            self.metrics.inc_worker_restart(cause.value)
-        h.sockets.close_tcp()
-        kept, stale = custody.orphans_to_keep((h.adopted.udp if h.adopted else []) + h.sockets.udp, is_bound,
-                                              len(self.config.listen))
-        leftover = SocketSet(udp=kept, steered=all(_connected(s) for s in kept))
-        for s in stale:
-            s.close()
-        h.sockets.udp, h.adopted = [], None      # moved to `leftover` or closed
-        h.close()
-        if slot.current is not worker:
-            # Replaced already, it died before its drain began: its successor serves.
-            if worker in slot.retiring:
-                slot.retiring.remove(worker)
-            leftover.close()
-            logs.event(log, "worker_failed", logging.WARNING, slot=slot.name, pid=worker.pid,
-                       generation=worker.generation, how=how, cause=cause.value, respawn_in="none")
-            return
-        slot.current = None
-        if code == EX_CONFIG:
-            leftover.close()
-            slot.change_phase(SlotPhase.GIVEN_UP, f"worker pid {worker.pid} exited {EX_CONFIG} (configuration "
-                                                  "error); not respawned until a reload succeeds")
-            logs.event(log, "slot_given_up", logging.ERROR, slot=slot.name, reason=slot.given_up)
-            return
-        uptime = time.monotonic() - worker.started_at
-        delay = slot.backoff.next_delay(uptime)
-        slot.orphans = leftover
-        logs.event(log, "worker_failed", logging.WARNING, slot=slot.name, pid=worker.pid,
-                   generation=worker.generation, how=how, cause=cause.value,
-                   uptime=f"{uptime:.1f}", respawn_in=f"{delay:.1f}")
-        slot.change_phase(SlotPhase.BACKOFF, how, respawn_at=time.monotonic() + delay)
-        if delay == 0:
-            self._respawn(slot.name)
+        """The worker's process is gone (exit code, or -signal): settle its slot (supervisor/crash.py)."""
+        crash.worker_exited(self, worker, code)
 
     # -- the periodic work, called from the arbiter's main loop ------------
     def tick(self, now: float) -> None:
@@ -330,7 +192,7 @@ class WorkerPool:
     def _respawn_due(self, now: float) -> None:
         for name, slot in self.slots.items():
             if slot.respawn_due(now):
-                self._respawn(name)
+                self.respawn(name)
 
     def background(self, coro) -> None:
         """Run `coro` as a task of the pool's (kept referenced until done)."""
