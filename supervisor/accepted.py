@@ -136,6 +136,7 @@ class DiskConfig:
         self.on_fallback = Path(running.path) == directory / ACCEPTED
         self._seen: bytes | None = None
         self.verdict: DiskVerdict | None = None
+        self._rolled_onto: DiskVerdict | None = None
 
     def accepted(self, config: Config) -> None:
         """`config` now runs (start, or a reload that succeeded)."""
@@ -170,6 +171,16 @@ class DiskConfig:
             logs.event(log, "config_on_disk_invalid", logging.ERROR, path=path, error=error,
                        running=self.running.path)
         return self.verdict
+
+    def new_version_to_roll_onto(self, verdict: DiskVerdict) -> bool:
+        """With `[supervisor] reload_on_change` (a mounted ConfigMap): True once for each valid new
+        version of the file. An invalid one was refused by refresh(), loudly, and what runs stays."""
+        if not (self.running.supervisor.reload_on_change and verdict.valid and verdict.differs
+                and verdict is not self._rolled_onto):
+            return False
+        self._rolled_onto = verdict
+        logs.event(log, "config_file_changed_reloading", path=verdict.path)
+        return True
 
     def status(self) -> dict:
         v = self.verdict

@@ -83,7 +83,6 @@ class Arbiter(RestartAndReload, Observation):
         self._next_watchdog = 0.0
         self._next_config_check = 0.0
         self._config_check: asyncio.Task | None = None
-        self._rolled_onto = None              # the DiskVerdict reload_on_change last reloaded for
         self.exit_code = 0
 
     def change_state(self, target: SupervisorState) -> None:
@@ -268,12 +267,7 @@ class Arbiter(RestartAndReload, Observation):
     async def _check_config_file(self) -> None:
         verdict = await self.disk.refresh()
         self.metrics.set_config_state(self.disk.verdict.valid, self.disk.on_fallback)
-        # A mounted ConfigMap changes under us: roll onto each valid new version once
-        # (an invalid one is refused by refresh(), loudly, and what runs stays).
-        if (self.config.supervisor.reload_on_change and verdict.valid and verdict.differs
-                and verdict is not self._rolled_onto and self.state is SupervisorState.RUNNING):
-            self._rolled_onto = verdict
-            logs.event(log, "config_file_changed_reloading", path=verdict.path)
+        if self.state is SupervisorState.RUNNING and self.disk.new_version_to_roll_onto(verdict):
             self._spawn_task(self._reload(lambda text: logs.event(log, "reload_progress", detail=text)))
 
     async def _resync(self) -> None:
