@@ -186,7 +186,7 @@ class Arbiter(RestartAndReload, Observation):
     def _start_pool(self, run_as) -> bool:
         self.pool = WorkerPool(asyncio.get_running_loop(), self.config, run_as, self.metrics, self._on_workers_changed)
         try:
-            self.pool.held = self._held_sockets()
+            self.pool.held = held_sockets(self.config, self.listen_fds, self.notifier)
         except OSError as e:
             logs.event(log, "startup_failed", logging.ERROR, error=f"held sockets: {e}")
             return False
@@ -200,22 +200,6 @@ class Arbiter(RestartAndReload, Observation):
                                                self.config.supervisor.ready_timeout))
             self.cache_fd = None
         return True
-
-    def _held_sockets(self) -> HeldSockets | None:
-        """Under systemd: the service's own sockets, from the fd store after a restart, else
-        made now and put there (HeldSockets). Elsewhere none: nothing would keep them."""
-        if not self.listen_fds and not self.notifier.enabled:
-            return None
-        endpoints = self.config.listen_endpoints()
-        inherited = set(self.listen_fds)
-        held = HeldSockets.open(endpoints, self.listen_fds)
-        for name, sock in held.named(endpoints):
-            if name not in inherited:
-                self.notifier.store_fds(name, [sock.fileno()])
-        for name in inherited - {name for name, _ in held.named(endpoints)}:
-            self.notifier.remove_fds(name)     # an address no longer listened on: out of the group
-        logs.event(log, "held_sockets", inherited=len(inherited), endpoints=len(endpoints))
-        return held
 
     async def _start_http(self) -> None:
         routes = {"/health": self._health_response, "/metrics": self._metrics_response}
@@ -310,6 +294,22 @@ class Arbiter(RestartAndReload, Observation):
             await asyncio.sleep(TICK)
         self.change_state(SupervisorState.STOPPED)
 
+
+def held_sockets(config: Config, listen_fds: dict, notifier: Notifier) -> HeldSockets | None:
+    """Under systemd: the service's own sockets, from the fd store after a restart, else
+    made now and put there (HeldSockets). Elsewhere none: nothing would keep them."""
+    if not listen_fds and not notifier.enabled:
+        return None
+    endpoints = config.listen_endpoints()
+    inherited = set(listen_fds)
+    held = HeldSockets.open(endpoints, listen_fds)
+    for name, sock in held.named(endpoints):
+        if name not in inherited:
+            notifier.store_fds(name, [sock.fileno()])
+    for name in inherited - {name for name, _ in held.named(endpoints)}:
+        notifier.remove_fds(name)     # an address no longer listened on: out of the group
+    logs.event(log, "held_sockets", inherited=len(inherited), endpoints=len(endpoints))
+    return held
 
 
 def run_main(args) -> int:
