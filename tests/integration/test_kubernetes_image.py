@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import chaos
 from helpers.podman_image import Pod, image
 from helpers.twindns import LISTEN
 
@@ -86,3 +87,29 @@ def test_image_serves_as_a_node_local_dns_pod(netns, upstream, node, twindns_ima
         # a pod deleted for good (a drain, an uninstall) takes its address and rules with it
         assert netns.run(["ip", "link", "show", "nodelocaldns"], check=False).returncode != 0
         assert "twindns" not in netns.run(["iptables-save", "-t", "raw"]).stdout
+
+
+@pytest.mark.chaos
+def test_rollout_to_a_new_pod_loses_nothing_at_20k_qps(netns, upstream, node, twindns_image):
+    queries = chaos.hit_queries(node / "hits.txt")
+    with Pod(netns, twindns_image, node, "old", env=NODE_ENV) as old, \
+            Pod(netns, twindns_image, node, "new", env=NODE_ENV, start=False) as new:
+        old.wait_log("supervisor_ready")
+        chaos.warm(netns, queries)
+        # outstanding above qps x any outage: a gap in service shows as lost queries, not as a paused
+        # client; 5 s: a stub resolver's timeout (as tests/chaos/test_replace_service.py)
+        load = chaos.Load(netns, queries, seconds=14, qps=20000, timeout=5.0, outstanding=20000)
+        load.wait_until(3.0)
+        new.start()
+        new.wait_log("takeover_done", timeout=30)
+        # the old pod's supervisor handed over and is gone; its container waits to be deleted
+        old.wait_log("handed the node to a successor", timeout=30)
+        assert old.running()
+        load.wait_until(10.0)
+        assert old.stop() == 0                              # the DaemonSet controller deletes the old pod
+        result = load.result()
+        assert result.lost == 0, (result.raw, new.logs()[-3000:])
+        assert result.sent >= 14 * 20000 * 0.9 and set(result.rcodes) == {"NOERROR"}, result.raw
+        assert dig(netns, CLUSTER_IP) == "192.0.2.10"       # the new pod holds the node now
+        assert "cache handoff: stored" in new.logs()
+        assert new.stop() == 0
