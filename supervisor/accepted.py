@@ -14,6 +14,7 @@ asking is cheap (one small read).
 """
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import json
@@ -135,6 +136,7 @@ class DiskConfig:
         self.running = running
         self.on_fallback = Path(running.path) == directory / ACCEPTED
         self._seen: bytes | None = None
+        self._refreshing = asyncio.Lock()
         self.verdict: DiskVerdict | None = None
         self._rolled_onto: DiskVerdict | None = None
 
@@ -150,7 +152,13 @@ class DiskConfig:
         return self.on_fallback or (self.verdict is not None and not self.verdict.valid)
 
     async def refresh(self) -> DiskVerdict:
-        """Read the file again; validate it (supervisor and worker parts) only if it changed."""
+        """Read the file again; validate it (supervisor and worker parts) only if it changed.
+        One at a time: a second caller (status while the periodic check runs)
+        must get the verdict on the new bytes, not the one from before them."""
+        async with self._refreshing:
+            return await self._refresh()
+
+    async def _refresh(self) -> DiskVerdict:
         path = resolve_path(self.config_arg)
         try:
             raw = Path(path).read_bytes()
