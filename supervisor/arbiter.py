@@ -139,6 +139,11 @@ class Arbiter(RestartAndReload, Observation):
             if not self.takeover or e.pid is None:
                 logs.event(log, "startup_failed", logging.ERROR, error=str(e))
                 return False
+            try:
+                await successor.check_same_service(self.config.control_socket, self.config, e.pid)
+            except successor.TakeoverFailed as refused:
+                logs.event(log, "startup_failed", logging.ERROR, error=str(refused))
+                return False
             # It owns the address and rules until it has handed them over (successor.py).
             self.predecessor, self.network.keep = e.pid, True
             logs.event(log, "taking_over", pid=e.pid)

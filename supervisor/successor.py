@@ -149,6 +149,27 @@ async def adopt_orphans(pool, pids: list[int], drain_timeout: float) -> int:
 
 
 # -- a live supervisor: the successor's side ------------------------------------------
+async def check_same_service(control_path: str, config, old_pid: int) -> None:
+    """A takeover replaces a supervisor of the same addresses and port: one serving others
+    would leave them without DNS when it steps down. Checked before we touch anything."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(control_path)
+        try:
+            writer.write(json.dumps({"op": "status"}).encode() + b"\n")
+            await writer.drain()
+            status = json.loads(await asyncio.wait_for(reader.readline(), STEP_DOWN_TIMEOUT))
+        finally:
+            writer.close()
+    except (OSError, ValueError, TimeoutError) as e:
+        raise TakeoverFailed(f"takeover from pid {old_pid}: its status: {e}") from None
+    net = status.get("network") or {}
+    theirs = (sorted(net.get("addresses") or []), net.get("port"))
+    ours = (sorted(config.listen), config.port)
+    if theirs != ours:
+        raise TakeoverFailed(f"pid {old_pid} serves {theirs[0]} port {theirs[1]}, we would serve {ours[0]} "
+                             f"port {ours[1]}: a takeover needs the same listen addresses and port")
+
+
 async def request_step_down(control_path: str, pool, old_pid: int, drain_timeout: float) -> None:
     """Ask the supervisor on `control_path` to step down; feed its cache pipes to our
     workers; return once it has exited. TakeoverFailed if it refuses or stays."""

@@ -128,6 +128,22 @@ def test_second_run_without_takeover_refuses_naming_the_pid(netns, config):
     assert old.terminate() == 0
 
 
+def test_takeover_of_a_supervisor_serving_other_addresses_is_refused_before_touching_anything(netns, config,
+                                                                                               tmp_path):
+    old = Supervisor(netns, config)
+    old.wait_ready()
+    other = tmp_path / "other"
+    other.mkdir()
+    other_config = other / "twindns.toml"
+    other_config.write_text(config.read_text().replace(LISTEN, "169.254.20.11"))
+    p = netns.run([sys.executable, "-m", "supervisor", "run", "--takeover", "--config", str(other_config)],
+                  check=False, timeout=60)
+    assert p.returncode == 1 and "same listen addresses and port" in p.stderr, p.stderr
+    assert "169.254.20.11" not in netns.run(["ip", "-br", "addr"]).stdout
+    assert old.status()["ready_workers"] == 2
+    assert old.terminate() == 0
+
+
 def test_takeover_loses_nothing_and_hands_over_the_network_state(netns, config, tmp_path):
     old = Supervisor(netns, config)
     before = old.wait_ready()
