@@ -77,3 +77,17 @@ class ControlChannel:
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_exception(ChannelClosed("worker closed the control channel"))
+
+
+async def hand_fds(requests: list[tuple["ControlChannel", str, int]], reply_within: float = 1.0) -> str | None:
+    """Send each (channel, op, fd) in turn (SCM_RIGHTS; the caller closes its
+    fds afterwards); None when every worker took its fd, else what went wrong
+    (e.g. a worker older than the op). Used for the cache handoff and the peer link."""
+    try:
+        for channel, op, fd in requests:
+            reply = await channel.request(op, reply_within, fds=(fd,))
+            if not reply.get("ok"):
+                return f"{op}: {reply.get('error')}"
+    except (ChannelClosed, TimeoutError) as e:
+        return str(e) or "timeout"
+    return None

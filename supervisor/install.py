@@ -145,7 +145,7 @@ def ensure_user(root: Path) -> str:
         return f"user {USER}: exists"
     if root != Path("/") and not (root / "etc/passwd").is_file():
         return (f"user {USER}: skipped, {root}/etc/passwd does not exist "
-                f"(create it in the image, or workers fall back to nobody)")
+                f"(create it in the image; otherwise `twindns run` creates the user, or uses a free dynamic uid)")
     argv = ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
             "--shell", "/usr/sbin/nologin", "--user-group", "--comment", "twindns DNS cache worker"]
     if root != Path("/"):

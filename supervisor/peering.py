@@ -14,7 +14,7 @@ import logging
 import socket
 
 from supervisor import logs
-from supervisor.channel import ChannelClosed
+from supervisor.channel import hand_fds
 from supervisor.states import SlotState
 
 log = logging.getLogger("twindns.peering")
@@ -46,15 +46,9 @@ def link_if_due(pool) -> None:
 
 async def link(a, b) -> None:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    error = None
     try:
-        for worker, end in ((a, ours), (b, theirs)):
-            reply = await worker.runtime.channel.request("peer", LINK_REPLY_WITHIN, fds=(end.fileno(),))
-            if not reply.get("ok"):
-                error = f"pid {worker.pid}: {reply.get('error')}"     # e.g. a worker older than the op
-                break
-    except (ChannelClosed, TimeoutError) as e:
-        error = str(e) or "timeout"
+        error = await hand_fds([(a.runtime.channel, "peer", ours.fileno()), (b.runtime.channel, "peer", theirs.fileno())],
+                               LINK_REPLY_WITHIN)
     finally:
         ours.close()
         theirs.close()

@@ -14,7 +14,7 @@ import os
 from typing import Callable
 
 from supervisor import logs
-from supervisor.channel import ChannelClosed
+from supervisor.channel import ChannelClosed, hand_fds
 from supervisor.slot import Worker
 from supervisor.states import RestartCause, SlotPhase, SlotState
 
@@ -85,15 +85,8 @@ async def hand_over_cache(old: Worker, new: Worker) -> None:
     if old_rt is None or new_rt is None:
         return
     read_end, write_end = os.pipe()
-    error = None
     try:
-        for rt, op, fd in ((new_rt, "cache_receive", read_end), (old_rt, "cache_send", write_end)):
-            reply = await rt.channel.request(op, 1.0, fds=(fd,))
-            if not reply.get("ok"):
-                error = f"{op}: {reply.get('error')}"     # e.g. a worker older than the op
-                break
-    except (ChannelClosed, TimeoutError) as e:
-        error = str(e) or "timeout"
+        error = await hand_fds([(new_rt.channel, "cache_receive", read_end), (old_rt.channel, "cache_send", write_end)])
     finally:
         os.close(read_end)
         os.close(write_end)
