@@ -85,10 +85,15 @@ def decode_entry(body: bytes) -> tuple[bytes, Entry]:
 
 
 def encode_stream(config_print: bytes, entries: Iterable[tuple[bytes, Entry]]) -> Iterator[bytes]:
-    """Header, then one chunk per RECORDS_PER_SLICE entries."""
+    """Header, then one chunk per RECORDS_PER_SLICE entries. An entry that
+    left the cache since `entries` was listed (Entry.leave() sets its expiry
+    to -inf) is skipped: encoded, it would fail the reader's range check and
+    end the load there (seen under load: "entry fields out of range")."""
     yield _HEADER.pack(MAGIC, config_print)
     chunk: list[bytes] = []
     for key, entry in entries:
+        if entry.expires < entry.stored_at:
+            continue
         chunk.append(encode_entry(key, entry))
         if len(chunk) >= RECORDS_PER_SLICE:
             yield b"".join(chunk)

@@ -105,7 +105,7 @@ class PeerLink:
         return self._send((REFRESH if refresh else ASK) + key)
 
     def tell(self, key: bytes, entry: Entry) -> bool:
-        if not self.usable:
+        if not self.usable or entry.expires < entry.stored_at:     # not one that left the cache
             return False
         return self._send(TOLD + encode_entry(key, entry)[4:])   # the datagram is its own length
 

@@ -124,3 +124,34 @@ def test_receive_reads_a_cache_left_in_a_file():
 
     assert asyncio.run(through_a_file()) == (1200, 1200)
     assert list(new.entries) == list(old.entries)
+
+
+def test_an_entry_that_leaves_the_cache_mid_stream_is_skipped_not_sent_broken():
+    """send_cache lists the live entries, then encodes them slice by slice while
+    the worker serves: one evicted meanwhile (leave(): expiry -inf) must not
+    end the receiver's load with "entry fields out of range"."""
+    import time as _time
+    from worker.handoff import StreamReader, encode_stream
+    from worker.response import entry_from_response
+    from worker.config import CacheConfig
+    import dns.message
+    import dns.rrset
+    now = _time.monotonic()
+    entries = []
+    for i in range(3):
+        q = dns.message.make_query(f"n{i}.example.", "A", use_edns=False)
+        r = dns.message.make_response(q)
+        r.answer.append(dns.rrset.from_text(f"n{i}.example.", 300, "IN", "A", "192.0.2.1"))
+        key = q.question[0].name.to_wire() + b"\x00\x01\x00\x01\x00"
+        entries.append((key, entry_from_response(r.to_wire(), now, CacheConfig(), None, False)))
+    listed = list(entries)
+
+    def lazily():
+        for i, item in enumerate(listed):
+            if i == 1:
+                entries[2][1].leave()       # evicted while the stream is being written
+            yield item
+    data = b"".join(encode_stream(b"p" * 32, lazily()))
+    reader = StreamReader(b"p" * 32)
+    got = reader.feed(data)
+    assert [k for k, _ in got] == [entries[0][0], entries[1][0]]
