@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+from functools import partial
 
 from supervisor import accepted, logs, restartcache, successor, upgrade, version
 from supervisor.config import Config, ConfigError, EX_CONFIG, check_with_worker, parse
@@ -268,14 +269,8 @@ class Arbiter(RestartAndReload, Observation):
     def _spawn_task(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(partial(_task_done, self._tasks))
         return task
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            log.error("internal error in %s: %r", task.get_coro().__qualname__, exc, exc_info=exc)
 
     # -- stopping -----------------------------------------------------------
     async def _stop(self) -> None:
@@ -298,6 +293,13 @@ class Arbiter(RestartAndReload, Observation):
         while self.pool.alive_count() and time.monotonic() < deadline:
             await asyncio.sleep(TICK)
         self.change_state(SupervisorState.STOPPED)
+
+
+def _task_done(tasks: set[asyncio.Task], task: asyncio.Task) -> None:
+    tasks.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        log.error("internal error in %s: %r", task.get_coro().__qualname__, exc, exc_info=exc)
 
 
 def held_sockets(config: Config, listen_fds: dict, notifier: Notifier) -> HeldSockets | None:
