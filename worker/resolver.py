@@ -23,6 +23,7 @@ import dns.rrset
 
 from worker import scrub, wire
 from worker.cache import Cache, Entry
+from worker.peer_misses import PeerMisses
 from worker.response import entry_from_response
 from worker.config import CacheConfig, HeaderRule
 from worker.upstream import Forwarder, zone_labels
@@ -43,9 +44,6 @@ MAX_PENDING = 1000
 MISSES_PER_TURN = 16
 # Local answers and SERVFAILs are made per miss and never stored.
 UNCACHED = CacheConfig(servfail_ttl=0)
-# A miss asked of the peer (worker/peer.py) is asked upstream by us after the
-# zone's timeout and this: the owner answers within its timeout, even if only SERVFAIL.
-PEER_SLACK = 0.5
 
 
 class LocalAnswers:
@@ -75,7 +73,7 @@ def servfail_response(q: wire.Question) -> bytes:
     return b"\x00\x00" + flags + b"\x00\x01\x00\x00\x00\x00\x00\x00" + wire.key_question(q.key)
 
 
-class Resolver:
+class Resolver(PeerMisses):
     """Fills the cache from upstream."""
 
     def __init__(self, forwarder: Forwarder, cache: Cache, policy: CacheConfig,
@@ -150,60 +148,8 @@ class Resolver:
         else:
             self.sending = False
 
-    def _forward(self, q: wire.Question, refresh: bool = False) -> None:
-        """Upstream, or to the peer when it owns the key (one upstream query
-        for the pair); `refresh`: a prefetch, which the peer must not answer
-        from its cache (its copy is as old as ours)."""
-        peer = self.peer
-        if peer is not None and peer.owns_elsewhere(q.key) and peer.ask(q.key, refresh):
-            wait = self.forwarder.zone_for(wire.key_qname(q.key)).timeout + PEER_SLACK
-            self.asked_peer[q.key] = asyncio.get_running_loop().call_later(wait, self._peer_silent, q)
-            return
-        self._upstream(q)
-
     def _upstream(self, q: wire.Question) -> None:
         self.forwarder.ask(UpstreamQuery.from_question(q), lambda answer: self._answered(q, answer))
-
-    def _peer_silent(self, q: wire.Question) -> None:
-        """The peer never answered (gone, or its reply was dropped): ask upstream ourselves."""
-        if self.asked_peer.pop(q.key, None) is not None and q.key in self.pending:
-            self._upstream(q)
-
-    def peer_asks(self, key: bytes, refresh: bool) -> None:
-        """The peer has a miss (or a prefetch: `refresh`) for a key we own:
-        resolve it (sharing a query already waiting or in flight) and tell it the outcome."""
-        entry = None if refresh else self.cache.get(key, time.monotonic())
-        if entry is not None:
-            self.peer.tell(key, entry)
-            return
-        q = wire.question_from_key(key)
-        self.peer_asked.add(key)
-        if key in self.pending:
-            return
-        if not self.miss(q, lambda entry: None):
-            self.peer_asked.discard(key)
-            self.peer.tell(key, self._servfail(q))
-
-    def peer_told(self, key: bytes, entry: Entry) -> None:
-        """What the peer learned from upstream for `key`: store it; clients
-        waiting because we asked the peer get it now."""
-        if entry.expires > time.monotonic():
-            self.cache.put(key, entry)
-        timer = self.asked_peer.pop(key, None)
-        if timer is not None:
-            timer.cancel()
-            if key in self.pending:
-                self._finish(key, entry)
-
-    def peer_gone(self) -> None:
-        """The link closed: what we asked of the peer we ask upstream now."""
-        self.peer = None
-        self.peer_asked.clear()
-        for key, timer in list(self.asked_peer.items()):
-            timer.cancel()
-            del self.asked_peer[key]
-            if key in self.pending:
-                self._upstream(wire.question_from_key(key))
 
     def _has_stale(self, key: bytes) -> bool:
         entry = self.cache.entries.get(key)

@@ -1,0 +1,70 @@
+"""The resolver's side of the peer link (worker/peer.py): which misses go to
+the other worker of the pair instead of upstream, and what comes back.
+A mixin of worker.resolver.Resolver (it uses its pending, cache, forwarder,
+miss(), _upstream(), _finish() and _servfail()): kept apart so the miss path
+reads in one sitting."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from worker import wire
+from worker.cache import Entry
+
+# A miss asked of the peer is asked upstream by us after the zone's timeout
+# and this: the owner answers within its timeout, even if only SERVFAIL.
+PEER_SLACK = 0.5
+
+
+class PeerMisses:
+    def _forward(self, q: wire.Question, refresh: bool = False) -> None:
+        """Upstream, or to the peer when it owns the key (one upstream query
+        for the pair); `refresh`: a prefetch, which the peer must not answer
+        from its cache (its copy is as old as ours)."""
+        peer = self.peer
+        if peer is not None and peer.owns_elsewhere(q.key) and peer.ask(q.key, refresh):
+            wait = self.forwarder.zone_for(wire.key_qname(q.key)).timeout + PEER_SLACK
+            self.asked_peer[q.key] = asyncio.get_running_loop().call_later(wait, self._peer_silent, q)
+            return
+        self._upstream(q)
+
+    def _peer_silent(self, q: wire.Question) -> None:
+        """The peer never answered (gone, or its reply was dropped): ask upstream ourselves."""
+        if self.asked_peer.pop(q.key, None) is not None and q.key in self.pending:
+            self._upstream(q)
+
+    def peer_asks(self, key: bytes, refresh: bool) -> None:
+        """The peer has a miss (or a prefetch: `refresh`) for a key we own:
+        resolve it (sharing a query already waiting or in flight) and tell it the outcome."""
+        entry = None if refresh else self.cache.get(key, time.monotonic())
+        if entry is not None:
+            self.peer.tell(key, entry)
+            return
+        q = wire.question_from_key(key)
+        self.peer_asked.add(key)
+        if key in self.pending:
+            return
+        if not self.miss(q, lambda entry: None):
+            self.peer_asked.discard(key)
+            self.peer.tell(key, self._servfail(q))
+
+    def peer_told(self, key: bytes, entry: Entry) -> None:
+        """What the peer learned from upstream for `key`: store it; clients
+        waiting because we asked the peer get it now."""
+        if entry.expires > time.monotonic():
+            self.cache.put(key, entry)
+        timer = self.asked_peer.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+            if key in self.pending:
+                self._finish(key, entry)
+
+    def peer_gone(self) -> None:
+        """The link closed: what we asked of the peer we ask upstream now."""
+        self.peer = None
+        self.peer_asked.clear()
+        for key, timer in list(self.asked_peer.items()):
+            timer.cancel()
+            del self.asked_peer[key]
+            if key in self.pending:
+                self._upstream(wire.question_from_key(key))
