@@ -43,3 +43,28 @@ def choice(v: Any, options: tuple[str, ...]) -> str:
     if v not in options:
         raise Invalid("one of " + ", ".join(f'"{o}"' for o in options))
     return v
+
+
+# -- the wording both config files' errors share --------------------------------
+
+def format_value(v: Any) -> str:
+    """A value as it would be written in TOML, for error messages."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(format_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {format_value(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
+def unknown_key(path: str, dotted: str, known) -> str:
+    """`FILE: KEY: unknown key; expected one of A, B, C`."""
+    return f"{path}: {dotted}: unknown key; expected one of {', '.join(known)}"
+
+
+def bad_value(path: str, dotted: str, value: Any, expected: str) -> str:
+    """`FILE: KEY = VALUE: expected ...`."""
+    return f"{path}: {dotted} = {format_value(value)}: expected {expected}"

@@ -24,6 +24,7 @@ from contract import child, envexpand
 from contract.child import ChildTimeout
 from contract.endpoint import Endpoint, parse_endpoint
 from contract import validate
+from contract.validate import format_value
 from contract.exits import EX_CONFIG
 
 SYSTEM_CONFIG = "/etc/twindns/twindns.toml"
@@ -206,19 +207,6 @@ _TABLES = MappingProxyType({"interface": (_INTERFACE, InterfaceConfig), "firewal
                             "supervisor": (_SUPERVISOR, SupervisorConfig)})
 
 
-def format_value(v: Any) -> str:
-    """A value as it would be written in TOML, for error messages."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list):
-        return "[" + ", ".join(format_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {format_value(x)}" for k, x in v.items()) + "}"
-    return str(v)
-
-
 def _apply(path: str, prefix: str, data: dict, schema: Mapping[str, Callable],
            also_known: tuple[str, ...] = ()) -> dict:
     out = {}
@@ -226,8 +214,7 @@ def _apply(path: str, prefix: str, data: dict, schema: Mapping[str, Callable],
         dotted = prefix + key
         check = schema.get(key)
         if check is None:
-            known = ", ".join(sorted((*schema, *also_known)))
-            raise ConfigError(f"{path}: {dotted}: unknown key (known here: {known})")
+            raise ConfigError(validate.unknown_key(path, dotted, sorted((*schema, *also_known))))
         try:
             out[key] = check(value)
         except _BadValue as e:

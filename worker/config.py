@@ -9,7 +9,6 @@ Every error is a ConfigError whose message names the file, the dotted key
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import sys
 import tomllib
@@ -162,16 +161,8 @@ def zone_name(text: str) -> str:
 
 # -- validation ---------------------------------------------------------------
 
-def _render(value: Any) -> str:
-    """A value as it would be written in TOML, for error messages."""
-    try:
-        return json.dumps(value, default=str)
-    except ValueError:  # nan / inf are not JSON
-        return str(value)
-
-
 def _fail(source: str, key: str, value: Any, expected: str) -> ConfigError:
-    return ConfigError(f"{source}: {key} = {_render(value)}: expected {expected}")
+    return ConfigError(validate.bad_value(source, key, value, expected))
 
 
 def _table(doc: dict, name: str, source: str) -> dict:
@@ -191,8 +182,7 @@ def _tables(doc: dict, name: str, source: str) -> list[dict]:
 def _check_keys(table: dict, allowed: Sequence[str], prefix: str, source: str) -> None:
     for key in table:
         if key not in allowed:
-            raise ConfigError(f"{source}: {prefix}.{key}: unknown key; expected one of "
-                              f"{', '.join(allowed)}")
+            raise ConfigError(validate.unknown_key(source, f"{prefix}.{key}", allowed))
 
 
 def _value(check, table: dict, key: str, default: Any, prefix: str, source: str, *args, **kw) -> Any:
