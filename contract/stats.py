@@ -19,8 +19,9 @@ CACHE_STALE_SERVED = "cache_stale_served"
 MALFORMED = "malformed"
 FORMERR = "formerr"
 UNWANTED_REPLY_ACTIONS = "unwanted_reply_actions"   # times unwanted-reply-threshold was reached
+MISSES_OVERLOADED = "misses_overloaded"   # misses answered SERVFAIL at once: max_concurrent in flight
 COUNTERS = (CACHE_HITS, CACHE_MISSES, CACHE_EVICTIONS, CACHE_PREFETCHES, CACHE_STALE_SERVED, MALFORMED, FORMERR,
-            UNWANTED_REPLY_ACTIONS)
+            UNWANTED_REPLY_ACTIONS, MISSES_OVERLOADED)
 
 UP_SERVER = "server"
 UP_QUERIES = "queries"

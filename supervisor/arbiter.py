@@ -200,11 +200,11 @@ class Arbiter(RestartAndReload, Observation):
             self.pool.adopt(self.snapshot_in)
         if self.handoff is not None:
             self.metrics.restore(self.handoff.metrics)
+        self.pool.warm_cache = self.cache_fd
         self.pool.start_all()
         if self.cache_fd is not None:
-            self._spawn_task(restartcache.load(self.pool, self.notifier, self.cache_fd,
-                                               self.config.supervisor.ready_timeout))
-            self.cache_fd = None
+            restartcache.handed_out(self.notifier, self.cache_fd)
+            self.pool.warm_cache = self.cache_fd = None
         return True
 
     async def _start_http(self) -> None:

@@ -47,6 +47,8 @@ _SCALARS = (
     (keys.FORMERR, "formerr_responses", "Malformed queries answered with FORMERR."),
     (keys.UNWANTED_REPLY_ACTIONS, "unwanted_reply_actions",
      "Times unwanted upstream replies reached [cache] unwanted_reply_threshold (answers then in flight not cached)."),
+    (keys.MISSES_OVERLOADED, "misses_overloaded",
+     "Misses answered SERVFAIL at once because [cache] max_concurrent distinct questions were in flight."),
 )
 # The classic text format generate_latest() writes, which every Prometheus
 # version scrapes (newer clients announce it as 1.0.0, unknown to older scrapers).

@@ -65,6 +65,7 @@ class WorkerPool:
         self.plain_close = os.environ.get(PLAIN_CLOSE_ENV) == "1"
         self.stopping = False
         self.held: HeldSockets | None = None        # the service's own sockets, served by every worker
+        self.warm_cache: int | None = None          # while starting after a restart: the old workers' cache
 
     def reconfigure(self, config: Config) -> None:
         """Use `config` from now on (a reload): for every spawn and every timing."""
@@ -113,7 +114,7 @@ class WorkerPool:
         try:
             handles = spawn(name, self.generation, self.config.raw_text.encode(),
                             [str(ep) for ep in self.config.listen_endpoints()], sockets, adopt, self.run_as,
-                            self.held)
+                            self.held, self.warm_cache)
         except SpawnError:
             sockets.close()
             raise

@@ -6,9 +6,11 @@ On a stop under systemd (held sockets exist), one ready worker streams its
 cache (worker/handoff.py) into a memfd before it drains; once it has exited
 the memfd goes into the fd store as FDNAME=cache, replacing an older one.
 The next supervisor gets it back with $LISTEN_FDS (supervisor/listenfds.py)
-and gives each new worker its own read-only open of it (`cache_receive`;
-entries keep their monotonic expiry, the same clock on the whole host), then
-drops it from the store. A stop for good discards it with the store.
+and starts each new worker with its own read-only open of it (`--cache-fd`),
+which the worker loads before it reads its sockets: the queries that queued
+during the restart find their answers, instead of all becoming misses at once
+(past [cache] max_concurrent, SERVFAIL). Entries keep their monotonic expiry,
+the same clock on the whole host. Then the store drops it. A stop for good discards it with the store.
 """
 from __future__ import annotations
 
@@ -49,22 +51,9 @@ def store(notifier, fd: int) -> None:
     os.close(fd)
 
 
-async def load(pool, notifier, fd: int, timeout: float) -> None:
-    """Give every new worker the previous workers' cache, then drop it from the store."""
-    try:
-        for slot in pool.slots.values():
-            worker = slot.current
-            if worker is None or worker.runtime is None:
-                continue
-            mine = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)   # an offset of its own
-            try:
-                await worker.runtime.channel.request("cache_receive", timeout, fds=(mine,))
-            except (ChannelClosed, TimeoutError) as e:
-                logs.event(log, "restart_cache_not_loaded", logging.WARNING, pid=worker.pid,
-                           error=str(e) or "timeout")
-            finally:
-                os.close(mine)
-        logs.event(log, "restart_cache_loaded", bytes=os.fstat(fd).st_size)
-    finally:
-        notifier.remove_fds(CACHE_FDNAME)
-        os.close(fd)
+def handed_out(notifier, fd: int) -> None:
+    """Every new worker has its own open of the cache (spawned with --cache-fd):
+    drop it from the store, so that it lives only as long as their loading."""
+    logs.event(log, "restart_cache_handed_out", bytes=os.fstat(fd).st_size)
+    notifier.remove_fds(CACHE_FDNAME)
+    os.close(fd)

@@ -178,7 +178,7 @@ def _config_pipe(raw: bytes) -> int:
 
 def worker_argv(slot: str, generation: int, config_fd: int, sockets: SocketSet,
                 adopted: SocketSet | None, control_fd: int, probe_fd: int, listen: list[str],
-                shared: HeldSockets | None = None) -> list[str]:
+                shared: HeldSockets | None = None, cache_fd: int | None = None) -> list[str]:
     argv = [sys.executable, "-m", "worker", "--supervised", "--config-fd", str(config_fd)]
     for ep in listen:           # not bound by the worker: its own addresses, for the forwarding-loop check
         argv += ["--listen", ep]
@@ -192,6 +192,8 @@ def worker_argv(slot: str, generation: int, config_fd: int, sockets: SocketSet,
         argv += ["--shared-udp-fd", str(fd)]
     for fd in (shared.tcp_fds() if shared else []):
         argv += ["--shared-tcp-fd", str(fd)]
+    if cache_fd is not None:
+        argv += ["--cache-fd", str(cache_fd)]
     argv += ["--control-fd", str(control_fd), "--probe-fd", str(probe_fd),
              "--slot", slot, "--generation", str(generation)]
     return argv
@@ -206,16 +208,20 @@ def effective_caps(pid: int) -> int:
 
 
 def spawn(slot: str, generation: int, raw_config: bytes, listen: list[str], sockets: SocketSet,
-          adopted: SocketSet | None, run_as: RunAs | None, shared: HeldSockets | None = None) -> WorkerHandles:
+          adopted: SocketSet | None, run_as: RunAs | None, shared: HeldSockets | None = None,
+          warm_cache: int | None = None) -> WorkerHandles:
+    """Start one worker; `warm_cache`: a restart cache's fd (supervisor/restartcache.py),
+    of which the worker gets a read-only open with an offset of its own."""
     probe_ours, probe_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     ctl_ours, ctl_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     config_fd = _config_pipe(raw_config)
+    cache_fd = os.open(f"/proc/self/fd/{warm_cache}", os.O_RDONLY | os.O_CLOEXEC) if warm_cache is not None else None
     log_read, log_write = os.pipe()
-    theirs = [config_fd, ctl_theirs.fileno(), probe_theirs.fileno(),
+    theirs = [config_fd, ctl_theirs.fileno(), probe_theirs.fileno(), *([cache_fd] if cache_fd is not None else []),
               *sockets.udp_fds(), *sockets.tcp_fds(), *(adopted.udp_fds() if adopted else []),
               *(shared.udp_fds() + shared.tcp_fds() if shared else [])]
     argv = worker_argv(slot, generation, config_fd, sockets, adopted, ctl_theirs.fileno(), probe_theirs.fileno(),
-                       listen, shared)
+                       listen, shared, cache_fd)
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     ids: dict = {}
     if run_as is not None and run_as.reach is not None:
@@ -232,6 +238,8 @@ def spawn(slot: str, generation: int, raw_config: bytes, listen: list[str], sock
         raise SpawnError(f"cannot start worker {slot}: {e}") from None
     finally:
         os.close(config_fd)
+        if cache_fd is not None:
+            os.close(cache_fd)
         os.close(log_write)
         probe_theirs.close()
         ctl_theirs.close()

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     sup.add_argument("--shared-tcp-fd", type=int, action="append", default=[], metavar="FD")
     sup.add_argument("--control-fd", type=int, metavar="FD")
     sup.add_argument("--probe-fd", type=int, metavar="FD")
+    sup.add_argument("--cache-fd", type=int, metavar="FD",
+                     help="a cache the previous supervisor's workers left (a `systemctl restart`): "
+                          "loaded before the sockets are read")
     sup.add_argument("--slot", default="-")
     sup.add_argument("--generation", type=int, default=0)
     return p
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return EX_BOOT
     _raise_fd_limit()
     identity = Identity(args.slot, args.generation, version())
-    options = Options(per_query_stats=not args.no_metrics,
+    options = Options(per_query_stats=not args.no_metrics, cache_fd=args.cache_fd,
                       tcp=TcpLimits(idle_timeout=args.tcp_idle_timeout,
                                     max_connections=args.tcp_max_connections,
                                     query_timeout=args.tcp_query_timeout))

@@ -26,6 +26,10 @@ from worker.upstream import Forwarder
 
 log = logging.getLogger(__name__)
 
+# How long a cache left by the previous supervisor's workers may hold up serving: the
+# queries that queued in the held sockets during a `systemctl restart` must find it
+# (or they all become misses at once), but a huge one finishes loading while we serve.
+WARM_CACHE_WAIT = 1.0
 # An adopted socket is left in the reuseport group until the supervisor steers it away
 # (right after our own sockets are bound); past this we steer it ourselves.
 ADOPTED_STEER_WAIT = 60.0
@@ -63,6 +67,7 @@ class Identity:
 class Options:
     per_query_stats: bool = True
     tcp: TcpLimits = TcpLimits()
+    cache_fd: int | None = None     # a cache file to load before serving (supervisor/restartcache.py)
 
 
 class Service:
@@ -106,7 +111,7 @@ class Service:
             self.drain_timeout = timeout
         self.stop_requested.set()
 
-    def cache_pipe(self, direction: str, fd: int) -> None:
+    def cache_pipe(self, direction: str, fd: int) -> asyncio.Task:
         """Called from the control channel with a pipe end from the supervisor:
         stream our cache into it ("send") or load the one in it ("receive")."""
         coro = (send_cache(self.cache, fd, self.config_print) if direction == "send"
@@ -114,6 +119,7 @@ class Service:
         task = asyncio.get_running_loop().create_task(self._hand_over(direction, coro))
         self.handoffs.add(task)
         task.add_done_callback(self.handoffs.discard)
+        return task
 
     @staticmethod
     async def _hand_over(direction: str, coro) -> None:
@@ -200,6 +206,8 @@ class Service:
                             self.config.cache.max_udp_size)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_drain, DEFAULT_DRAIN_TIMEOUT)
+        if self.options.cache_fd is not None:
+            await asyncio.wait({self.cache_pipe("receive", self.options.cache_fd)}, timeout=WARM_CACHE_WAIT)
         self.udp = [udp_server(s, answerer) for s in self.sockets.udp]
         self.tcp = [TcpServer(s, answerer, self.options.tcp) for s in self.sockets.tcp]
         for server in self.udp:

@@ -45,6 +45,7 @@ class Stats:
         self.malformed = 0
         self.formerr = 0
         self.prefetches = 0
+        self.overloaded = 0        # misses refused at [cache] max_concurrent
 
     def count(self, udp: bool, qtype: int, rcode: int, n: int = 1) -> None:
         key = (udp, qtype if qtype in COUNTED_QTYPES else OTHER_QTYPE, rcode & 0xF)
@@ -79,5 +80,6 @@ class Stats:
             keys.CACHE_STALE_SERVED: cache.stale_served, keys.CACHE_PREFETCHES: self.prefetches,
             keys.MALFORMED: self.malformed, keys.FORMERR: self.formerr,
             keys.UNWANTED_REPLY_ACTIONS: forwarder.unwanted.actions,
+            keys.MISSES_OVERLOADED: self.overloaded,
             keys.UPSTREAM: forwarder.stats(),
         }

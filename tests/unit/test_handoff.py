@@ -118,7 +118,7 @@ def test_receive_reads_a_cache_left_in_a_file():
     async def through_a_file():
         fd = os.memfd_create("twindns-cache", os.MFD_CLOEXEC)
         sent = await send_cache(old, os.dup(fd), fingerprint(CONFIG))
-        mine = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)      # as restartcache.load opens it
+        mine = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)      # as spawn() opens it for --cache-fd
         os.close(fd)
         return sent, await receive_cache(new, mine, fingerprint(CONFIG))
 
