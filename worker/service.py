@@ -155,7 +155,17 @@ class Service:
         self.control = None
         if old is not None:
             old.close()
-        self.orphanage = Orphanage(self._control_on, lambda: self.request_drain(DEFAULT_DRAIN_TIMEOUT))
+        self.orphanage = Orphanage(self._control_on, lambda: self.request_drain(DEFAULT_DRAIN_TIMEOUT),
+                                   self._listen_ips())
+
+    def _listen_ips(self) -> list[str]:
+        ips = set()
+        for sock in self.sockets.udp + self.sockets.shared_udp:
+            try:
+                ips.add(sock.getsockname()[0])
+            except OSError:
+                continue
+        return sorted(ips)
 
     def link_peer(self, fd: int) -> None:
         """Called from the control channel with our end of a socketpair to

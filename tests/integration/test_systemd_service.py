@@ -153,3 +153,80 @@ def test_install_now_restart_reload_stop_uninstall(installed, tmp_path):
     for unit in ("twindns.service", "twindns-net.service"):
         assert not c.path(f"/etc/systemd/system/{unit}").exists()
     assert "could not be found" in c.run(["systemctl", "status", "twindns"], check=False).stderr
+
+
+def worker_pids(c) -> set[int]:
+    """Pids of the container's supervised worker processes."""
+    pids = set()
+    for d in c.path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                args = (d / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"worker" in args and b"--supervised" in args:
+                pids.add(int(d.name))
+    return pids
+
+
+def test_supervisor_sigkill_loses_nothing_and_restart_adopts_the_orphans(installed, tmp_path):
+    """KillMode=process: a SIGKILLed supervisor's workers keep answering; the one
+    Restart= starts takes them over (their cache, then a drain), none is left."""
+    c = installed
+    first = wait_healthy(c)
+    old_workers = {w["pid"] for w in first["workers"]}
+    assert old_workers == worker_pids(c)
+    queries = dnsperf.mixed_queries(tmp_path / "q.txt")
+    warm(c.net, queries)
+    load = Load(c.net, queries, 10, QPS, timeout=5, outstanding=40000)
+    sampler = Sampler(c)
+    load.wait_until(3)
+    sampler.start()
+    c.run(["systemctl", "kill", "--kill-whom=main", "--signal=SIGKILL", "twindns"])
+    second = wait_healthy(c, other_than=first["supervisor"]["pid"])
+    result = load.result()
+    sampler.halt.set()
+    sampler.join()
+    assert result.sent >= QPS * 10 * 0.9, result.raw
+    assert result.lost == 0, result.raw + c.journal("twindns")
+    assert set(result.rcodes) == {"NOERROR"}, result.raw + c.journal("twindns")
+    assert sampler.samples and all(addr and rules for addr, rules in sampler.samples), sampler.samples
+    new_workers = {w["pid"] for w in second["workers"]}
+    assert len(new_workers) == 2 and new_workers.isdisjoint(old_workers), second
+    deadline = time.monotonic() + 15        # the orphans drain (drain_timeout 2 s), then exit
+    while worker_pids(c) != new_workers and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert worker_pids(c) == new_workers, (worker_pids(c), c.journal("twindns"))   # no orphan left
+    show = c.run(["systemctl", "show", "twindns", "-p", "NRestarts", "-p", "ActiveState"]).stdout
+    assert "NRestarts=1" in show and "ActiveState=active" in show, show
+    journal = c.journal("twindns")
+    assert "orphans_taken_over found=2 gone=2" in journal, journal
+
+
+def test_stop_while_waiting_for_restart_after_a_crash_leaves_no_orphan(installed):
+    """A crash, then `systemctl stop` before Restart= fires: the network unit goes,
+    and the orphaned workers, with no address left to serve, go with it."""
+    c = installed
+    c.write("/etc/systemd/system/twindns.service.d/restart-later.conf", "[Service]\nRestartSec=120s\n")
+    try:
+        c.run(["systemctl", "daemon-reload"])
+        first = wait_healthy(c)
+        old_workers = {w["pid"] for w in first["workers"]}
+        c.run(["systemctl", "kill", "--kill-whom=main", "--signal=SIGKILL", "twindns"])
+        deadline = time.monotonic() + 10
+        while "auto-restart" not in c.run(["systemctl", "show", "twindns", "-p", "SubState"]).stdout:
+            assert time.monotonic() < deadline, c.journal("twindns")
+            time.sleep(0.1)
+        # orphans answer while the service waits for its restart
+        assert worker_pids(c) == old_workers and ours_in_place(c)[0]
+        dig = c.net.run(["dig", f"@{LISTEN}", "+time=2", "+tries=1", "ready.twindns.", "CH", "TXT"], check=False)
+        assert "status: NOERROR" in dig.stdout, dig.stdout
+        c.run(["systemctl", "stop", "twindns"], timeout=60)
+        deadline = time.monotonic() + 20
+        while worker_pids(c) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not worker_pids(c), c.journal()
+        assert not ours_in_place(c)[0] and ours_in_place(c)[1] == 0, ours_in_place(c)
+    finally:
+        c.path("/etc/systemd/system/twindns.service.d/restart-later.conf").unlink(missing_ok=True)
+        c.run(["systemctl", "daemon-reload"], check=False)
