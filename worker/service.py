@@ -50,6 +50,17 @@ class Sockets:
     control: socket.socket | None = None
 
 
+def listen_ips(sockets: list[socket.socket]) -> list[str]:
+    """The addresses `sockets` are bound to."""
+    ips = set()
+    for sock in sockets:
+        try:
+            ips.add(sock.getsockname()[0])
+        except OSError:
+            continue
+    return sorted(ips)
+
+
 @dataclass(frozen=True)
 class Identity:
     slot: str
@@ -156,16 +167,7 @@ class Service:
         if old is not None:
             old.close()
         self.orphanage = Orphanage(self._control_on, lambda: self.request_drain(DEFAULT_DRAIN_TIMEOUT),
-                                   self._listen_ips())
-
-    def _listen_ips(self) -> list[str]:
-        ips = set()
-        for sock in self.sockets.udp + self.sockets.shared_udp:
-            try:
-                ips.add(sock.getsockname()[0])
-            except OSError:
-                continue
-        return sorted(ips)
+                                   listen_ips(self.sockets.udp + self.sockets.shared_udp))
 
     def link_peer(self, fd: int) -> None:
         """Called from the control channel with our end of a socketpair to
