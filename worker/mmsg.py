@@ -142,6 +142,10 @@ class DatagramBatch:
                     int.from_bytes(raw[24:28], sys.byteorder))
         return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
 
+    def name(self, i: int) -> bytes:
+        """The source of message(i) in kernel form, for LateReplies."""
+        return self.names[i * _NAME_SIZE:(i + 1) * _NAME_SIZE]
+
     def queue(self, i: int, reply: bytes) -> None:
         """Queue `reply` to message(i) from its source; its first two bytes are
         sent as the query's ID. Replies go out in runs of consecutive
@@ -176,3 +180,43 @@ class DatagramBatch:
             # MSG_DONTWAIT whatever the socket's mode: the GIL is held during the call.
             sent = self._sendmmsg(self.fd, ctypes.byref(self.out_hdrs, start * _HDR), end - start, MSG_DONTWAIT)
             start += sent if sent > 0 else 1
+
+
+class LateReplies:
+    """Replies sent after their batch (answers to misses, as upstream answers
+    arrive): queued with the client's address in kernel form (name(i) of the
+    batch its query came in) and sent together with one sendmmsg at the end
+    of the event loop's turn, instead of one sendto and one inet_pton each."""
+
+    def __init__(self, sock: socket.socket, size: int) -> None:
+        probe()
+        _, self._sendmmsg = _libc_calls()
+        self.fd = sock.fileno()
+        self.size = size
+        self.iov = (_Iovec * size)()
+        self.hdrs = (_Mmsghdr * size)()
+        namelen = _NAME_SIZE if sock.family == socket.AF_INET6 else 16
+        for i in range(size):
+            h = self.hdrs[i].hdr
+            h.namelen, h.iov, h.iovlen = namelen, ctypes.addressof(self.iov[i]), 1
+        self.names_at = memoryview(self.hdrs).cast("B").cast("P")[0::_HDR // _PTR]
+        iov = memoryview(self.iov).cast("B").cast("P")
+        self.base, self.length = iov[0::2], iov[1::2]
+        self.queued: list[tuple[bytes, bytes]] = []     # (reply, name), held alive until sent
+
+    def add(self, reply: bytes, name: bytes) -> bool:
+        """Queue `reply` to `name`; True when it is the first since the last flush()."""
+        self.queued.append((reply, name))
+        return len(self.queued) == 1
+
+    def flush(self) -> None:
+        queued, self.queued = self.queued, []
+        for start in range(0, len(queued), self.size):
+            run = queued[start:start + self.size]
+            for i, (reply, name) in enumerate(run):
+                self.base[i], self.length[i] = id(reply) + _BYTES_DATA, len(reply)
+                self.names_at[i] = id(name) + _BYTES_DATA
+            done = 0
+            while done < len(run):
+                sent = self._sendmmsg(self.fd, ctypes.byref(self.hdrs, done * _HDR), len(run) - done, MSG_DONTWAIT)
+                done += sent if sent > 0 else 1     # a refused datagram is dropped, as UDP may

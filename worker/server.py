@@ -99,6 +99,7 @@ class BatchedUdpServer(UdpServer):
     def __init__(self, sock: socket.socket, answerer: Answerer) -> None:
         super().__init__(sock, answerer)
         self.batch = mmsg.DatagramBatch(sock, UDP_BATCH, UDP_RECV_SIZE)
+        self.late = mmsg.LateReplies(sock, UDP_BATCH)
 
     def read_batch(self) -> bool:
         batch = self.batch
@@ -111,7 +112,7 @@ class BatchedUdpServer(UdpServer):
         for i, key in enumerate(batch.keys(n)):
             reply = exact_body(key, now)
             if reply is None:
-                reply = answer(batch.message(i), True, later, batch.peer(i), now)
+                reply = answer(batch.message(i), True, later, batch.name(i), now)
                 if not reply:
                     if reply is not None:
                         self.inflight += 1
@@ -120,6 +121,16 @@ class BatchedUdpServer(UdpServer):
             queue(i, reply)     # every reply carries its query's ID: the batch sends it from there
         batch.flush(n)
         return n < UDP_BATCH
+
+    def _send_later(self, reply: bytes, name: bytes) -> None:
+        self.inflight -= 1
+        if self.late.add(reply, name):
+            self.loop.call_soon(self.late.flush)
+
+    def close(self) -> None:
+        if self.sock.fileno() >= 0:
+            self.late.flush()       # before the fd can be reused
+        super().close()
 
 
 class ProbeServer(UdpServer):

@@ -131,3 +131,25 @@ def test_this_platform_gets_the_batched_server():
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             return type(udp_server(sock, _cached_answerer()[0]))
     assert asyncio.run(pick()) is BatchedUdpServer
+
+
+def test_late_replies_reach_each_client_in_runs_longer_than_the_vector(pair):
+    """Miss answers sent after their batch: to each query's own source, also
+    when more are queued than one sendmmsg vector holds."""
+    server, clients = pair
+    for i, c in enumerate(clients):
+        c.sendto(b"\x00" + bytes([i]) + b"query", server.getsockname())
+    time.sleep(0.05)
+    batch = mmsg.DatagramBatch(server, 8, 512)
+    n = batch.receive()
+    assert n == 3
+    late = mmsg.LateReplies(server, 2)
+    sources = {batch.peer(i): batch.name(i) for i in range(n)}
+    firsts = [late.add(b"reply-to-" + batch.message(i)[1:2], batch.name(i)) for i in range(n)]
+    assert firsts == [True, False, False]
+    late.flush()
+    assert late.queued == []
+    for i, c in enumerate(clients):
+        data, src = c.recvfrom(512)
+        assert data == b"reply-to-" + bytes([i]) and src[:2] == server.getsockname()[:2]
+    assert len(sources) == 3
