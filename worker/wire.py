@@ -114,11 +114,16 @@ def labels(name: bytes) -> list[bytes]:
     return out
 
 
+ROOT_ZONE: tuple[bytes, ...] = (b"",)
+
+
 def longest_zone(zones: Mapping[tuple[bytes, ...], T], name: bytes, depth: int = MAX_NAME) -> T | None:
     """The value of the longest zone in `zones` that holds `name` (a
     lower-case, uncompressed, valid name wire); zones are keyed by their
     lower-case labels, root label (b"") last, and have at most `depth`
     labels (so longer suffixes are not looked up). None when no zone holds it."""
+    if depth == 1:              # only the root can match (the usual one-zone config): no labels to split
+        return zones.get(ROOT_ZONE)
     found = labels(name)
     for i in range(max(0, len(found) - depth), len(found)):
         value = zones.get(tuple(found[i:]))

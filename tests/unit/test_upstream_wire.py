@@ -201,3 +201,10 @@ def test_longest_zone():
     # Told the most labels a zone has (4, root included) it finds the same; told 3, not the deepest.
     assert wire.longest_zone(zones, dns.name.from_text("a.b.svc.cluster.local.").to_wire(), 4) == "svc"
     assert wire.longest_zone(zones, dns.name.from_text("a.b.svc.cluster.local.").to_wire(), 3) == "cluster"
+
+
+def test_longest_zone_with_only_the_root_configured():
+    root_only = {(b"",): "root"}
+    for name in ("a.b.example.", "example.", "."):
+        assert wire.longest_zone(root_only, dns.name.from_text(name).to_wire(), 1) == "root"
+    assert wire.longest_zone({}, b"\x03com\x00", 1) is None
