@@ -6,7 +6,9 @@ journal at priority 4, like the supervisor's own."""
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
+import socket
 from typing import IO
 
 
@@ -27,3 +29,25 @@ def setup(stream: IO, level: int = logging.INFO) -> logging.Handler:
     root.addHandler(handler)
     root.setLevel(level)
     return handler
+
+
+SYSLOG_SOCKET = "/dev/log"
+
+
+def to_syslog(address: str = SYSLOG_SOCKET) -> bool:
+    """Log to the host's syslog socket from now on (journald's, under systemd,
+    which files the lines under our service by cgroup); False, and stderr
+    kept, when there is none. For an orphan: its stderr was a pipe to the
+    supervisor that died, so its lines would reach nobody."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            probe.connect(address)      # SysLogHandler would only retry on each record
+    except OSError:
+        return False
+    handler = logging.handlers.SysLogHandler(address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+    handler.setFormatter(OneLineFormatter(f"twindns-worker[{os.getpid()}]: %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    return True

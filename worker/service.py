@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from contract import stats as keys
+from worker import logfmt
 from worker.answer import Answerer
 from worker.cache import Cache
 from worker.channel import DEFAULT_DRAIN_TIMEOUT, ControlChannel
@@ -166,6 +167,7 @@ class Service:
         self.control = None
         if old is not None:
             old.close()
+        logfmt.to_syslog()          # our stderr pipe had the supervisor at its other end
         self.orphanage = Orphanage(self._control_on, lambda: self.request_drain(DEFAULT_DRAIN_TIMEOUT),
                                    listen_ips(self.sockets.udp + self.sockets.shared_udp))
 

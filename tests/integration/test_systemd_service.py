@@ -201,6 +201,8 @@ def test_supervisor_sigkill_loses_nothing_and_restart_adopts_the_orphans(install
     assert "NRestarts=1" in show and "ActiveState=active" in show, show
     journal = c.journal("twindns")
     assert "orphans_taken_over found=2 gone=2" in journal, journal
+    # the orphans' own lines reach the journal (their stderr pipe died with the supervisor)
+    assert journal.count("supervisor gone: serving unsupervised") == 2, journal
 
 
 def test_stop_while_waiting_for_restart_after_a_crash_leaves_no_orphan(installed):

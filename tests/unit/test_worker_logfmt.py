@@ -40,3 +40,24 @@ def test_worker_lines_reach_the_journal_with_their_own_priority(tmp_path):
     assert lines[0].startswith("<4>twindns.worker.A: worker[") and lines[0].endswith("cache handoff stopped")
     assert lines[1].startswith("<3>") and "boom | second line" in lines[1]
     assert lines[2].startswith("<6>")
+
+
+def test_an_orphan_logs_to_the_syslog_socket_or_keeps_stderr(tmp_path):
+    import logging
+    import os
+    import socket
+    import sys
+
+    from worker import logfmt
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "log"))
+    sock.settimeout(2)
+    try:
+        assert not logfmt.to_syslog(str(tmp_path / "missing"))
+        assert logfmt.to_syslog(str(tmp_path / "log"))
+        logging.getLogger("worker.test").warning("supervisor gone\nsecond line")
+        line = sock.recv(4096).decode()
+        assert line.endswith(f"twindns-worker[{os.getpid()}]: WARNING supervisor gone | second line\x00"), line
+    finally:
+        sock.close()
+        logfmt.setup(sys.stderr)
