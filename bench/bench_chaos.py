@@ -9,7 +9,9 @@ stop then start:
 * `twindns run --takeover` beside a running supervisor (network namespace);
 * SIGKILL of the supervisor, `twindns run` 2 s later (network namespace);
 * `systemctl restart twindns` under a real systemd (a booted Debian container,
-  tests/helpers/systemd_container.py; the root file system is cached).
+  tests/helpers/systemd_container.py; the root file system is cached);
+* SIGKILL of the supervisor under that systemd, restarted by `Restart=`
+  (control: the unit with `KillMode=mixed`, which kills the workers too).
 
 Needs root (throwaway namespaces and containers; the host is not touched),
 unbound and dnsperf. Prints per scenario: queries sent, lost, max latency,
@@ -134,7 +136,8 @@ def netns_replacement(qps: int, seconds: float, how: str) -> str:
             upstream.stop()
 
 
-def systemd_replacement(qps: int, seconds: float, commands: list[list[str]]):
+def systemd_replacement(qps: int, seconds: float, commands: list[list[str]], dropin: str | None = None):
+    """`commands` run 3 s into the load; `dropin`: a [Service] override of the unit."""
     from helpers.systemd_container import Container, debian_root, wheels_for_twindns
     with tempfile.TemporaryDirectory(prefix="twbench") as d:
         wd = Path(d)
@@ -142,6 +145,8 @@ def systemd_replacement(qps: int, seconds: float, commands: list[list[str]]):
         try:
             twindns = c.install_wheels(wheels_for_twindns(wd / "wheels"))
             c.write("/etc/twindns/twindns.toml", SYSTEMD_CONFIG)
+            if dropin is not None:
+                c.write("/etc/systemd/system/twindns.service.d/bench.conf", f"[Service]\n{dropin}\n")
             upstream = Unbound(wd / "unbound", netns=c.net)
             try:
                 c.run([twindns, "install", "--now"], timeout=120)
@@ -153,7 +158,10 @@ def systemd_replacement(qps: int, seconds: float, commands: list[list[str]]):
                 load.wait_until(3)
                 for argv in commands:
                     c.run(argv, timeout=120)
-                return load.result()
+                result = load.result()
+                if c.run(["systemctl", "is-active", "twindns"], check=False).stdout.strip() != "active":
+                    raise RuntimeError("twindns is not active after the scenario:\n" + c.journal("twindns"))
+                return result
             finally:
                 c.run([twindns, "uninstall"], check=False, timeout=120)
                 upstream.stop()
@@ -172,6 +180,9 @@ servers = ["127.0.0.2:53"]
 """
 
 
+SIGKILL_MAIN = ["systemctl", "kill", "--kill-whom=main", "--signal=SIGKILL", "twindns"]
+
+
 def service_scenarios(qps: int, seconds: float) -> None:
     print(f"# replacing the whole service at {qps} qps, mixed workload, {seconds:g} s runs, the switch at 3 s; "
           f"dnsperf -t {SERVICE_TIMEOUT:g} -q {OUTSTANDING}")
@@ -186,6 +197,10 @@ def service_scenarios(qps: int, seconds: float) -> None:
         ("systemctl restart", "control: systemctl stop; start",
          lambda: systemd_replacement(qps, seconds, [["systemctl", "stop", "twindns", "twindns-net"],
                                                     ["systemctl", "start", "twindns"]])),
+        ("SIGKILL under systemd", "KillMode=process: orphans adopted",
+         lambda: systemd_replacement(qps, seconds, [SIGKILL_MAIN])),
+        ("SIGKILL under systemd", "control: KillMode=mixed",
+         lambda: systemd_replacement(qps, seconds, [SIGKILL_MAIN], dropin="KillMode=mixed")),
     ]
     for label, how, run in runs:
         print(service_row(label, how, run(), 3.0), flush=True)
