@@ -40,7 +40,7 @@ class CacheConfig:
     prefetch: bool = True                      # refresh popular entries before they expire
     stale_client_timeout: float = 1.0          # serve a stale answer after this long waiting upstream; 0: only on failure
     max_udp_size: int = 1232                   # UDP answers beyond this (or the client's size) get TC (DNS flag day 2020)
-    max_concurrent: int = 1000                 # distinct misses waiting or upstream; past it SERVFAIL at once
+    max_concurrent: int = 2048                 # distinct misses waiting or upstream; past it SERVFAIL at once
     unwanted_reply_threshold: int = 10000      # unwanted upstream replies that make in-flight answers uncached; 0 off
 
 

@@ -37,7 +37,7 @@ Waiter = Callable[[Entry], None]
 # [cache] max_concurrent). Past it a miss is answered SERVFAIL at once: a
 # flood of unique names (or a slow upstream) must not grow memory or the
 # wait without bound; CoreDNS's max_concurrent, unbound's num-queries-per-thread.
-MAX_PENDING = 1000
+MAX_PENDING = 2048
 # New misses sent upstream per turn of the event loop. The client sockets are
 # read between turns (64 datagrams a batch), so under a miss flood the hits
 # queued behind the misses are answered at read speed, not at miss speed.
@@ -111,7 +111,9 @@ class Resolver(PeerMisses):
         if waiters is not None:
             waiters.append(waiter)
             return True
-        if len(self.pending) >= self.max_pending:
+        if len(self.pending) >= self.max_pending and q.qclass != wire.CLASS_CH:
+            # CH (the supervisor's readiness probe) is answered locally at once: a worker
+            # at its bound is busy, not hung, and must not be restarted as one.
             self.overloaded += 1
             return False
         self.pending[q.key] = [waiter]

@@ -82,6 +82,19 @@ class Sampler(threading.Thread):
             time.sleep(0.05)
 
 
+def load_until_the_switch(c, tmp_path) -> tuple[Load, Sampler]:
+    """The mixed workload at QPS for 10 s, warmed, 3 s in, the address and rules
+    sampled from now on. -t 5: a stub resolver's own timeout; -q 40000: more than
+    a restart's gap at QPS, so an outage shows up as lost queries, not as a stalled client."""
+    queries = dnsperf.mixed_queries(tmp_path / "q.txt")
+    warm(c.net, queries)
+    load = Load(c.net, queries, 10, QPS, timeout=5, outstanding=40000)
+    sampler = Sampler(c)
+    load.wait_until(3)
+    sampler.start()
+    return load, sampler
+
+
 @pytest.fixture
 def installed(systemd_container, tmp_path):
     c = systemd_container
@@ -106,14 +119,7 @@ def test_install_now_restart_reload_stop_uninstall(installed, tmp_path):
     assert "WatchdogUSec=30s" in show and "NFileDescriptorStore=2" in show, show
     assert ours_in_place(c)[0]
 
-    queries = dnsperf.mixed_queries(tmp_path / "q.txt")
-    warm(c.net, queries)
-    # -t 5: a stub resolver's own timeout; -q 40000: more than the restart's gap at QPS, so an
-    # outage shows up as lost queries, not as a stalled client.
-    load = Load(c.net, queries, 10, QPS, timeout=5, outstanding=40000)
-    sampler = Sampler(c)
-    load.wait_until(3)
-    sampler.start()
+    load, sampler = load_until_the_switch(c, tmp_path)
     p = c.run(["systemctl", "restart", "twindns"], check=False, timeout=60)
     time.sleep(1)
     sampler.halt.set()
@@ -176,12 +182,7 @@ def test_supervisor_sigkill_loses_nothing_and_restart_adopts_the_orphans(install
     first = wait_healthy(c)
     old_workers = {w["pid"] for w in first["workers"]}
     assert old_workers == worker_pids(c)
-    queries = dnsperf.mixed_queries(tmp_path / "q.txt")
-    warm(c.net, queries)
-    load = Load(c.net, queries, 10, QPS, timeout=5, outstanding=40000)
-    sampler = Sampler(c)
-    load.wait_until(3)
-    sampler.start()
+    load, sampler = load_until_the_switch(c, tmp_path)
     c.run(["systemctl", "kill", "--kill-whom=main", "--signal=SIGKILL", "twindns"])
     second = wait_healthy(c, other_than=first["supervisor"]["pid"])
     result = load.result()

@@ -174,10 +174,13 @@ def test_in_flight_misses_are_bounded():
         questions = [wire.parse_query(dns.message.make_query(f"n{i}.test", "A").to_wire()) for i in range(4)]
         accepted = [resolver.miss(q, lambda entry: None) for q in questions]
         joined = resolver.miss(questions[0], lambda entry: None)
+        answers = []
+        probe = wire.parse_query(dns.message.make_query("ready.twindns.", "TXT", "CH").to_wire())
+        probed = resolver.miss(probe, answers.append)    # the readiness probe is never refused
         await asyncio.sleep(0)
-        return accepted, joined, resolver.overloaded
+        return accepted, joined, probed, len(answers), resolver.overloaded
 
-    assert asyncio.run(scenario()) == ([True, True, True, False], True, 1)
+    assert asyncio.run(scenario()) == ([True, True, True, False], True, True, 1, 1)
 
 
 def test_an_expired_entry_is_kept_for_serve_stale_and_served_only_by_stale():
