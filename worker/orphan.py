@@ -62,14 +62,14 @@ class Orphanage:
                  addresses: list[str], limit: float = ORPHAN_SERVE_LIMIT,
                  check_interval: float = ADDRESS_CHECK_INTERVAL) -> None:
         self.loop = asyncio.get_running_loop()
-        self.adopted = adopted
+        self.adopted, self.expire = adopted, expire
+        self.addresses, self.check_interval = addresses, check_interval
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK
                                       | socket.SOCK_CLOEXEC)
         self.listener.bind(orphan_address())
         self.listener.listen(4)
         self.loop.add_reader(self.listener.fileno(), self._accept)
-        self.timer = self.loop.call_later(limit, self._expired, expire)
-        self.addresses, self.check_interval, self.expire = addresses, check_interval, expire
+        self.timer = self.loop.call_later(limit, self._leave, "no successor within the limit")
         self.check = self.loop.call_later(check_interval, self._check_addresses)
         log.warning("supervisor gone: serving unsupervised for up to %.0f s, waiting for a successor on @%s",
                     limit, orphan_address()[1:].decode())
@@ -87,18 +87,14 @@ class Orphanage:
         log.info("orphan: adopted by a successor supervisor")
         self.adopted(conn)
 
-    def _expired(self, expire: Callable[[], None]) -> None:
-        log.warning("orphan: no successor within the limit; draining")
+    def _leave(self, why: str) -> None:
+        log.warning("orphan: %s; draining", why)
         self.close()
-        expire()
+        self.expire()
 
     def _check_addresses(self) -> None:
         if self.addresses and not any(address_present(ip) for ip in self.addresses):
-            log.warning("orphan: none of our listen addresses (%s) is on the host any more; draining",
-                        ", ".join(self.addresses))
-            self.close()
-            self.expire()
-            return
+            return self._leave(f"none of our listen addresses ({', '.join(self.addresses)}) is on the host any more")
         self.check = self.loop.call_later(self.check_interval, self._check_addresses)
 
     def close(self) -> None:
