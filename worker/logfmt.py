@@ -23,12 +23,17 @@ def setup(stream: IO, level: int = logging.INFO) -> logging.Handler:
     """The root logger's one handler, writing to `stream`."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(OneLineFormatter(f"worker[{os.getpid()}] %(levelname)s %(message)s"))
+    _only(handler).setLevel(level)
+    return handler
+
+
+def _only(handler: logging.Handler) -> logging.Logger:
+    """Make `handler` the root logger's one handler; returns the root logger."""
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level)
-    return handler
+    return root
 
 
 SYSLOG_SOCKET = "/dev/log"
@@ -46,8 +51,5 @@ def to_syslog(address: str = SYSLOG_SOCKET) -> bool:
         return False
     handler = logging.handlers.SysLogHandler(address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
     handler.setFormatter(OneLineFormatter(f"twindns-worker[{os.getpid()}]: %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
+    _only(handler)
     return True
