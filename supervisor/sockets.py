@@ -16,9 +16,14 @@ from dataclasses import dataclass, field
 
 from contract.endpoint import Endpoint
 
-# A hung worker keeps receiving until the probes give up on it (~2 s); at
-# 3,000 qps per worker 4 MiB overflowed in tests, 8 MiB holds about 4 s.
-UDP_RCVBUF = 8 * 1024 * 1024
+# What a worker's socket queues while nobody reads it fast enough: a hung
+# worker until the probes give up on it (~2 s), or a serving one starved of
+# CPU while a successor supervisor and its workers start on a busy node. A
+# small datagram costs ~1 KiB of buffer; at 10,000 qps per worker on 2 cores
+# a takeover starved one for ~2 s and 8 MiB overflowed (~4,800 lost of
+# 240,000; tests/chaos/test_replace_service.py). 32 MiB holds ~3 s at that
+# rate. It is a limit, not an allocation: memory is only used while queued.
+UDP_RCVBUF = 32 * 1024 * 1024
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)   # Linux value; Python does not export it
 TCP_BACKLOG = 1024
 # The held sockets carry the whole load while no worker reads (between a
