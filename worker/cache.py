@@ -191,8 +191,13 @@ class Cache:
             heapq.heapify(self.expiry)
 
     def _drop_expired(self, now: float) -> None:
-        heap, entries = self.expiry, self.entries
-        while heap and heap[0][0] <= now:
+        """Make room by dropping expired entries, soonest-expired first, only as
+        many as a put needs: a cache full of expired answers (a burst of
+        short-TTL names a second ago) dropped all at once stalled the worker
+        for ~40 ms per 10,000 entries, and every query waited behind it (the
+        miss p99 at 2,000 qps)."""
+        heap, entries, room = self.expiry, self.entries, self.capacity
+        while heap and heap[0][0] <= now and len(entries) >= room:
             _expires, _seq, key, entry = heapq.heappop(heap)
             if entries.get(key) is entry:
                 del entries[key]
