@@ -98,6 +98,10 @@ class Entry:
         answerer's exact-query index) see it as expired from now on."""
         self.expires = self.render_at = float("-inf")
 
+    def __lt__(self, other: "Entry") -> bool:
+        """Never: in the expiry heap, entries that expire at the same moment are equals."""
+        return False
+
     def truncated(self, qname_end: int, has_opt: bool) -> bytes:
         """TC=1 form: header and question only (plus OPT), for a client whose
         UDP payload size is too small for the answer."""
@@ -123,9 +127,9 @@ class Cache:
         self.serve_stale = serve_stale          # seconds an expired entry is kept for stale()
         self.stale_served = 0
         self.entries: OrderedDict[bytes, Entry] = OrderedDict()
-        # (expires, sequence, key, entry); items of entries that left are skipped when popped.
-        self.expiry: list[tuple[float, int, bytes, Entry]] = []
-        self.sequence = 0
+        # (expires, entry), the entry's key in entry.key; items of entries that left are skipped
+        # when popped. Two items, not (expires, sequence, key, entry): 44 bytes less per entry.
+        self.expiry: list[tuple[float, Entry]] = []
         self.evictions = 0
         self.retire = retire    # told of every entry that leaves (its hit counts)
 
@@ -183,11 +187,10 @@ class Cache:
                 self.evictions += 1
                 self._leave(old)
         entries[key] = entry
-        self.sequence += 1
-        heapq.heappush(self.expiry, (entry.expires, self.sequence, key, entry))
+        heapq.heappush(self.expiry, (entry.expires, entry))
         if len(self.expiry) > 2 * self.capacity + 64:
             # Too many items of entries that already left: rebuild from the live ones.
-            self.expiry = [item for item in self.expiry if entries.get(item[2]) is item[3]]
+            self.expiry = [item for item in self.expiry if entries.get(item[1].key) is item[1]]
             heapq.heapify(self.expiry)
 
     def _drop_expired(self, now: float) -> None:
@@ -198,7 +201,7 @@ class Cache:
         miss p99 at 2,000 qps)."""
         heap, entries = self.expiry, self.entries
         while heap and heap[0][0] <= now and len(entries) >= self.capacity:
-            _expires, _seq, key, entry = heapq.heappop(heap)
-            if entries.get(key) is entry:
-                del entries[key]
+            _expires, entry = heapq.heappop(heap)
+            if entries.get(entry.key) is entry:
+                del entries[entry.key]
                 self._leave(entry)
