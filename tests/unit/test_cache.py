@@ -113,8 +113,8 @@ def test_truncated_form_keeps_question_only():
     assert tc.flags & 0x0200 and not tc.answer and tc.question[0].name.to_text() == "a.test." and tc.edns == 0
 
 
-def entry(now: float = 0.0):
-    return entry_from_response(response(answers=["a.test. 300 IN A 192.0.2.1"]), now, CacheConfig(), None, False)
+def entry(now: float = 0.0, ttl: int = 300):
+    return entry_from_response(response(answers=[f"a.test. {ttl} IN A 192.0.2.1"]), now, CacheConfig(), None, False)
 
 
 def test_eviction_is_bounded_and_prefers_unreferenced():
@@ -146,9 +146,7 @@ def test_zero_capacity_stores_nothing():
 def test_expired_entries_leave_before_live_ones():
     c = Cache(3)
     c.put(b"long", entry(now=0.0))                      # lives until 300
-    short = entry_from_response(response(answers=["s.test. 1 IN A 192.0.2.2"], name="s.test"),
-                                0.0, CacheConfig(), None, False)
-    c.put(b"short", short)                              # expires at 1
+    c.put(b"short", entry(now=0.0, ttl=1))              # expires at 1
     c.put(b"other", entry(now=0.0))
     c.put(b"new", entry(now=5.0))
     assert set(c.entries) == {b"long", b"other", b"new"} and c.evictions == 0
@@ -159,15 +157,12 @@ def test_expired_entries_leave_before_live_ones():
 
 def test_a_full_cache_of_expired_entries_drops_one_per_put_soonest_first():
     # All at once stalled the worker ~40 ms per 10,000 entries (the miss p99).
-    def short(seconds, now=0.0):
-        return entry_from_response(response(answers=[f"s.test. {seconds} IN A 192.0.2.2"], name="s.test"),
-                                   now, CacheConfig(), None, False)
     c = Cache(4)
     for i, seconds in enumerate((3, 1, 4, 2)):
-        c.put(b"e%d" % i, short(seconds))
-    c.put(b"new", short(60, now=10.0))
+        c.put(b"e%d" % i, entry(ttl=seconds))
+    c.put(b"new", entry(now=10.0, ttl=60))
     assert set(c.entries) == {b"e0", b"e2", b"e3", b"new"} and c.evictions == 0
-    c.put(b"newer", short(60, now=10.0))
+    c.put(b"newer", entry(now=10.0, ttl=60))
     assert set(c.entries) == {b"e0", b"e2", b"new", b"newer"}
 
 
