@@ -1,18 +1,32 @@
-"""One query to one upstream server over UDP.
+"""Queries to one upstream server over UDP, from a small pool of sockets.
 
-Each exchange uses a new socket, connect()ed to the server, on a port the
-kernel picks at random (Linux randomises ephemeral UDP ports), so an attacker
-must guess port and ID together (RFC 5452). A pool of long-lived sockets would
-make the port guessable after one observation. Connecting (rather than a new
-unconnected socket) has two more effects we want: the kernel drops datagrams
-from any other address or port before they reach us, and an ICMP "port
-unreachable" from a server that is down arrives as ConnectionRefusedError, so
-failover starts at once instead of after a timeout.
+Every socket is connect()ed to the server on a port the kernel picks at
+random (Linux randomises ephemeral UDP ports), and every query gets a random
+ID and 0x20 letter case, so a blind forger must guess port, ID and case
+together (RFC 5452). Connecting has two more effects we want: the kernel
+drops datagrams from any other address or port before they reach us, and an
+ICMP "port unreachable" from a server that is down arrives as
+ConnectionRefusedError, so failover starts at once instead of after a
+timeout.
 
-The socket is a plain non-blocking one and results are delivered through
+The pool (dnsmasq's scheme): POOL_SLOTS sockets per server, queries spread
+over them in turn; a socket carries at most ROTATE_AFTER queries, then leaves
+the pool for a new random port, and any socket closes as soon as nothing is
+in flight on it, so a lone query still gets a port of its own. A new socket
+per query (unbound's scheme, ours before) cost socket(), connect(), an epoll
+registration and close() on every miss: more than a tenth of a miss's CPU.
+The trade-off, written down: guessing stays as hard per forged datagram
+(~15 bits of port, 16 of ID, one per letter of case); what grows is how long
+a port stays open, up to ROTATE_AFTER queries to a busy server. An attacker
+who learns which ports are open (the SAD DNS ICMP side channel, closed in
+Linux 5.10) can aim up to that many queries' worth of ID guesses at one port
+instead of one query's. Probing a connected socket needs the server's address
+spoofed as source, since to anyone else it looks closed.
+
+The sockets are plain non-blocking ones and results are delivered through
 callbacks: an asyncio datagram endpoint and a Task per query cost more CPU
-than the rest of a cache miss. The sockets are watched through one epoll
-set of our own (SocketWatch), itself one fd on the event loop: uvloop's
+than the rest of a cache miss. They are watched through one epoll set of our
+own (SocketWatch), itself one fd on the event loop: uvloop's
 add_reader/remove_reader make and free a poll handle per socket (~4 us),
 epoll.register is one system call, and close() takes the socket out.
 """
@@ -25,6 +39,7 @@ import select
 import socket
 from typing import Callable
 
+from worker import wire
 from worker.upstream_query import CaseMismatch, RandomCase, RandomIds, Rejected, UpstreamQuery
 
 # An answer in other letter case than asked is a forgery that guessed port
@@ -37,8 +52,13 @@ CASE_MISMATCHES_BEFORE_FALLBACK = 3
 
 log = logging.getLogger(__name__)
 
-# Unbound's default outgoing-range: UDP sockets per thread.
+# Unbound's default outgoing-range: UDP sockets per thread. Here it bounds
+# queries in flight, which bounds sockets open (at most one per query).
 MAX_SOCKETS = 4096
+# Sockets per server that new queries are spread over in turn.
+POOL_SLOTS = 8
+# Queries one socket carries before it leaves the pool for a new port.
+ROTATE_AFTER = 100
 # The largest UDP payload; servers may send more than the size we offered.
 MAX_DATAGRAM = 65535
 # Ready sockets taken from the epoll set per wake-up; the rest wait a turn.
@@ -46,9 +66,10 @@ READY_BATCH = 64
 
 
 def socket_budget() -> int:
-    """How many upstream UDP sockets may be open at once: half the file
-    descriptor limit (the rest serve clients, TCP and the supervisor's
-    channels), at most MAX_SOCKETS."""
+    """How many UDP queries may be in flight upstream at once (and so at
+    most how many sockets are open): half the file descriptor limit (the
+    rest serve clients, TCP and the supervisor's channels), at most
+    MAX_SOCKETS."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return MAX_SOCKETS
@@ -94,7 +115,7 @@ class SocketWatch:
 
 
 class UdpUpstream:
-    """One upstream server reached over UDP: opens an exchange per query."""
+    """One upstream server reached over UDP: its socket pool, IDs and 0x20 state."""
 
     def __init__(self, server: tuple[str, int], on_reject: Callable[[], None], sockets: SocketWatch) -> None:
         self.server = server
@@ -108,74 +129,166 @@ class UdpUpstream:
         self.case = RandomCase()
         self.use_0x20 = True
         self.case_mismatches = 0        # in a row; reset by an answer in our case
+        self.pool: list[PooledSocket | None] = [None] * POOL_SLOTS
+        self._next_slot = 0
+        self.opened = 0                 # sockets opened so far
 
     def ask(self, query: UpstreamQuery, on_answer: Callable[[bytes], None],
             on_error: Callable[[Exception], None]) -> UdpExchange:
-        """Send `query` on a new socket now; later on_answer(wire) with the
-        first datagram that answers it, or on_error(OSError), unless the
-        exchange is closed first. Raises OSError if it cannot be sent."""
-        sock = socket.socket(self.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        """Send `query` now; later on_answer(wire) with the first datagram
+        that answers it, or on_error(OSError), unless the exchange is closed
+        first. Raises OSError if it cannot be sent."""
+        slot = self._next_slot
+        self._next_slot = (slot + 1) % POOL_SLOTS
+        pooled = self.pool[slot]
+        if pooled is None:
+            pooled = self.pool[slot] = PooledSocket(self, slot)
+        name = self.case.mix(query.qname) if self.use_0x20 else None
+        exchange = UdpExchange(pooled, query, pooled.new_id(), name, on_answer, on_error)
+        pooled.send(exchange, query.wire(exchange.query_id, name))
+        return exchange
+
+
+class PooledSocket:
+    """One connected socket shared by the queries in flight on it, which it
+    tells apart by ID."""
+
+    __slots__ = ("upstream", "slot", "sock", "fd", "pending", "late", "uses")
+
+    def __init__(self, upstream: UdpUpstream, slot: int) -> None:
+        sock = socket.socket(upstream.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         try:
             # A numeric address: connect() resolves nothing and never blocks.
-            sock.connect(self.server)
-            if self.peer is None:
-                self.peer = sock.getpeername()[:2]
-            query_id = self.ids.next()
-            name = self.case.mix(query.qname) if self.use_0x20 else None
-            sock.send(query.wire(query_id, name))
-            return UdpExchange(self, sock, query, query_id, name, on_answer, on_error)
+            sock.connect(upstream.server)
+            if upstream.peer is None:
+                upstream.peer = sock.getpeername()[:2]
         except BaseException:
             sock.close()
             raise
+        self.upstream, self.slot, self.sock, self.fd = upstream, slot, sock, sock.fileno()
+        self.pending: dict[int, UdpExchange] = {}
+        # IDs of queries that ended (answered elsewhere, timed out) while the
+        # socket stayed open: their answers are expected, not forgeries.
+        self.late: set[int] = set()
+        self.uses = 0
+        upstream.opened += 1
+        upstream.sockets.watch(self.fd, self._readable)
 
+    def new_id(self) -> int:
+        """A random ID that no query on this socket has had."""
+        ids = self.upstream.ids
+        query_id = ids.next()
+        while query_id in self.pending or query_id in self.late:
+            query_id = ids.next()
+        return query_id
 
-class UdpExchange:
-    """One query sent on its own connected socket, waiting for its answer."""
+    def send(self, exchange: UdpExchange, data: bytes) -> None:
+        """Send `data` and wait for the answer to exchange.query_id. Raises
+        OSError; the exchange is then not in flight."""
+        try:
+            self.sock.send(data)
+        except OSError as e:
+            if isinstance(e, ConnectionRefusedError):
+                # An earlier datagram's ICMP error, reported on this send:
+                # the server's port is closed for every query on the socket.
+                self.fail_all(e)
+            elif not self.pending:
+                self.close()
+            raise
+        self.pending[exchange.query_id] = exchange
+        self.uses += 1
+        if self.uses >= ROTATE_AFTER:
+            self._leave_pool()
 
-    __slots__ = ("_upstream", "_sock", "_fd", "_query", "_query_id", "_name", "_on_answer", "_on_error",
-                 "_case_timer")
+    def release(self, query_id: int) -> None:
+        """The query with this ID ends; the socket closes if it was the last."""
+        if self.pending.pop(query_id, None) is None:
+            return
+        if self.pending:
+            self.late.add(query_id)
+        else:
+            self.close()
 
-    def __init__(self, upstream: UdpUpstream, sock: socket.socket, query: UpstreamQuery, query_id: int,
-                 name: bytes | None, on_answer: Callable[[bytes], None],
-                 on_error: Callable[[Exception], None]) -> None:
-        self._upstream, self._sock, self._query, self._query_id = upstream, sock, query, query_id
-        self._name = name               # the 0x20 name sent; None: asked in lower case
-        self._case_timer: asyncio.TimerHandle | None = None
-        self._on_answer, self._on_error = on_answer, on_error
-        self._fd = sock.fileno()
-        upstream.sockets.watch(self._fd, self._readable)
+    def fail_all(self, error: OSError) -> None:
+        exchanges = list(self.pending.values())
+        self.close()
+        for exchange in exchanges:
+            exchange.failed(error)
+
+    def _leave_pool(self) -> None:
+        pool = self.upstream.pool
+        if self.slot >= 0 and pool[self.slot] is self:
+            pool[self.slot] = None
+        self.slot = -1
+
+    def close(self) -> None:
+        """Idempotent; the queries still pending get no callback."""
+        if self.fd < 0:
+            return
+        self._leave_pool()
+        self.upstream.sockets.unwatch(self.fd)
+        self.sock.close()
+        self.fd = -1
+        self.pending.clear()
+        self.late.clear()
 
     def _readable(self) -> None:
-        upstream = self._upstream
-        while True:
+        upstream = self.upstream
+        while self.fd >= 0:         # an answer's callback may end the last query
             try:
-                data, source = self._sock.recvfrom(MAX_DATAGRAM)
+                data, source = self.sock.recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:     # e.g. ConnectionRefusedError: ICMP port unreachable
-                self.close()
-                self._on_error(e)
+                self.fail_all(e)
                 return
             # The kernel already filters a connected socket; checked again so
             # the rule does not depend on how the socket was set up.
-            if (source[0], source[1]) != upstream.peer:
+            if (source[0], source[1]) != upstream.peer or len(data) < wire.HEADER.size:
                 upstream.on_reject()
                 continue
-            try:
-                self._query.check(data, self._query_id, self._name)
-            except CaseMismatch:
+            query_id = data[0] << 8 | data[1]
+            exchange = self.pending.get(query_id)
+            if exchange is not None:
+                exchange.received(data)
+            elif query_id not in self.late:
                 upstream.on_reject()
-                if self._case_timer is None:
-                    self._case_timer = asyncio.get_running_loop().call_later(CASE_WAIT, self._reask_in_lower_case)
-                continue
-            except Rejected:
-                upstream.on_reject()
-                continue
-            if self._name is not None:
-                upstream.case_mismatches = 0
-            self.close()
-            self._on_answer(data)
+
+
+class UdpExchange:
+    """One query in flight on a pooled socket, waiting for its answer."""
+
+    __slots__ = ("_pooled", "query_id", "_query", "_name", "_on_answer", "_on_error", "_case_timer")
+
+    def __init__(self, pooled: PooledSocket, query: UpstreamQuery, query_id: int, name: bytes | None,
+                 on_answer: Callable[[bytes], None], on_error: Callable[[Exception], None]) -> None:
+        self._pooled: PooledSocket | None = pooled
+        self._query, self.query_id = query, query_id
+        self._name = name               # the 0x20 name sent; None: asked in lower case
+        self._case_timer: asyncio.TimerHandle | None = None
+        self._on_answer, self._on_error = on_answer, on_error
+
+    def received(self, data: bytes) -> None:
+        """A datagram from the server with our ID: take it if it answers us."""
+        upstream = self._pooled.upstream
+        try:
+            self._query.check(data, self.query_id, self._name)
+        except CaseMismatch:
+            upstream.on_reject()
+            if self._case_timer is None:
+                self._case_timer = asyncio.get_running_loop().call_later(CASE_WAIT, self._reask_in_lower_case)
             return
+        except Rejected:
+            upstream.on_reject()
+            return
+        if self._name is not None:
+            upstream.case_mismatches = 0
+        self.close()
+        self._on_answer(data)
+
+    def failed(self, error: OSError) -> None:
+        self.close()
+        self._on_error(error)
 
     def _reask_in_lower_case(self) -> None:
         """Only answers in other case came within CASE_WAIT: ask again, a new
@@ -183,18 +296,21 @@ class UdpExchange:
         CASE_MISMATCHES_BEFORE_FALLBACK in a row the server is asked without
         0x20 from then on."""
         self._case_timer = None
-        upstream = self._upstream
+        pooled = self._pooled
+        upstream = pooled.upstream
         upstream.case_mismatches += 1
         if upstream.case_mismatches >= CASE_MISMATCHES_BEFORE_FALLBACK and upstream.use_0x20:
             upstream.use_0x20 = False
             log.warning("upstream %s:%d does not echo the letter case of questions: 0x20 off for it",
                         *upstream.server[:2])
-        self._query_id = upstream.ids.next()
+        # The old ID is not counted late: an answer to it is still rejected.
+        del pooled.pending[self.query_id]
+        self.query_id = pooled.new_id()
         self._name = None
         try:
-            self._sock.send(self._query.wire(self._query_id))
+            pooled.send(self, self._query.wire(self.query_id))
         except OSError as e:
-            self.close()
+            self._pooled = None
             self._on_error(e)
 
     def close(self) -> None:
@@ -202,7 +318,7 @@ class UdpExchange:
         if self._case_timer is not None:
             self._case_timer.cancel()
             self._case_timer = None
-        if self._fd >= 0:
-            self._upstream.sockets.unwatch(self._fd)
-            self._sock.close()
-            self._fd = -1
+        pooled = self._pooled
+        if pooled is not None:
+            self._pooled = None
+            pooled.release(self.query_id)
