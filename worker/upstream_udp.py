@@ -131,7 +131,6 @@ class UdpUpstream:
         self.case_mismatches = 0        # in a row; reset by an answer in our case
         self.pool: list[PooledSocket | None] = [None] * POOL_SLOTS
         self._next_slot = 0
-        self.opened = 0                 # sockets opened so far
 
     def ask(self, query: UpstreamQuery, on_answer: Callable[[bytes], None],
             on_error: Callable[[Exception], None]) -> UdpExchange:
@@ -171,7 +170,6 @@ class PooledSocket:
         # socket stayed open: their answers are expected, not forgeries.
         self.late: set[int] = set()
         self.uses = 0
-        upstream.opened += 1
         upstream.sockets.watch(self.fd, self._readable)
 
     def new_id(self) -> int:
