@@ -48,6 +48,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.usefixtures("_netns_required"))
 
 
+LOG_TAIL = 6000      # characters of each log a failed test leaves in its report
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # A CI failure is read from its report alone, long after the tmp dirs are
+    # gone: put the tail of every log the test wrote (run.log, unbound's …) in it.
+    outcome = yield
+    report = outcome.get_result()
+    tmp = item.funcargs.get("tmp_path") if hasattr(item, "funcargs") else None
+    if report.when != "call" or not report.failed or tmp is None:
+        return
+    for path in sorted(Path(tmp).rglob("*.log")):
+        text = path.read_text(errors="replace")
+        report.sections.append((f"log {path.relative_to(tmp)} (last {LOG_TAIL} chars)", text[-LOG_TAIL:]))
+
+
 @pytest.fixture
 def _netns_required():
     require_netns()

@@ -19,12 +19,14 @@ pytestmark = pytest.mark.netns
 DROP_WINDOW = 2.0
 
 # Fire-and-forget queries from 16 source ports (so both workers get a share),
-# ~30k/s: more than a stopped worker's 4 MiB queue holds for long. dnsperf
-# would not do: it stops sending when its outstanding queries time out.
+# ~30k/s, padded to 1232 bytes: a stopped worker's receive queue (32 MiB
+# asked, 64 MiB as the kernel counts) fills in seconds, not in the ten or so
+# that small queries take on a busy machine. dnsperf would not do: it stops
+# sending when its outstanding queries time out.
 FLOOD = textwrap.dedent("""
     import socket, sys, time
     import dns.message
-    wire = dns.message.make_query("n1.hit.test", "A").to_wire()
+    wire = dns.message.make_query("n1.hit.test", "A", use_edns=0, pad=1232).to_wire()
     socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(16)]
     for s in socks:
         s.setblocking(False)
@@ -53,19 +55,15 @@ def dropped_total(netns) -> float:
 
 
 def health_when(netns, predicate, timeout: float, what: str) -> tuple[int, str]:
-    return wait_for(lambda: (lambda r: r if predicate(*r) else None)(get(netns, 8080, "/health")),
-                    timeout, what)
-
-
-def wait_for(fn, timeout: float, what: str):
     deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
+    while True:
+        code, body = get(netns, 8080, "/health")
+        if predicate(code, body):
+            return code, body
+        if time.monotonic() >= deadline:
+            sockets = netns.run(["ss", "-uamn", "sport", "= :53"], check=False).stdout
+            raise AssertionError(f"timed out waiting for {what}; last /health: {code} {body!r}\n{sockets}")
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
 
 
 def test_persistent_drops_fail_health_and_name_the_worker(netns, upstream, tmp_path):
@@ -82,9 +80,9 @@ def test_persistent_drops_fail_health_and_name_the_worker(netns, upstream, tmp_p
         a = next(w for w in status["workers"] if w["slot"] == "A")
         stopped = a["pid"]
         os.kill(stopped, signal.SIGSTOP)          # A stops reading: its share of the load queues, then drops
-        flood = netns.popen([sys.executable, "-c", FLOOD, LISTEN, "20"])
+        flood = netns.popen([sys.executable, "-c", FLOOD, LISTEN, "60"])
         name = f"worker A{a['generation']}"
-        _, body = health_when(netns, lambda code, body: code == 200 and name in body, timeout=10,
+        _, body = health_when(netns, lambda code, body: code == 200 and name in body, timeout=30,
                               what="health naming worker A while still 200 (one burst is no failure)")
         assert f"{name}: UDP receive queue overflowing" in body
         _, body = health_when(netns, lambda code, body: code == 503, timeout=DROP_WINDOW + 6,
