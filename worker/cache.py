@@ -29,7 +29,8 @@ class Entry:
                  "udp_hits", "tcp_hits", "render_at", "stale_until", "key", "prefetched")
 
     def __init__(self, template: bytes, qname_end: int, ttl_offsets: tuple[int, ...], ttls: tuple[int, ...],
-                 stored_at: float, lifetime: float, rcode: int, mirror_rd: bool, do: bool) -> None:
+                 stored_at: float, lifetime: float, rcode: int, mirror_rd: bool, do: bool,
+                 rendered: bool = False) -> None:
         # No copy of `template` is kept: `plain` differs from it only in the TTLs,
         # which every render rewrites from `ttls` (a cached entry costs ~1/3 less).
         self.plain = template
@@ -47,7 +48,11 @@ class Entry:
         self.stale_until: float | None = None   # set by Cache.put (serve_stale)
         self.key: bytes | None = None           # set by Cache.put
         self.prefetched = False
-        self.render(0)
+        if rendered:        # `template` already shows `ttls`: a miss need not copy it again
+            self.with_opt = None
+            self.render_at = min(stored_at + 1, self.expires)
+        else:
+            self.render(0)
 
     def _rendered(self, age: int) -> bytes:
         buf = bytearray(self.plain)

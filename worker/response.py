@@ -117,5 +117,9 @@ def entry_from_response(data: bytes, now: float, policy: CacheConfig,
     # The question as we asked it: lower case (parse_response() saw it uncompressed).
     name_end = resp.question_end - 4
     template[12:name_end] = resp.qname
+    pack = wire.U32.pack_into
+    for record, ttl in zip(records, ttls):
+        if ttl != record.ttl:           # clamped: the stored form shows what clients are told
+            pack(template, record.ttl_offset, ttl)
     return Entry(bytes(template), name_end, tuple(r.ttl_offset for r in records), tuple(ttls),
-                 now, lifetime, resp.rcode, mirror_rd, do)
+                 now, lifetime, resp.rcode, mirror_rd, do, rendered=True)

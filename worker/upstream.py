@@ -390,5 +390,7 @@ class Forwarder:
         return [s.stats.as_dict() for s in self._servers.values()]
 
     async def close(self) -> None:
+        for server in self._servers.values():
+            server.udp.close()
         self._udp_sockets.close()
         await asyncio.gather(*(s.tcp.close() for s in self._servers.values()))

@@ -11,8 +11,12 @@ timeout.
 
 The pool (dnsmasq's scheme): POOL_SLOTS sockets per server, queries spread
 over them in turn; a socket carries at most ROTATE_AFTER queries, then leaves
-the pool for a new random port, and any socket closes as soon as nothing is
-in flight on it, so a lone query still gets a port of its own. A new socket
+the pool for a new random port. A socket closes once nothing is in flight
+on it, except that a pooled one emptied while the server still has other
+queries of ours in flight waits IDLE_GRACE for the next query: under load,
+one batch of answers emptied sockets just before the next batch of misses
+opened new ones, and half the misses paid for a socket again. Queries asked
+one at a time still get a port each. A new socket
 per query (unbound's scheme, ours before) cost socket(), connect(), an epoll
 registration and close() on every miss: more than a tenth of a miss's CPU.
 The trade-off, written down: guessing stays as hard per forged datagram
@@ -20,7 +24,8 @@ The trade-off, written down: guessing stays as hard per forged datagram
 a port stays open, up to ROTATE_AFTER queries to a busy server. An attacker
 who learns which ports are open (the SAD DNS ICMP side channel, closed in
 Linux 5.10) can aim up to that many queries' worth of ID guesses at one port
-instead of one query's. Probing a connected socket needs the server's address
+instead of one query's; under load the grace keeps an empty port open up to
+IDLE_GRACE longer, with nothing in flight on it for a forgery to match. Probing a connected socket needs the server's address
 spoofed as source, since to anyone else it looks closed.
 
 The sockets are plain non-blocking ones and results are delivered through
@@ -37,6 +42,7 @@ import logging
 import resource
 import select
 import socket
+import time
 from typing import Callable
 
 from worker import wire
@@ -59,6 +65,8 @@ MAX_SOCKETS = 4096
 POOL_SLOTS = 8
 # Queries one socket carries before it leaves the pool for a new port.
 ROTATE_AFTER = 100
+# Seconds a pooled socket emptied under load (other queries to the server in flight) waits for the next query.
+IDLE_GRACE = 0.05
 # The largest UDP payload; servers may send more than the size we offered.
 MAX_DATAGRAM = 65535
 # Ready sockets taken from the epoll set per wake-up; the rest wait a turn.
@@ -131,6 +139,7 @@ class UdpUpstream:
         self.case_mismatches = 0        # in a row; reset by an answer in our case
         self.pool: list[PooledSocket | None] = [None] * POOL_SLOTS
         self._next_slot = 0
+        self._idle_sweep: asyncio.TimerHandle | None = None   # scheduled while a pooled socket is idle
 
     def ask(self, query: UpstreamQuery, on_answer: Callable[[bytes], None],
             on_error: Callable[[Exception], None]) -> UdpExchange:
@@ -147,12 +156,42 @@ class UdpUpstream:
         pooled.send(exchange, query.wire(exchange.query_id, name))
         return exchange
 
+    def busy(self) -> bool:
+        """Whether any pooled socket has a query in flight."""
+        return any(pooled is not None and pooled.pending for pooled in self.pool)
+
+    def went_idle(self) -> None:
+        """A pooled socket has nothing in flight: close it after IDLE_GRACE unless it is used again."""
+        if self._idle_sweep is None:
+            self._idle_sweep = asyncio.get_running_loop().call_later(IDLE_GRACE, self._close_idle)
+
+    def _close_idle(self) -> None:
+        self._idle_sweep = None
+        now, waiting = time.monotonic(), False
+        for pooled in self.pool:
+            if pooled is not None and not pooled.pending:
+                if now - pooled.idle_since >= IDLE_GRACE:
+                    pooled.close()
+                else:
+                    waiting = True
+        if waiting:
+            self.went_idle()
+
+    def close(self) -> None:
+        """Close the pooled sockets (with what is in flight on them) and stop the sweep."""
+        if self._idle_sweep is not None:
+            self._idle_sweep.cancel()
+            self._idle_sweep = None
+        for pooled in self.pool:
+            if pooled is not None:
+                pooled.close()
+
 
 class PooledSocket:
     """One connected socket shared by the queries in flight on it, which it
     tells apart by ID."""
 
-    __slots__ = ("upstream", "slot", "sock", "fd", "pending", "late", "uses")
+    __slots__ = ("upstream", "slot", "sock", "fd", "pending", "late", "uses", "idle_since")
 
     def __init__(self, upstream: UdpUpstream, slot: int) -> None:
         sock = socket.socket(upstream.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
@@ -170,6 +209,7 @@ class PooledSocket:
         # socket stayed open: their answers are expected, not forgeries.
         self.late: set[int] = set()
         self.uses = 0
+        self.idle_since = 0.0       # time.monotonic() when the last query in flight ended
         upstream.sockets.watch(self.fd, self._readable)
 
     def new_id(self) -> int:
@@ -199,13 +239,18 @@ class PooledSocket:
             self._leave_pool()
 
     def release(self, query_id: int) -> None:
-        """The query with this ID ends; the socket closes if it was the last."""
-        if self.pending.pop(query_id, None) is None:
+        """The query with this ID ends. The last one closes the socket, unless
+        it is pooled and the server is busy: then it waits IDLE_GRACE for the next query."""
+        pending = self.pending
+        if pending.pop(query_id, None) is None:
             return
-        if self.pending:
-            self.late.add(query_id)
-        else:
+        if not pending and (self.slot < 0 or not self.upstream.busy()):
             self.close()
+            return
+        self.late.add(query_id)
+        if not pending:
+            self.idle_since = time.monotonic()
+            self.upstream.went_idle()
 
     def fail_all(self, error: OSError) -> None:
         exchanges = list(self.pending.values())

@@ -5,6 +5,7 @@ Against a hand-driven server on the loopback (no root)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 
@@ -13,7 +14,7 @@ import uvloop
 
 from worker.config import UpstreamZone
 from worker.upstream import Forwarder
-from worker.upstream_udp import POOL_SLOTS, ROTATE_AFTER
+from worker.upstream_udp import IDLE_GRACE, POOL_SLOTS, ROTATE_AFTER
 
 from helpers.loopback_upstream import FakeServer, answer, outcome, query
 
@@ -22,18 +23,24 @@ def asked_name(sent: bytes) -> str:
     return dns.message.from_wire(sent).question[0].name.to_text().lower()
 
 
+async def wave(server: FakeServer, forwarder: Forwarder, label: str, size: int) -> Counter:
+    """`size` queries at once, each answered: how many went out from each source port."""
+    ports: Counter = Counter()
+    done = [outcome(forwarder, query(f"{label}-{i}.test.")) for i in range(size)]
+    for _ in done:
+        sent, source = await asyncio.wait_for(server.receive(), 1)
+        ports[source[1]] += 1
+        server.sock.sendto(answer(sent), source)
+    await asyncio.wait_for(asyncio.gather(*done), 1)
+    return ports
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
 def test_queries_in_flight_share_pool_slots_ports_and_a_port_rotates_after_its_share():
     server = FakeServer()
-
-    async def wave(forwarder: Forwarder, label: str, size: int) -> Counter:
-        ports: Counter = Counter()
-        done = [outcome(forwarder, query(f"{label}-{i}.test.")) for i in range(size)]
-        for _ in done:
-            sent, source = await asyncio.wait_for(server.receive(), 1)
-            ports[source[1]] += 1
-            server.sock.sendto(answer(sent), source)
-        await asyncio.wait_for(asyncio.gather(*done), 1)
-        return ports
 
     async def scenario():
         forwarder = Forwarder([UpstreamZone(".", (server.address,), timeout=10.0)])
@@ -43,8 +50,8 @@ def test_queries_in_flight_share_pool_slots_ports_and_a_port_rotates_after_its_s
         shared = Counter(source[1] for _, source in held)
         # Up to each socket's share, 3 queries per slot at a time.
         for n in range((ROTATE_AFTER - 1) // 3):
-            shared += await wave(forwarder, f"w{n}", 3 * POOL_SLOTS)
-        rotated = await wave(forwarder, "after", POOL_SLOTS)
+            shared += await wave(server, forwarder, f"w{n}", 3 * POOL_SLOTS)
+        rotated = await wave(server, forwarder, "after", POOL_SLOTS)
         # The holders' sockets left the pool but stay open for their answers.
         for sent, source in held:
             server.sock.sendto(answer(sent, "192.0.2.9"), source)
@@ -58,6 +65,35 @@ def test_queries_in_flight_share_pool_slots_ports_and_a_port_rotates_after_its_s
     assert len(rotated) == POOL_SLOTS and not set(rotated) & set(shared)
     assert all(a.answer[0][0].address == "192.0.2.9" for a in answers)
     assert stats["rejected"] == 0
+
+
+def test_under_load_an_emptied_socket_waits_its_grace_for_the_next_query_and_alone_closes_at_once():
+    server = FakeServer()
+
+    async def scenario():
+        forwarder = Forwarder([UpstreamZone(".", (server.address,), timeout=2.0)])
+        before = open_fds()
+        holder = outcome(forwarder, query("hold.test."))            # in flight throughout: the server is busy
+        held, held_source = await asyncio.wait_for(server.receive(), 1)
+        first = await wave(server, forwarder, "a", POOL_SLOTS)      # every socket emptied but the holder's
+        second = await wave(server, forwarder, "b", POOL_SLOTS)
+        busy = open_fds() - before
+        server.sock.sendto(answer(held), held_source)
+        await asyncio.wait_for(holder, 1)
+        await asyncio.sleep(3 * IDLE_GRACE)
+        idle = open_fds() - before
+        alone = []
+        for i in range(3):          # one at a time: each socket closes with its answer
+            await wave(server, forwarder, f"alone{i}", 1)
+            alone.append(open_fds() - before)
+        return first, second, busy, idle, alone
+    try:
+        first, second, busy, idle, alone = uvloop.run(scenario())
+    finally:
+        server.close()
+    assert len(first) == POOL_SLOTS and set(second) == set(first)
+    assert busy == POOL_SLOTS + 1           # the pool's sockets and the epoll set
+    assert idle == 1 and alone == [1, 1, 1]
 
 
 def test_a_late_answer_on_a_shared_socket_is_dropped_uncounted_and_a_forgery_counted():
