@@ -16,8 +16,8 @@ on it, except that a pooled one emptied while the server still has other
 queries of ours in flight waits IDLE_GRACE for the next query: under load,
 one batch of answers emptied sockets just before the next batch of misses
 opened new ones, and half the misses paid for a socket again. Queries asked
-one at a time still get a port each. A new socket
-per query (unbound's scheme, ours before) cost socket(), connect(), an epoll
+one at a time still get a port each. A new socket per query (unbound's
+scheme, ours before) cost socket(), connect(), an epoll
 registration and close() on every miss: more than a tenth of a miss's CPU.
 The trade-off, written down: guessing stays as hard per forged datagram
 (~15 bits of port, 16 of ID, one per letter of case); what grows is how long
@@ -25,8 +25,9 @@ a port stays open, up to ROTATE_AFTER queries to a busy server. An attacker
 who learns which ports are open (the SAD DNS ICMP side channel, closed in
 Linux 5.10) can aim up to that many queries' worth of ID guesses at one port
 instead of one query's; under load the grace keeps an empty port open up to
-IDLE_GRACE longer, with nothing in flight on it for a forgery to match. Probing a connected socket needs the server's address
-spoofed as source, since to anyone else it looks closed.
+IDLE_GRACE longer, with nothing in flight on it for a forgery to match.
+Probing a connected socket needs the server's address spoofed as source,
+since to anyone else it looks closed.
 
 The sockets are plain non-blocking ones and results are delivered through
 callbacks: an asyncio datagram endpoint and a Task per query cost more CPU
