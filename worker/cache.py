@@ -48,11 +48,8 @@ class Entry:
         self.stale_until: float | None = None   # set by Cache.put (serve_stale)
         self.key: bytes | None = None           # set by Cache.put
         self.prefetched = False
-        if rendered:        # `template` already shows `ttls`: a miss need not copy it again
-            self.with_opt = None
-            self.render_at = min(stored_at + 1, self.expires)
-        else:
-            self.render(0)
+        # `template` may already show `ttls` (a miss's): then it need not be copied again.
+        self._show(template if rendered else self._rendered(0), 0)
 
     def _rendered(self, age: int) -> bytes:
         buf = bytearray(self.plain)
@@ -64,7 +61,10 @@ class Entry:
     def render(self, age: int) -> None:
         """Pre-render the reply with TTLs lowered by `age` seconds; the form
         with OPT is made at the first query with EDNS (opt_form())."""
-        self.plain = self._rendered(age)
+        self._show(self._rendered(age), age)
+
+    def _show(self, plain: bytes, age: int) -> None:
+        self.plain = plain
         self.with_opt = None
         # time.monotonic() from which the shown TTLs are a second too high, or
         # the entry is expired or gone (see leave()): a hit compares one float.
