@@ -14,7 +14,8 @@ import uvloop
 
 from worker.config import UpstreamZone
 from worker.upstream import Forwarder
-from worker.upstream_udp import IDLE_GRACE, POOL_SLOTS, ROTATE_AFTER
+from worker import upstream_udp
+from worker.upstream_udp import POOL_SLOTS, ROTATE_AFTER
 
 from helpers.loopback_upstream import FakeServer, answer, outcome, query
 
@@ -67,7 +68,11 @@ def test_queries_in_flight_share_pool_slots_ports_and_a_port_rotates_after_its_s
     assert stats["rejected"] == 0
 
 
-def test_under_load_an_emptied_socket_waits_its_grace_for_the_next_query_and_alone_closes_at_once():
+def test_under_load_an_emptied_socket_waits_its_grace_for_the_next_query_and_alone_closes_at_once(monkeypatch):
+    # A grace far longer than a wave takes on a loaded CI machine (50 ms was
+    # not: sockets closed between the second wave and the count).
+    grace = 1.0
+    monkeypatch.setattr(upstream_udp, "IDLE_GRACE", grace)
     server = FakeServer()
 
     async def scenario():
@@ -80,7 +85,9 @@ def test_under_load_an_emptied_socket_waits_its_grace_for_the_next_query_and_alo
         busy = open_fds() - before
         server.sock.sendto(answer(held), held_source)
         await asyncio.wait_for(holder, 1)
-        await asyncio.sleep(3 * IDLE_GRACE)
+        closed_by = time.monotonic() + 3 * grace
+        while open_fds() - before > 1 and time.monotonic() < closed_by:
+            await asyncio.sleep(0.05)
         idle = open_fds() - before
         alone = []
         for i in range(3):          # one at a time: each socket closes with its answer
