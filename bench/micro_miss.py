@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import os
 import pstats
 import resource
 import subprocess
@@ -157,7 +158,7 @@ def main() -> None:
         user, system, wall, snapshot = uvloop.run(run(port, queries, args.concurrency, args.tcp))
         if profiler:
             profiler.disable()
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+            pstats.Stats(profiler).sort_stats(os.environ.get("MICRO_SORT", "tottime")).print_stats(int(os.environ.get("MICRO_TOP", "30")))
     finally:
         responder.kill()
         responder.wait()
