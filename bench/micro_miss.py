@@ -3,7 +3,7 @@
 microseconds per cache miss, from answer() to the client's reply, against a
 trivial upstream in a subprocess (its CPU is not counted).
 
-    python3 bench/micro_miss.py [--misses 20000] [--concurrency 50] [--tcp] [--profile]
+    python3 bench/micro_miss.py [--misses 20000] [--concurrency 50] [--tcp] [--profile] [--default-gc]
 
 Every query asks a new name, so each one goes upstream (over UDP, or with
 --tcp over one reused TCP connection). The client
@@ -29,6 +29,7 @@ import uvloop
 from worker.answer import Answerer
 from worker.cache import Cache
 from worker.config import CacheConfig, UpstreamZone
+from worker.main import tune_gc
 from worker.resolver import LocalAnswers, Resolver
 from worker.stats import Stats
 from worker.upstream import Forwarder
@@ -146,8 +147,12 @@ def main() -> None:
     ap.add_argument("--misses", type=int, default=20000)
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--profile", action="store_true", help="print a cProfile of one run")
+    ap.add_argument("--default-gc", action="store_true",
+                    help="keep CPython's collector settings instead of the worker's (worker.main.tune_gc)")
     ap.add_argument("--tcp", action="store_true", help="upstream over TCP (force_tcp), one reused connection")
     args = ap.parse_args()
+    if not args.default_gc:
+        tune_gc()
     responder, port = start_responder(args.tcp)
     try:
         uvloop.run(run(port, client_queries(500), args.concurrency, args.tcp))     # warm-up

@@ -186,12 +186,14 @@ class Resolver(PeerMisses):
         zone, store it, hand it to the waiters and tell the peer."""
         try:
             if answer is not None:
-                answer, follow = self._scrubbed(wire.key_qname(q.key), answer)
+                answer, follow, parsed = self._scrubbed(wire.key_qname(q.key), answer)
                 if follow is not None and scrub.target_type(q.qtype):
                     target = UpstreamQuery(follow, q.qtype, q.qclass, q.do, q.cd)
                     self.forwarder.ask(target, lambda t: self._followed(q, answer, follow, t))
                     return
-            entry = self._entry(q, answer)
+                entry = self._entry(q, answer, parsed)
+            else:
+                entry = self._entry(q, None)
         except Exception:  # noqa: BLE001 - waiters must always get an answer
             log.exception("miss path failed for %r", q.key)
             entry = self._servfail(q)
@@ -206,9 +208,9 @@ class Resolver(PeerMisses):
             if asked or entry.expires > entry.stored_at:
                 self.peer.tell(q.key, entry)
 
-    def _scrubbed(self, qname: bytes, answer: bytes) -> tuple[bytes | None, bytes | None]:
-        """(the answer scrubbed to its zone, a CNAME target outside it); a
-        malformed answer is (None, None), an upstream failure."""
+    def _scrubbed(self, qname: bytes, answer: bytes) -> scrub.Scrubbed | tuple[None, None, None]:
+        """The answer scrubbed to its zone (scrub.Scrubbed); a malformed
+        answer is (None, None, None), an upstream failure."""
         name = self.forwarder.zone_for(qname).zone
         zone = self.zone_wires.get(name)
         if zone is None:
@@ -216,7 +218,7 @@ class Resolver(PeerMisses):
         try:
             return scrub.scrub(answer, zone)
         except wire.WireError:
-            return None, None
+            return None, None, None
 
     def _followed(self, q: wire.Question, chain: bytes, target_name: bytes, target: bytes | None) -> None:
         """The target's own upstream answered (or not): one answer of both.
@@ -224,7 +226,7 @@ class Resolver(PeerMisses):
         far as forwarding goes; the client sees the CNAME)."""
         try:
             if target is not None:
-                target, _again = self._scrubbed(target_name, target)
+                target = self._scrubbed(target_name, target)[0]
             answer = scrub.with_target(chain, target) if target is not None else None
             entry = self._entry(q, answer)
         except Exception:  # noqa: BLE001 - waiters must always get an answer
@@ -232,13 +234,13 @@ class Resolver(PeerMisses):
             entry = self._servfail(q)
         self._done(q, entry)
 
-    def _entry(self, q: wire.Question, answer: bytes | None) -> Entry:
+    def _entry(self, q: wire.Question, answer: bytes | None, parsed: wire.Response | None = None) -> Entry:
         if answer is None:
             self.upstream_failures += 1
             return self._stale_or_servfail(q)
         rule = wire.longest_zone(self.headers, wire.key_qname(q.key), self.header_depth) if self.headers else None
         try:
-            entry = entry_from_response(answer, time.monotonic(), self.policy, rule, q.do)
+            entry = entry_from_response(answer, time.monotonic(), self.policy, rule, q.do, parsed)
         except wire.WireError:
             self.upstream_failures += 1
             return self._stale_or_servfail(q)

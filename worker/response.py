@@ -25,6 +25,9 @@ class ResponseType(Enum):
     OTHER = "other"         # any other rcode, or truncated: never cached
 
 
+_POSITIVE = ResponseType.POSITIVE     # an alias: Enum member lookups cost ~0.1 us in 3.11
+
+
 def classify(resp: wire.Response, records: Sequence[wire.Record]) -> ResponseType:
     """The type of `resp`, whose records without its OPT are `records`."""
     rcode = resp.rcode
@@ -34,14 +37,25 @@ def classify(resp: wire.Response, records: Sequence[wire.Record]) -> ResponseTyp
         return ResponseType.OTHER
     if rcode == wire.RCODE_NXDOMAIN:
         return ResponseType.NXDOMAIN
-    answers = [r for r in records if r.section == 0]
+    # One pass, in section order (answers first): a miss classifies every response.
+    qtype = resp.qtype
+    any_type = qtype == wire.TYPE_CNAME or qtype == wire.TYPE_ANY
+    answered = has_ns = has_soa = False
+    for record in records:
+        section = record.section
+        if section == 0:
+            if any_type or record.rtype == qtype:
+                return _POSITIVE
+            answered = True
+        elif section == 1:
+            rtype = record.rtype
+            if rtype == wire.TYPE_NS:
+                has_ns = True
+            elif rtype == wire.TYPE_SOA:
+                has_soa = True
     # NODATA includes a CNAME chain that ends without a record of the asked
     # type (an AAAA query for a CDN name, say): RFC 2308 negative caching.
-    qtype = resp.qtype
-    if answers and (qtype == wire.TYPE_CNAME or qtype == wire.TYPE_ANY or any(r.rtype == qtype for r in answers)):
-        return ResponseType.POSITIVE
-    authority = [r.rtype for r in records if r.section == 1]
-    if not answers and wire.TYPE_NS in authority and wire.TYPE_SOA not in authority:
+    if not answered and has_ns and not has_soa:
         return ResponseType.REFERRAL
     return ResponseType.NODATA
 
@@ -72,35 +86,41 @@ def lifetime_and_ttls(resp: wire.Response, records: Sequence[wire.Record], data:
     Anything else, or a negative answer without SOA: not cached (lifetime 0).
     """
     kind = classify(resp, records)
+    if kind is _POSITIVE:          # every miss that resolves: no Enum lookups on the way
+        low, high = policy.min_ttl, policy.max_ttl
+        ttls = [r.ttl for r in records]
+        lowest = min(ttls)          # a positive answer has a record
+        if lowest < low or max(ttls) > high:        # rare: most TTLs need no clamp
+            ttls = [low if t < low else high if t > high else t for t in ttls]
+            lowest = min(ttls)
+        return float(lowest), ttls
     if kind is ResponseType.SERVFAIL:
         return float(policy.servfail_ttl), [min(r.ttl, policy.servfail_ttl) for r in records]
     if kind is ResponseType.OTHER:
         return 0.0, [r.ttl for r in records]
-    if kind is not ResponseType.POSITIVE:       # NXDOMAIN, NODATA, REFERRAL
-        answers = [r for r in records if r.section == 0]
-        soa = next((r for r in records if r.section == 1 and r.rtype == wire.TYPE_SOA), None)
-        if soa is None:
-            if kind is ResponseType.NODATA and answers and all(r.rtype == wire.TYPE_CNAME for r in answers):
-                # A CNAME chain alone (a forwarder that does not chase it out
-                # of its zone): cached for the chain's TTLs, as unbound does.
-                low, high = policy.min_ttl, policy.max_ttl
-                ttls = [min(max(r.ttl, low), high) for r in records]
-                return float(min(ttls[i] for i, r in enumerate(records) if r.section == 0)), ttls
-            return 0.0, [r.ttl for r in records]
-        # A chain's records must not outlive their own TTLs either.
-        lifetime = min(soa.ttl, wire.soa_minimum(data, soa), policy.negative_max_ttl,
-                       *(r.ttl for r in answers))
-        return float(lifetime), [min(r.ttl, lifetime) for r in records]
-    low, high = policy.min_ttl, policy.max_ttl
-    ttls = [min(max(r.ttl, low), high) for r in records]
-    return float(min(ttls)), ttls
+    # NXDOMAIN, NODATA, REFERRAL
+    answers = [r for r in records if r.section == 0]
+    soa = next((r for r in records if r.section == 1 and r.rtype == wire.TYPE_SOA), None)
+    if soa is None:
+        if kind is ResponseType.NODATA and answers and all(r.rtype == wire.TYPE_CNAME for r in answers):
+            # A CNAME chain alone (a forwarder that does not chase it out
+            # of its zone): cached for the chain's TTLs, as unbound does.
+            low, high = policy.min_ttl, policy.max_ttl
+            ttls = [min(max(r.ttl, low), high) for r in records]
+            return float(min(ttls[i] for i, r in enumerate(records) if r.section == 0)), ttls
+        return 0.0, [r.ttl for r in records]
+    # A chain's records must not outlive their own TTLs either.
+    lifetime = min(soa.ttl, wire.soa_minimum(data, soa), policy.negative_max_ttl,
+                   *(r.ttl for r in answers))
+    return float(lifetime), [min(r.ttl, lifetime) for r in records]
 
 
 def entry_from_response(data: bytes, now: float, policy: CacheConfig,
-                        rule: HeaderRule | None, do: bool) -> Entry:
-    """An Entry for upstream response `data` (raises wire.WireError). Its
-    lifetime is 0 when it must not be cached; the caller checks `expires`."""
-    resp = wire.parse_response(data)
+                        rule: HeaderRule | None, do: bool, parsed: wire.Response | None = None) -> Entry:
+    """An Entry for upstream response `data` (raises wire.WireError), or
+    for its `parsed` form when the caller has it. Its lifetime is 0 when it
+    must not be cached; the caller checks `expires`."""
+    resp = wire.parse_response(data) if parsed is None else parsed
     records = resp.records
     template = bytearray(data)
     if records and records[-1].rtype == wire.TYPE_OPT:

@@ -25,6 +25,9 @@ MAX_POINTERS = 64
 class Scrubbed(NamedTuple):
     data: bytes                 # the answer, with out-of-zone records removed
     follow: bytes | None        # a CNAME target outside the zone to ask its own upstream for (name wire)
+    # The parse of `data` when the check made it (nothing removed, zone not
+    # "."), so that storing the answer does not parse it a second time.
+    parsed: wire.Response | None = None
 
 
 def name_at(data: bytes, off: int) -> bytes:
@@ -88,7 +91,7 @@ def scrub(data: bytes, zone: bytes) -> Scrubbed:
             if not in_zone(chain, zone):
                 follow = chain
     if not drop:
-        return Scrubbed(data, follow)
+        return Scrubbed(data, follow, resp)
     return Scrubbed(_rebuilt(data, zone), follow)
 
 

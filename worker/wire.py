@@ -14,6 +14,10 @@ from collections.abc import Mapping
 from typing import NamedTuple, TypeVar
 
 T = TypeVar("T")
+# Builds the NamedTuples a query or a miss makes (Question, Record,
+# Response) from a tuple: their generated __new__ is a Python-level
+# function, 4x the cost per record of calling tuple.__new__ directly.
+_new = tuple.__new__
 
 HEADER = struct.Struct(">HBBHHHH")
 U16 = struct.Struct(">H")
@@ -172,7 +176,7 @@ def parse_query(data: bytes) -> Question:
             e.question_end = qend + 4
             raise
     key = make_key(data[12:qend], data[qend:qend + 4], do, cd)
-    return Question(key, qend, qtype, qclass, has_opt, payload, do, cd)
+    return _new(Question, (key, qend, qtype, qclass, has_opt, payload, do, cd))
 
 
 def make_key(qname: bytes, type_class: bytes, do: bool, cd: bool) -> bytes:
@@ -327,10 +331,10 @@ def parse_response(data: bytes) -> Response:
             end = off + 10 + rdlen
             if end > size:
                 raise ShortMessage("rdata runs past the end")
-            append(Record(section, rtype, start, off + 4, ttl, end))
+            append(_new(Record, (section, rtype, start, off + 4, ttl, end)))
             off = end
-    return Response(b2 << 8 | b3, b3 & 0x0F, data[12:name_end].lower(), qtype, qclass, question_end,
-                    tuple(records))
+    return _new(Response, (b2 << 8 | b3, b3 & 0x0F, data[12:name_end].lower(), qtype, qclass, question_end,
+                           tuple(records)))
 
 
 def soa_minimum(data: bytes, rec: Record) -> int:

@@ -5,7 +5,7 @@ import dns.message
 import dns.name
 import dns.rrset
 
-from worker import scrub
+from worker import scrub, wire
 
 
 def zone(text: str) -> bytes:
@@ -29,15 +29,18 @@ def test_zone_membership_is_by_whole_labels():
 
 def test_in_zone_answers_are_left_as_they_are_and_root_is_never_scrubbed():
     data = reply("a.inner.test", answer=["a.inner.test. 60 IN A 192.0.2.1"])
-    assert scrub.scrub(data, zone("inner.test")) == (data, None)
+    kept = scrub.scrub(data, zone("inner.test"))
+    assert kept[:2] == (data, None)
+    assert kept.parsed == wire.parse_response(data)     # handed on: storing it does not parse again
     bad = reply("a.inner.test", additional=["evil.example. 60 IN A 198.51.100.1"])
-    assert scrub.scrub(bad, b"\x00") == (bad, None)
+    assert scrub.scrub(bad, b"\x00")[:2] == (bad, None)
 
 
 def test_out_of_zone_records_go_and_a_leaving_chain_is_reported():
     data = reply("c.inner.test", answer=["c.inner.test. 60 IN CNAME a.test.", "a.test. 60 IN A 198.51.100.1"],
                  authority=["test. 60 IN NS ns.evil."], additional=["ns.evil. 60 IN A 198.51.100.2"])
-    out, follow = scrub.scrub(data, zone("inner.test"))
+    out, follow, parsed = scrub.scrub(data, zone("inner.test"))
+    assert parsed is None               # rebuilt: the parse of the original no longer fits
     msg = dns.message.from_wire(out)
     assert [r.name.to_text() for r in msg.answer] == ["c.inner.test."]
     assert not msg.authority and not msg.additional and msg.edns == 0
