@@ -131,9 +131,6 @@ class UdpUpstream:
         self.family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
         self.on_reject = on_reject
         self.sockets = sockets
-        # The server's address as the kernel reports a datagram's source
-        # (getpeername of a connected socket): learnt once, then compared.
-        self.peer: tuple[str, int] | None = None
         self.ids = RandomIds()
         self.case = RandomCase()
         self.use_0x20 = True
@@ -198,9 +195,10 @@ class PooledSocket:
         sock = socket.socket(upstream.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         try:
             # A numeric address: connect() resolves nothing and never blocks.
+            # Connected: the kernel delivers only datagrams from the server's
+            # address and port to this socket (what unbound's udp-connect does),
+            # so _readable() need not ask where each one came from.
             sock.connect(upstream.server)
-            if upstream.peer is None:
-                upstream.peer = sock.getpeername()[:2]
         except BaseException:
             sock.close()
             raise
@@ -280,15 +278,15 @@ class PooledSocket:
         upstream = self.upstream
         while self.fd >= 0:         # an answer's callback may end the last query
             try:
-                data, source = self.sock.recvfrom(MAX_DATAGRAM)
+                # recv, not recvfrom: the socket is connected (see __init__),
+                # so every datagram is from the server's address and port.
+                data = self.sock.recv(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:     # e.g. ConnectionRefusedError: ICMP port unreachable
                 self.fail_all(e)
                 return
-            # The kernel already filters a connected socket; checked again so
-            # the rule does not depend on how the socket was set up.
-            if (source[0], source[1]) != upstream.peer or len(data) < wire.HEADER.size:
+            if len(data) < wire.HEADER.size:
                 upstream.on_reject()
                 continue
             query_id = data[0] << 8 | data[1]
