@@ -38,7 +38,10 @@ class ControlChannel:
         try:
             socket.send_fds(self._sock, [json.dumps({"id": rid, "op": op, **fields}).encode()], list(fds))
             return await asyncio.wait_for(fut, reply_within)
-        except (BlockingIOError, OSError) as e:
+        except TimeoutError:
+            # An OSError too: caught below, it became a ChannelClosed with no text.
+            raise
+        except OSError as e:
             raise ChannelClosed(f"{op}: {e}") from None
         finally:
             self._waiting.pop(rid, None)
@@ -88,6 +91,9 @@ async def hand_fds(requests: list[tuple["ControlChannel", str, int]], reply_with
             reply = await channel.request(op, reply_within, fds=(fd,))
             if not reply.get("ok"):
                 return f"{op}: {reply.get('error')}"
-    except (ChannelClosed, TimeoutError) as e:
-        return str(e) or "timeout"
+    except TimeoutError:
+        # A stopped (SIGSTOP) or hung worker: no text in the exception to show.
+        return f"{op}: no reply within {reply_within:g} s"
+    except ChannelClosed as e:
+        return str(e) or f"{op}: the worker closed its channel"
     return None
