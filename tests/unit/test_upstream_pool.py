@@ -54,8 +54,11 @@ def test_queries_in_flight_share_pool_slots_ports_and_a_port_rotates_after_its_s
         held = [await asyncio.wait_for(server.receive(), 1) for _ in holders]
         shared = Counter(source[1] for _, source in held)
         # Up to each socket's share, 3 queries per slot at a time.
-        for n in range((ROTATE_AFTER - 1) // 3):
+        full, rest = divmod(ROTATE_AFTER - 1, 3)
+        for n in range(full):
             shared += await wave(server, forwarder, f"w{n}", 3 * POOL_SLOTS)
+        if rest:                # whatever ROTATE_AFTER is, each socket reaches exactly its share
+            shared += await wave(server, forwarder, "rest", rest * POOL_SLOTS)
         rotated = await wave(server, forwarder, "after", POOL_SLOTS)
         # The holders' sockets left the pool but stay open for their answers.
         for sent, source in held:
