@@ -212,6 +212,8 @@ class Resolver(PeerMisses):
         """The answer scrubbed to its zone (scrub.Scrubbed); a malformed
         answer is (None, None, None), an upstream failure."""
         name = self.forwarder.zone_for(qname).zone
+        if name == ".":         # holds every name: nothing to scrub, and no Scrubbed to build
+            return answer, None, None
         zone = self.zone_wires.get(name)
         if zone is None:
             zone = self.zone_wires[name] = dns.name.from_text(name).to_wire().lower()

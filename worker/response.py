@@ -130,16 +130,18 @@ def entry_from_response(data: bytes, now: float, policy: CacheConfig,
         del template[records[-1].start:]
         wire.U16.pack_into(template, 10, wire.U16.unpack_from(template, 10)[0] - 1)
         records = records[:-1]
-    if any(r.rtype == wire.TYPE_OPT for r in records):
-        raise wire.WireError("OPT record is not the last record")
     lifetime, ttls = lifetime_and_ttls(resp, records, data, policy)
     mirror_rd = _flags(template, rule)
     # The question as we asked it: lower case (parse_response() saw it uncompressed).
     name_end = resp.question_end - 4
     template[12:name_end] = resp.qname
     pack = wire.U32.pack_into
+    offsets = []                        # one pass: every miss stores its answer
     for record, ttl in zip(records, ttls):
+        if record.rtype == wire.TYPE_OPT:
+            raise wire.WireError("OPT record is not the last record")
+        offsets.append(record.ttl_offset)
         if ttl != record.ttl:           # clamped: the stored form shows what clients are told
             pack(template, record.ttl_offset, ttl)
-    return Entry(bytes(template), name_end, tuple(r.ttl_offset for r in records), tuple(ttls),
+    return Entry(bytes(template), name_end, tuple(offsets), tuple(ttls),
                  now, lifetime, resp.rcode, mirror_rd, do, rendered=True)

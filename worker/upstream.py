@@ -83,7 +83,7 @@ class _Server:
 def failover_order(servers: Sequence[_Server], now: float) -> list[_Server]:
     """`servers` in configured order, except that those that failed in the
     last DEMOTE_SECONDS come last, the longest-ago failure first."""
-    if all(s.failed_at is None for s in servers):
+    if len(servers) == 1 or all(s.failed_at is None for s in servers):    # one server: the usual config
         return list(servers)
     # sorted() is stable: the others keep their configured order.
     return sorted(servers, key=lambda s: (True, s.failed_at) if s.demoted(now) else (False, 0.0))
