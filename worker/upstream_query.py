@@ -52,15 +52,21 @@ class UpstreamQuery:
 
     def __init__(self, qname: bytes, qtype: int, qclass: int, do: bool, cd: bool) -> None:
         """`qname`: an uncompressed, valid name wire, in any case (it is asked in lower case)."""
-        self.qname = qname.lower()
-        self.type_class = wire.U16.pack(qtype) + wire.U16.pack(qclass)
-        self.tail = (_HEADER_TAIL_CD if cd else _HEADER_TAIL) + self.qname + self.type_class + wire.opt_record(do)
+        self._set(qname.lower(), wire.QUESTION_FIXED.pack(qtype, qclass), do, cd)
+
+    def _set(self, qname: bytes, type_class: bytes, do: bool, cd: bool) -> None:
+        self.qname, self.type_class = qname, type_class
+        self.tail = (_HEADER_TAIL_CD if cd else _HEADER_TAIL) + qname + type_class + wire.opt_record(do)
 
     @classmethod
     def from_question(cls, q: wire.Question) -> UpstreamQuery:
         """The upstream query for a client's question: its lower-cased name,
-        type and class, its CD bit, our payload size and its DO bit."""
-        return cls(wire.key_qname(q.key), q.qtype, q.qclass, q.do, q.cd)
+        type and class, its CD bit, our payload size and its DO bit. Every
+        miss makes one: the cache key already holds the name in lower case
+        and type and class in wire form."""
+        query = cls.__new__(cls)
+        query._set(wire.key_qname(q.key), wire.key_question(q.key)[-4:], q.do, q.cd)
+        return query
 
     @property
     def name_text(self) -> str:
