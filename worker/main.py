@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 # Allocations of container objects between young-generation collections
 # (CPython's default: 700). A miss allocates ~30 (records, closures, its
 # race): at 700 the collector ran every ~25 misses and, with the cache's
-# entries promoted, cost ~5 us per miss (bench/micro_miss.py); at 10,000 about 1.
+# entries promoted, took 4-6 us per miss (bench/micro_miss.py); at 10,000
+# 2-3 us, and 1.5% fewer instructions per miss (bench/miss_instructions.py).
 GC_YOUNG_THRESHOLD = 10_000
 
 
