@@ -188,7 +188,7 @@ class Answerer:
         """Splice with the rare cases handled: truncation to the client's UDP
         payload size capped at max_udp (never below 512), and the client's RD
         bit mirrored."""
-        if udp and len(body) > max(min(payload, self.max_udp), wire.CLASSIC_UDP_PAYLOAD):
+        if udp and len(body) > wire.CLASSIC_UDP_PAYLOAD and (len(body) > payload or len(body) > self.max_udp):
             body = entry.truncated(qname_end, has_opt)
         if entry.mirror_rd and (data[2] ^ body[2]) & wire.FLAG_RD:
             body = body[:2] + bytes((body[2] ^ wire.FLAG_RD,)) + body[3:]

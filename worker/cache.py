@@ -68,7 +68,8 @@ class Entry:
         self.with_opt = None
         # time.monotonic() from which the shown TTLs are a second too high, or
         # the entry is expired or gone (see leave()): a hit compares one float.
-        self.render_at = min(self.stored_at + age + 1, self.expires)
+        next_second = self.stored_at + age + 1
+        self.render_at = next_second if next_second < self.expires else self.expires
 
     def opt_form(self) -> bytes:
         """`plain` with our OPT record appended (ARCOUNT + 1), kept until the next render."""

@@ -182,8 +182,9 @@ class _Race:
                     continue
                 if not self.running:
                     return self._end(None)
-                wake = min(self.deadline, self.hand_over_at) if waiting or self.rounds < ASK_ROUNDS \
-                    else self.deadline
+                wake = self.deadline
+                if (waiting or self.rounds < ASK_ROUNDS) and self.hand_over_at < wake:
+                    wake = self.hand_over_at
                 if self.timer is not None:
                     self.timer.cancel()
                 self.timer = asyncio.get_running_loop().call_later(wake - now, self._wake)

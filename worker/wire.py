@@ -221,7 +221,7 @@ def _find_opt(data: bytes, off: int, skip: int, additional: int) -> tuple[bool, 
                 e = BadEdnsVersion(f"EDNS version {ttl >> 16 & 0xFF}")
                 e.do = bool(ttl & EDNS_DO)
                 raise e
-            found = (max(rclass, CLASSIC_UDP_PAYLOAD), bool(ttl & EDNS_DO))
+            found = (rclass if rclass > CLASSIC_UDP_PAYLOAD else CLASSIC_UDP_PAYLOAD, bool(ttl & EDNS_DO))
         off = start + 10 + rdlen
         if off > len(data):
             raise ShortMessage("rdata runs past the end")
