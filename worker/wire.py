@@ -167,7 +167,7 @@ def parse_query(data: bytes) -> Question:
     if qend + 4 > end:
         raise ShortMessage("question runs past the end")
     qtype, qclass = QUESTION_FIXED.unpack_from(data, qend)
-    cd = bool(b3 & FLAG_CD)
+    cd = (b3 & FLAG_CD) != 0
     has_opt, payload, do = False, CLASSIC_UDP_PAYLOAD, False
     if ar or an or ns:
         try:
@@ -221,7 +221,7 @@ def _find_opt(data: bytes, off: int, skip: int, additional: int) -> tuple[bool, 
                 e = BadEdnsVersion(f"EDNS version {ttl >> 16 & 0xFF}")
                 e.do = bool(ttl & EDNS_DO)
                 raise e
-            found = (rclass if rclass > CLASSIC_UDP_PAYLOAD else CLASSIC_UDP_PAYLOAD, bool(ttl & EDNS_DO))
+            found = (rclass if rclass > CLASSIC_UDP_PAYLOAD else CLASSIC_UDP_PAYLOAD, (ttl & EDNS_DO) != 0)
         off = start + 10 + rdlen
         if off > len(data):
             raise ShortMessage("rdata runs past the end")
