@@ -3,7 +3,7 @@
 microseconds per cache miss, from answer() to the client's reply, against a
 trivial upstream in a subprocess (its CPU is not counted).
 
-    python3 bench/micro_miss.py [--misses 20000] [--concurrency 50] [--tcp] [--profile] [--default-gc]
+    python3 bench/micro_miss.py [--misses 20000] [--concurrency 50] [--tcp] [--profile [--profile-sort ncalls]] [--default-gc]
 
 Every query asks a new name, so each one goes upstream (over UDP, or with
 --tcp over one reused TCP connection). The client
@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import cProfile
 import gc
-import os
 import pstats
 import resource
 import subprocess
@@ -147,6 +146,8 @@ def main() -> None:
     ap.add_argument("--misses", type=int, default=20000)
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--profile", action="store_true", help="print a cProfile of one run")
+    ap.add_argument("--profile-sort", default="tottime", help="pstats order of the profile (tottime, ncalls, ...)")
+    ap.add_argument("--profile-lines", type=int, default=30, help="functions the profile lists")
     ap.add_argument("--default-gc", action="store_true",
                     help="keep CPython's collector settings instead of the worker's (worker.main.tune_gc)")
     ap.add_argument("--tcp", action="store_true", help="upstream over TCP (force_tcp), one reused connection")
@@ -163,7 +164,7 @@ def main() -> None:
         user, system, wall, snapshot = uvloop.run(run(port, queries, args.concurrency, args.tcp))
         if profiler:
             profiler.disable()
-            pstats.Stats(profiler).sort_stats(os.environ.get("MICRO_SORT", "tottime")).print_stats(int(os.environ.get("MICRO_TOP", "30")))
+            pstats.Stats(profiler).sort_stats(args.profile_sort).print_stats(args.profile_lines)
     finally:
         responder.kill()
         responder.wait()

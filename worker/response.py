@@ -75,6 +75,11 @@ def _flags(template: bytearray, rule: HeaderRule | None) -> bool:
     return "rd" not in rule.set and "rd" not in rule.clear
 
 
+def _clamped(ttls: list[int], low: int, high: int) -> list[int]:
+    """Every TTL within [min_ttl, max_ttl]."""
+    return [low if t < low else high if t > high else t for t in ttls]
+
+
 def lifetime_and_ttls(resp: wire.Response, records: Sequence[wire.Record], data: bytes,
                       policy: CacheConfig) -> tuple[float, list[int]]:
     """How long to cache this response and the TTL to show for each of
@@ -91,7 +96,7 @@ def lifetime_and_ttls(resp: wire.Response, records: Sequence[wire.Record], data:
         ttls = [r.ttl for r in records]
         lowest = min(ttls)          # a positive answer has a record
         if lowest < low or max(ttls) > high:        # rare: most TTLs need no clamp
-            ttls = [low if t < low else high if t > high else t for t in ttls]
+            ttls = _clamped(ttls, low, high)
             lowest = min(ttls)
         return float(lowest), ttls
     if kind is ResponseType.SERVFAIL:
@@ -105,8 +110,7 @@ def lifetime_and_ttls(resp: wire.Response, records: Sequence[wire.Record], data:
         if kind is ResponseType.NODATA and answers and all(r.rtype == wire.TYPE_CNAME for r in answers):
             # A CNAME chain alone (a forwarder that does not chase it out
             # of its zone): cached for the chain's TTLs, as unbound does.
-            low, high = policy.min_ttl, policy.max_ttl
-            ttls = [min(max(r.ttl, low), high) for r in records]
+            ttls = _clamped([r.ttl for r in records], policy.min_ttl, policy.max_ttl)
             return float(min(ttls[i] for i, r in enumerate(records) if r.section == 0)), ttls
         return 0.0, [r.ttl for r in records]
     # A chain's records must not outlive their own TTLs either.

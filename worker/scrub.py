@@ -5,9 +5,10 @@ records about other zones; a CNAME target's records from a server that is
 not the target's), and a CNAME chain that leaves the zone is reported, so
 the resolver asks the target's own upstream.
 
-Answers of zone "." are never touched (everything is in it), and the check
-itself reads names by hand: dnspython rebuilds a message only when a record
-must go, which a well-behaved upstream never causes.
+Answers of zone "." are never touched (everything is in it; the resolver
+does not even call scrub() for them), and the check itself reads names by
+hand: dnspython rebuilds a message only when a record must go, which a
+well-behaved upstream never causes.
 """
 from __future__ import annotations
 
@@ -74,8 +75,6 @@ def scrub(data: bytes, zone: bytes) -> Scrubbed:
     name wire) with every record outside the zone removed, and the chain's
     target when it leaves the zone (its records were among those removed);
     raises wire.WireError."""
-    if zone == b"\x00":
-        return Scrubbed(data, None)
     resp = wire.parse_response(data)
     chain = resp.qname
     follow = None
