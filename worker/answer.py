@@ -170,7 +170,6 @@ class Answerer:
             stats.cache_misses += 1
         if self.resolver.miss(q, lambda e: send(self._reply(e, data, q, udp, time.monotonic(), count=True), dest)):
             return PENDING
-        stats.overloaded += 1
         stats.count(udp, q.qtype, wire.RCODE_SERVFAIL)
         return wire.error_reply(data, wire.RCODE_SERVFAIL, q.qname_end, q.do if q.has_opt else None)
 

@@ -100,6 +100,8 @@ class Resolver(PeerMisses):
         self.asked_peer: dict[bytes, asyncio.TimerHandle] = {}   # keys the peer resolves for us
         self.peer_asked: set[bytes] = set()                       # keys we resolve for the peer
         self.upstream_failures = 0
+        # Misses refused at max_pending, ours and the peer's (each answered SERVFAIL at once):
+        # the one count behind STATS misses_overloaded.
         self.overloaded = 0
 
     def miss(self, q: wire.Question, waiter: Waiter, refresh: bool = False) -> bool:
@@ -114,7 +116,8 @@ class Resolver(PeerMisses):
         if len(self.pending) >= self.max_pending and q.qclass != wire.CLASS_CH:
             # CH (the supervisor's readiness probe) is answered locally at once: a worker
             # at its bound is busy, not hung, and must not be restarted as one.
-            self.overloaded += 1
+            if not refresh:     # a refused prefetch answers nobody SERVFAIL
+                self.overloaded += 1
             return False
         self.pending[q.key] = [waiter]
         try:

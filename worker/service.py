@@ -194,7 +194,8 @@ class Service:
             log.info("peer link closed: resolving every key ourselves")
 
     def stats(self) -> dict:
-        return self.counters.snapshot(self.identity.stats_fields(), self.cache, self.forwarder)
+        overloaded = self.resolver.overloaded if self.resolver is not None else 0
+        return self.counters.snapshot(self.identity.stats_fields(), self.cache, self.forwarder, overloaded)
 
     async def run(self) -> int:
         await self._start()

@@ -45,7 +45,6 @@ class Stats:
         self.malformed = 0
         self.formerr = 0
         self.prefetches = 0
-        self.overloaded = 0        # misses refused at [cache] max_concurrent
 
     def count(self, udp: bool, qtype: int, rcode: int, n: int = 1) -> None:
         key = (udp, qtype if qtype in COUNTED_QTYPES else OTHER_QTYPE, rcode & 0xF)
@@ -59,8 +58,9 @@ class Stats:
                 self.retired_hits += hits
         entry.udp_hits = entry.tcp_hits = 0
 
-    def snapshot(self, identity: dict, cache: Cache, forwarder) -> dict:
-        """STATS: identity (slot, generation, version) plus the counters."""
+    def snapshot(self, identity: dict, cache: Cache, forwarder, overloaded: int = 0) -> dict:
+        """STATS: identity (slot, generation, version) plus the counters;
+        `overloaded` is the resolver's count of refused misses."""
         totals = dict(self.queries)
         live_hits = 0
         for entry in cache.entries.values():
@@ -80,6 +80,6 @@ class Stats:
             keys.CACHE_STALE_SERVED: cache.stale_served, keys.CACHE_PREFETCHES: self.prefetches,
             keys.MALFORMED: self.malformed, keys.FORMERR: self.formerr,
             keys.UNWANTED_REPLY_ACTIONS: forwarder.unwanted.actions,
-            keys.MISSES_OVERLOADED: self.overloaded,
+            keys.MISSES_OVERLOADED: overloaded,
             keys.UPSTREAM: forwarder.stats(),
         }

@@ -192,6 +192,53 @@ def test_in_flight_misses_are_bounded():
     assert asyncio.run(scenario()) == ([True, True, True, False], True, True, 1, 1)
 
 
+def test_refused_misses_of_the_peer_count_in_misses_overloaded_and_refused_prefetches_do_not():
+    """STATS misses_overloaded counts every miss answered SERVFAIL because
+    max_pending is reached: the peer's too (its client gets that SERVFAIL),
+    not a refused prefetch (nobody is answered)."""
+    import asyncio
+    import types
+
+    from contract import stats as keys
+    from worker.resolver import LocalAnswers, Resolver
+    from worker.stats import Stats
+
+    class SilentForwarder:
+        def __init__(self):
+            self.unwanted = types.SimpleNamespace(threshold=0, actions=0)
+
+        def ask(self, query, done):
+            pass    # never answers
+
+        def stats(self):
+            return []
+
+    class Peer:
+        def __init__(self):
+            self.told = []
+
+        def owns_elsewhere(self, key):
+            return False    # we own every key: all of them go upstream from here
+
+        def tell(self, key, entry):
+            self.told.append((key, entry.rcode))
+
+    async def scenario():
+        cache = Cache(10)
+        resolver = Resolver(SilentForwarder(), cache, CacheConfig(), (), LocalAnswers("x"), max_pending=1)
+        resolver.peer = peer = Peer()
+        first, second, third = (wire.parse_query(dns.message.make_query(f"n{i}.test", "A").to_wire())
+                                for i in range(3))
+        assert resolver.miss(first, lambda entry: None)
+        resolver.peer_asks(second.key, refresh=False)             # refused: the peer's client gets SERVFAIL
+        assert not resolver.miss(third, lambda entry: None, refresh=True)   # a refused prefetch
+        return peer.told, Stats().snapshot({}, cache, SilentForwarder(), resolver.overloaded)
+
+    told, snap = asyncio.run(scenario())
+    assert told and told[0][1] == dns.rcode.SERVFAIL
+    assert snap[keys.MISSES_OVERLOADED] == 1
+
+
 def test_an_expired_entry_is_kept_for_serve_stale_and_served_only_by_stale():
     cache = Cache(10, serve_stale=100.0)
     data = response(answers=["a.test. 60 IN A 192.0.2.1"])
