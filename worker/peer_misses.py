@@ -44,7 +44,7 @@ class PeerMisses:
         self.peer_asked.add(key)
         if key in self.pending:
             return
-        if not self.miss(q, lambda entry: None):
+        if not self.miss(q, lambda entry: None, refresh):   # the peer's prefetch stays a prefetch here
             self.peer_asked.discard(key)
             self.peer.tell(key, self._servfail(q))
 

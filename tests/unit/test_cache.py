@@ -1,6 +1,8 @@
 """Cache logic (worker/cache.py, worker/response.py): lifetimes, TTL rendering, eviction. No root."""
 from __future__ import annotations
 
+import types
+
 import dns.message
 import dns.rcode
 import dns.rrset
@@ -166,6 +168,19 @@ def test_a_full_cache_of_expired_entries_drops_one_per_put_soonest_first():
     assert set(c.entries) == {b"e0", b"e2", b"new", b"newer"}
 
 
+class _SilentForwarder:
+    """An upstream that never answers: every miss stays in flight."""
+
+    def __init__(self):
+        self.unwanted = types.SimpleNamespace(threshold=0, actions=0)
+
+    def ask(self, query, done):
+        pass
+
+    def stats(self):
+        return []
+
+
 def test_in_flight_misses_are_bounded():
     """Past max_pending distinct questions in flight, a miss is refused (the
     caller answers SERVFAIL) instead of queueing without bound; a question
@@ -174,12 +189,8 @@ def test_in_flight_misses_are_bounded():
 
     from worker.resolver import LocalAnswers, Resolver
 
-    class SilentForwarder:
-        def ask(self, query, done):
-            pass    # never answers
-
     async def scenario():
-        resolver = Resolver(SilentForwarder(), Cache(10), CacheConfig(), (), LocalAnswers("x"), max_pending=3)
+        resolver = Resolver(_SilentForwarder(), Cache(10), CacheConfig(), (), LocalAnswers("x"), max_pending=3)
         questions = [wire.parse_query(dns.message.make_query(f"n{i}.test", "A").to_wire()) for i in range(4)]
         accepted = [resolver.miss(q, lambda entry: None) for q in questions]
         joined = resolver.miss(questions[0], lambda entry: None)
@@ -197,21 +208,10 @@ def test_refused_misses_of_the_peer_count_in_misses_overloaded_and_refused_prefe
     max_pending is reached: the peer's too (its client gets that SERVFAIL),
     not a refused prefetch (nobody is answered)."""
     import asyncio
-    import types
 
     from contract import stats as keys
     from worker.resolver import LocalAnswers, Resolver
     from worker.stats import Stats
-
-    class SilentForwarder:
-        def __init__(self):
-            self.unwanted = types.SimpleNamespace(threshold=0, actions=0)
-
-        def ask(self, query, done):
-            pass    # never answers
-
-        def stats(self):
-            return []
 
     class Peer:
         def __init__(self):
@@ -225,14 +225,14 @@ def test_refused_misses_of_the_peer_count_in_misses_overloaded_and_refused_prefe
 
     async def scenario():
         cache = Cache(10)
-        resolver = Resolver(SilentForwarder(), cache, CacheConfig(), (), LocalAnswers("x"), max_pending=1)
+        resolver = Resolver(_SilentForwarder(), cache, CacheConfig(), (), LocalAnswers("x"), max_pending=1)
         resolver.peer = peer = Peer()
         first, second, third = (wire.parse_query(dns.message.make_query(f"n{i}.test", "A").to_wire())
                                 for i in range(3))
         assert resolver.miss(first, lambda entry: None)
         resolver.peer_asks(second.key, refresh=False)             # refused: the peer's client gets SERVFAIL
         assert not resolver.miss(third, lambda entry: None, refresh=True)   # a refused prefetch
-        return peer.told, Stats().snapshot({}, cache, SilentForwarder(), resolver.overloaded)
+        return peer.told, Stats().snapshot({}, cache, _SilentForwarder(), resolver.overloaded)
 
     told, snap = asyncio.run(scenario())
     assert told and told[0][1] == dns.rcode.SERVFAIL
