@@ -3,9 +3,9 @@
 Everything here is bounded: names are walked label by label with the RFC 1035
 limits (63-byte labels, 255-byte names), compression pointers may only point
 backwards (so a loop is impossible), and every read checks the buffer length.
-dnspython is kept for rare messages (local CH answers); building or parsing a
-dnspython message per query would cost more than the rest of a hit, or of a
-miss, together.
+dnspython is kept for rare messages (local CH answers): a dnspython message
+per query would cost more than the rest of a hit, or of a miss. When built,
+worker/_fastwire.c does parse_query in C; this Python is its reference.
 """
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ import struct
 from collections.abc import Mapping
 from typing import NamedTuple, TypeVar
 
+from worker import accel
+
 T = TypeVar("T")
+ACCEL = accel.load()        # the C accelerator, or None
 # Builds the NamedTuples a query or a miss makes (Question, Record,
 # Response) from a tuple: their generated __new__ is a Python-level
 # function, 4x the cost per record of calling tuple.__new__ directly.
@@ -177,6 +180,12 @@ def parse_query(data: bytes) -> Question:
             raise
     key = make_key(data[12:qend], data[qend:qend + 4], do, cd)
     return _new(Question, (key, qend, qtype, qclass, has_opt, payload, do, cd))
+
+
+parse_query_reference = parse_query
+if ACCEL is not None:       # in C; what C refuses, the reference parses again, to raise the right error
+    def parse_query(data: bytes, _c=ACCEL.parse_query, _q=Question, _py=parse_query_reference) -> Question:
+        return _c(_q, data) or _py(data)
 
 
 def make_key(qname: bytes, type_class: bytes, do: bool, cd: bool) -> bytes:

@@ -1,0 +1,402 @@
+/* The miss path's wire work in C: a client's query parsed into its cache
+ * key, and an upstream response walked, classified and turned into the
+ * parts of a cache Entry.
+ *
+ * worker/wire.py and worker/response.py hold the reference implementation
+ * in Python; this module is only an accelerator of it. Every function here
+ * returns None for any input the Python code would refuse (or would treat
+ * in a way not written here), and the caller then runs the Python code,
+ * which raises the precise error. So the errors and their messages live in
+ * one place, and tests/unit/test_fastwire.py checks that both agree on
+ * every input hypothesis makes.
+ *
+ * Bounded like the Python: names walked label by label with the RFC 1035
+ * limits (63-byte labels, 255-byte names), compression pointers only
+ * backwards, every read checked against the length. No state: nothing here
+ * outlives a call but the objects it returns.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+#define TYPE_NS 2
+#define TYPE_CNAME 5
+#define TYPE_SOA 6
+#define TYPE_OPT 41
+#define TYPE_ANY 255
+#define FLAG_TC 0x02
+#define FLAG_AA 0x04
+#define FLAG_CD 0x10
+#define EDNS_DO 0x8000
+#define MAX_LABEL 63
+#define MAX_NAME 255
+#define CLASSIC_UDP_PAYLOAD 512
+/* Records per response we handle here; a longer response takes the Python path. */
+#define MAX_RECORDS 64
+
+enum kind { POSITIVE, NXDOMAIN, NODATA, REFERRAL, SERVFAIL, OTHER };
+
+static inline unsigned get16(const uint8_t *p) { return (unsigned)p[0] << 8 | p[1]; }
+static inline uint32_t get32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline void put32(uint8_t *p, uint32_t v) {
+    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+
+/* Offset past the name at `off`, or -1 where wire.skip_name raises. */
+static Py_ssize_t skip_name(const uint8_t *d, Py_ssize_t size, Py_ssize_t off, int pointers) {
+    Py_ssize_t start = off, total = 0;
+    for (;;) {
+        if (off >= size)
+            return -1;
+        unsigned length = d[off];
+        if (length == 0)
+            return off + 1;
+        if (length >= 0xC0 && pointers) {
+            if (off + 1 >= size)
+                return -1;
+            if ((Py_ssize_t)((length & 0x3F) << 8 | d[off + 1]) >= start)
+                return -1;
+            return off + 2;
+        }
+        if (length > MAX_LABEL)
+            return -1;
+        total += length + 1;
+        if (total >= MAX_NAME)
+            return -1;
+        off += length + 1;
+    }
+}
+
+/* parse_query(Question, data) -> Question | None: wire.parse_query's result
+ * for a query it accepts, None for one it refuses. */
+static PyObject *parse_query(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyType_Check(args[0]) || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "parse_query(Question, data: bytes)");
+        return NULL;
+    }
+    PyTypeObject *question_type = (PyTypeObject *)args[0];
+    const uint8_t *d = (const uint8_t *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
+    if (size < 12)
+        Py_RETURN_NONE;
+    unsigned b2 = d[2], b3 = d[3];
+    unsigned qd = get16(d + 4), an = get16(d + 6), ns = get16(d + 8), ar = get16(d + 10);
+    if ((b2 & 0x78) || qd != 1 || (b2 & FLAG_TC) || an || ns)
+        Py_RETURN_NONE;
+    Py_ssize_t qend = skip_name(d, size, 12, 0);
+    if (qend < 0 || qend + 4 > size)
+        Py_RETURN_NONE;
+    unsigned qtype = get16(d + qend), qclass = get16(d + qend + 2);
+    int cd = (b3 & FLAG_CD) != 0, has_opt = 0, dobit = 0;
+    long payload = CLASSIC_UDP_PAYLOAD;
+    Py_ssize_t off = qend + 4;
+    for (unsigned i = 0; i < ar; i++) {     /* wire._find_opt, an and ns being 0 */
+        Py_ssize_t start = skip_name(d, size, off, 1);
+        if (start < 0 || start + 10 > size)
+            Py_RETURN_NONE;
+        unsigned rtype = get16(d + start), rclass = get16(d + start + 2);
+        uint32_t ttl = get32(d + start + 4);
+        if (rtype == TYPE_OPT) {
+            if (has_opt || d[off] != 0 || (ttl >> 16 & 0xFF))
+                Py_RETURN_NONE;
+            has_opt = 1;
+            payload = rclass > CLASSIC_UDP_PAYLOAD ? rclass : CLASSIC_UDP_PAYLOAD;
+            dobit = (ttl & EDNS_DO) != 0;
+        }
+        off = start + 10 + get16(d + start + 8);
+        if (off > size)
+            Py_RETURN_NONE;
+    }
+    Py_ssize_t name_len = qend - 12;
+    PyObject *key = PyBytes_FromStringAndSize(NULL, name_len + 5);
+    if (key == NULL)
+        return NULL;
+    uint8_t *k = (uint8_t *)PyBytes_AS_STRING(key);
+    for (Py_ssize_t i = 0; i < name_len; i++) {     /* bytes.lower(): ASCII letters only */
+        uint8_t c = d[12 + i];
+        k[i] = (c >= 'A' && c <= 'Z') ? c + 32 : c;
+    }
+    memcpy(k + name_len, d + qend, 4);
+    k[name_len + 4] = (uint8_t)(dobit << 1 | cd);
+    PyObject *q = question_type->tp_alloc(question_type, 8);
+    if (q == NULL) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    PyObject *items[8] = {
+        key, PyLong_FromSsize_t(qend), PyLong_FromLong(qtype), PyLong_FromLong(qclass),
+        PyBool_FromLong(has_opt), PyLong_FromLong(payload), PyBool_FromLong(dobit), PyBool_FromLong(cd)};
+    for (int i = 0; i < 8; i++) {
+        if (items[i] == NULL) {
+            for (int j = 0; j < 8; j++)
+                Py_XDECREF(items[j]);
+            Py_DECREF(q);
+            return NULL;
+        }
+    }
+    for (int i = 0; i < 8; i++)
+        PyTuple_SET_ITEM(q, i, items[i]);
+    return q;
+}
+
+struct record {
+    int section;
+    unsigned rtype;
+    Py_ssize_t start, ttl_offset, end;
+    int64_t ttl;
+};
+
+/* The records of a response as wire.parse_response walks them; the count,
+ * or -1 where it raises (or past MAX_RECORDS). */
+static int walk(const uint8_t *d, Py_ssize_t size, Py_ssize_t *name_end, struct record *recs) {
+    if (size < 12 || get16(d + 4) != 1)
+        return -1;
+    Py_ssize_t end = skip_name(d, size, 12, 0);
+    if (end < 0 || end + 4 > size)
+        return -1;
+    *name_end = end;
+    unsigned counts[3] = {get16(d + 6), get16(d + 8), get16(d + 10)};
+    Py_ssize_t off = end + 4;
+    int n = 0;
+    for (int section = 0; section < 3; section++) {
+        for (unsigned i = 0; i < counts[section]; i++) {
+            if (n == MAX_RECORDS)
+                return -1;
+            Py_ssize_t start = off;
+            off = skip_name(d, size, off, 1);
+            if (off < 0 || off + 10 > size)
+                return -1;
+            Py_ssize_t rend = off + 10 + get16(d + off + 8);
+            if (rend > size)
+                return -1;
+            recs[n].section = section;
+            recs[n].rtype = get16(d + off);
+            recs[n].start = start;
+            recs[n].ttl_offset = off + 4;
+            recs[n].ttl = get32(d + off + 4);
+            recs[n].end = rend;
+            n++;
+            off = rend;
+        }
+    }
+    return n;
+}
+
+/* response.classify */
+static enum kind classify(unsigned b2, unsigned b3, unsigned qtype, const struct record *recs, int n) {
+    unsigned rcode = b3 & 0x0F;
+    if (rcode == 2 || rcode == 5)
+        return SERVFAIL;
+    if ((rcode != 0 && rcode != 3) || (b2 & FLAG_TC))
+        return OTHER;
+    if (rcode == 3)
+        return NXDOMAIN;
+    int any_type = qtype == TYPE_CNAME || qtype == TYPE_ANY, answered = 0, has_ns = 0, has_soa = 0;
+    for (int i = 0; i < n; i++) {
+        if (recs[i].section == 0) {
+            if (any_type || recs[i].rtype == qtype)
+                return POSITIVE;
+            answered = 1;
+        } else if (recs[i].section == 1) {
+            if (recs[i].rtype == TYPE_NS)
+                has_ns = 1;
+            else if (recs[i].rtype == TYPE_SOA)
+                has_soa = 1;
+        }
+    }
+    if (!answered && has_ns && !has_soa)
+        return REFERRAL;
+    return NODATA;
+}
+
+static inline int64_t clamp(int64_t t, int64_t low, int64_t high) {
+    return t < low ? low : t > high ? high : t;
+}
+
+/* response.lifetime_and_ttls: the lifetime, and each record's TTL in `ttls`;
+ * -1 where it raises. */
+static int64_t lifetime_and_ttls(const uint8_t *d, enum kind kind, const struct record *recs, int n,
+                                 int64_t *ttls, int64_t low, int64_t high, int64_t negative_max,
+                                 int64_t servfail_ttl) {
+    int64_t lifetime = 0;
+    if (kind == POSITIVE) {
+        int clamp_needed = 0;
+        for (int i = 0; i < n; i++) {
+            ttls[i] = recs[i].ttl;
+            if (recs[i].ttl < low || recs[i].ttl > high)
+                clamp_needed = 1;
+        }
+        for (int i = 0; i < n; i++) {
+            if (clamp_needed)
+                ttls[i] = clamp(ttls[i], low, high);
+            if (i == 0 || ttls[i] < lifetime)
+                lifetime = ttls[i];
+        }
+        return lifetime;
+    }
+    if (kind == SERVFAIL) {
+        for (int i = 0; i < n; i++)
+            ttls[i] = recs[i].ttl < servfail_ttl ? recs[i].ttl : servfail_ttl;
+        return servfail_ttl;
+    }
+    for (int i = 0; i < n; i++)
+        ttls[i] = recs[i].ttl;
+    if (kind == OTHER)
+        return 0;
+    const struct record *soa = NULL;
+    int answers = 0, all_cname = 1;
+    for (int i = 0; i < n; i++) {
+        if (recs[i].section == 0) {
+            answers++;
+            if (recs[i].rtype != TYPE_CNAME)
+                all_cname = 0;
+        } else if (recs[i].section == 1 && recs[i].rtype == TYPE_SOA && soa == NULL) {
+            soa = &recs[i];
+        }
+    }
+    if (soa == NULL) {
+        if (kind == NODATA && answers && all_cname) {
+            int first = 1;
+            for (int i = 0; i < n; i++) {
+                ttls[i] = clamp(ttls[i], low, high);
+                if (recs[i].section == 0 && (first || ttls[i] < lifetime)) {
+                    lifetime = ttls[i];
+                    first = 0;
+                }
+            }
+            return lifetime;
+        }
+        return 0;
+    }
+    if (soa->end - 4 < soa->ttl_offset + 6)
+        return -1;                          /* wire.soa_minimum: SOA rdata too short */
+    lifetime = soa->ttl;
+    int64_t minimum = get32(d + soa->end - 4);
+    if (minimum < lifetime)
+        lifetime = minimum;
+    if (negative_max < lifetime)
+        lifetime = negative_max;
+    for (int i = 0; i < n; i++)
+        if (recs[i].section == 0 && recs[i].ttl < lifetime)
+            lifetime = recs[i].ttl;
+    for (int i = 0; i < n; i++)
+        if (ttls[i] > lifetime)
+            ttls[i] = lifetime;
+    return lifetime;
+}
+
+/* entry_parts(data, min_ttl, max_ttl, negative_max_ttl, servfail_ttl,
+ *             b2_set, b2_clear, b3_set, b3_clear)
+ *   -> (template, name_end, ttl_offsets, ttls, lifetime, rcode) | None
+ * What response.entry_from_response makes an Entry of: the upstream's OPT
+ * dropped when it is the last record, AA cleared and the [[header]] rule's
+ * bits set then cleared, the question in lower case, clamped TTLs written in.
+ * None for a response it would refuse. */
+static PyObject *entry_parts(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "entry_parts(data: bytes, 8 ints)");
+        return NULL;
+    }
+    int64_t num[8];
+    for (int i = 0; i < 8; i++) {
+        num[i] = PyLong_AsLongLong(args[i + 1]);
+        if (num[i] == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    const uint8_t *d = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]), name_end;
+    struct record recs[MAX_RECORDS];
+    int64_t ttls[MAX_RECORDS];
+    int n = walk(d, size, &name_end, recs);
+    if (n < 0)
+        Py_RETURN_NONE;
+    Py_ssize_t template_size = size;
+    unsigned arcount = get16(d + 10);
+    if (n && recs[n - 1].rtype == TYPE_OPT) {
+        if (arcount == 0)
+            Py_RETURN_NONE;                 /* the Python raises (struct.error) */
+        template_size = recs[n - 1].start;
+        arcount--;
+        n--;
+    }
+    for (int i = 0; i < n; i++)
+        if (recs[i].rtype == TYPE_OPT)
+            Py_RETURN_NONE;                 /* OPT record is not the last record */
+    enum kind kind = classify(d[2], d[3], get16(d + name_end), recs, n);
+    int64_t lifetime = lifetime_and_ttls(d, kind, recs, n, ttls, num[0], num[1], num[2], num[3]);
+    if (lifetime < 0)
+        Py_RETURN_NONE;
+    for (int i = 0; i < n; i++)
+        if (ttls[i] < 0 || ttls[i] > 0xFFFFFFFFLL)
+            Py_RETURN_NONE;                 /* the Python raises (struct.error) */
+
+    PyObject *template = PyBytes_FromStringAndSize(NULL, template_size);
+    PyObject *offsets = PyTuple_New(n), *ttl_tuple = PyTuple_New(n);
+    if (template == NULL || offsets == NULL || ttl_tuple == NULL)
+        goto fail;
+    uint8_t *t = (uint8_t *)PyBytes_AS_STRING(template);
+    memcpy(t, d, template_size);
+    t[10] = arcount >> 8;
+    t[11] = arcount & 0xFF;
+    t[2] = (uint8_t)((((d[2] & ~FLAG_AA) | num[4]) & ~num[5]) & 0xFF);
+    t[3] = (uint8_t)(((d[3] | num[6]) & ~num[7]) & 0xFF);
+    for (Py_ssize_t i = 12; i < name_end; i++)
+        if (t[i] >= 'A' && t[i] <= 'Z')
+            t[i] += 32;
+    for (int i = 0; i < n; i++) {
+        if (ttls[i] != recs[i].ttl)
+            put32(t + recs[i].ttl_offset, (uint32_t)ttls[i]);
+        PyObject *o = PyLong_FromSsize_t(recs[i].ttl_offset), *v = PyLong_FromLongLong(ttls[i]);
+        if (o == NULL || v == NULL) {
+            Py_XDECREF(o);
+            Py_XDECREF(v);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(offsets, i, o);
+        PyTuple_SET_ITEM(ttl_tuple, i, v);
+    }
+    return Py_BuildValue("(NnNNdi)", template, name_end, offsets, ttl_tuple, (double)lifetime, d[3] & 0x0F);
+fail:
+    Py_XDECREF(template);
+    Py_XDECREF(offsets);
+    Py_XDECREF(ttl_tuple);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"parse_query", (PyCFunction)(void (*)(void))parse_query, METH_FASTCALL,
+     "parse_query(Question, data) -> Question | None (None: let wire.parse_query raise)"},
+    {"entry_parts", (PyCFunction)(void (*)(void))entry_parts, METH_FASTCALL,
+     "entry_parts(data, min_ttl, max_ttl, negative_max_ttl, servfail_ttl, b2_set, b2_clear, b3_set, b3_clear)"
+     " -> (template, name_end, ttl_offsets, ttls, lifetime, rcode) | None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static int exec_module(PyObject *module);
+
+static struct PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, exec_module},
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "worker._fastwire",
+    "The miss path's wire work in C (see worker/wire.py, the reference).", 0, methods, slots,
+    NULL, NULL, NULL,
+};
+
+#ifndef SOURCE_SHA256
+#define SOURCE_SHA256 ""
+#endif
+
+static int exec_module(PyObject *module) {
+    /* worker/accel.py compares it with the source beside it: a stale build is not used. */
+    return PyModule_AddStringConstant(module, "SOURCE_SHA256", SOURCE_SHA256);
+}
+
+PyMODINIT_FUNC PyInit__fastwire(void) { return PyModuleDef_Init(&module_def); }
