@@ -7,7 +7,8 @@
 # Why a venv: Debian 12 and Ubuntu 24.04 refuse `pip install` into the system
 # Python (PEP 668), and their python3-* packages are older than what twindns
 # needs. Why --only-binary: every dependency ships wheels, so installing needs
-# no C compiler (only twindns itself is built, and it is pure Python).
+# no C compiler (only twindns itself is built: its optional C accelerator of
+# the miss path where gcc and Python headers are, pure Python otherwise).
 # Why /opt: the systemd unit hides /root, /home (ProtectHome=yes) and /tmp
 # (PrivateTmp=yes), so the service must run from a path outside them.
 # TWINDNS_PREFIX and TWINDNS_BINDIR move the venv and the PATH link (tests do).

@@ -34,7 +34,8 @@ for tool in buildah debootstrap; do
 done
 
 # What runs in the image: Python, the firewall tools netsetup drives, iproute2 for
-# `kubectl exec ... ip addr`. No compiler: every dependency comes as a wheel.
+# `kubectl exec ... ip addr`. No compiler: every dependency comes as a wheel, and
+# twindns's own wheel is built here, with its C accelerator where this host has gcc.
 packages=python3,python3-venv,iptables,nftables,iproute2
 if [ -z "$root" ]; then
     key=$(printf '%s' "bookworm $packages" | sha256sum | cut -c1-12)
