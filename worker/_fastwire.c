@@ -1,8 +1,8 @@
 /* The miss path's wire work in C: a client's query parsed into its cache
- * key, and an upstream response walked, classified and turned into the
- * parts of a cache Entry.
+ * key, an upstream response walked, classified and turned into the parts
+ * of a cache Entry, and the upstream query's 0x20 case and answer check.
  *
- * worker/wire.py and worker/response.py hold the reference implementation
+ * worker/wire.py, response.py and upstream_query.py hold the reference implementation
  * in Python; this module is only an accelerator of it. Every function here
  * returns None for any input the Python code would refuse (or would treat
  * in a way not written here), and the caller then runs the Python code,
@@ -365,12 +365,75 @@ fail:
     return NULL;
 }
 
+/* mix_case(name, noise, at) -> bytes | None: upstream_query.RandomCase.mix's
+ * result, each letter of `name` with its case flipped where the 0x20 bit of
+ * noise[at + i] is set; None when noise has fewer than len(name) bytes at `at`. */
+static PyObject *mix_case(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "mix_case(name: bytes, noise: bytes, at: int)");
+        return NULL;
+    }
+    Py_ssize_t at = PyLong_AsSsize_t(args[2]);
+    if (at == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    if (at < 0 || at > PyBytes_GET_SIZE(args[1]) - n)
+        Py_RETURN_NONE;
+    const uint8_t *name = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    const uint8_t *noise = (const uint8_t *)PyBytes_AS_STRING(args[1]) + at;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n);
+    if (out == NULL)
+        return NULL;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t c = name[i];
+        o[i] = (c >= 'a' && c <= 'z') ? c ^ (noise[i] & 0x20) : c;
+    }
+    return out;
+}
+
+/* answers(data, query_id, qname, type_class, sent_name) -> bool:
+ * True when upstream_query.UpstreamQuery.check accepts `data` as the answer
+ * (it raises nothing); False otherwise, and the Python says why. */
+static PyObject *answers(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[2])
+            || !PyBytes_CheckExact(args[3]) || (args[4] != Py_None && !PyBytes_CheckExact(args[4]))) {
+        PyErr_SetString(PyExc_TypeError, "answers(data, query_id, qname, type_class, sent_name | None)");
+        return NULL;
+    }
+    long query_id = PyLong_AsLong(args[1]);
+    if (query_id == -1 && PyErr_Occurred())
+        return NULL;
+    const uint8_t *d = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    const uint8_t *qname = (const uint8_t *)PyBytes_AS_STRING(args[2]);
+    Py_ssize_t qlen = PyBytes_GET_SIZE(args[2]), name_end = 12 + qlen;
+    if (size < 12 || (long)get16(d) != query_id || !(d[2] & 0x80) || (d[2] & 0x78) || get16(d + 4) != 1)
+        Py_RETURN_FALSE;
+    if (size < name_end + 4 || PyBytes_GET_SIZE(args[3]) != 4
+            || memcmp(d + name_end, PyBytes_AS_STRING(args[3]), 4) != 0)
+        Py_RETURN_FALSE;
+    for (Py_ssize_t i = 0; i < qlen; i++) {
+        uint8_t c = d[12 + i];
+        if (((c >= 'A' && c <= 'Z') ? c + 32 : c) != qname[i])
+            Py_RETURN_FALSE;
+    }
+    if (args[4] != Py_None && (PyBytes_GET_SIZE(args[4]) != qlen
+            || memcmp(d + 12, PyBytes_AS_STRING(args[4]), qlen) != 0))
+        Py_RETURN_FALSE;
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"parse_query", (PyCFunction)(void (*)(void))parse_query, METH_FASTCALL,
      "parse_query(Question, data) -> Question | None (None: let wire.parse_query raise)"},
     {"entry_parts", (PyCFunction)(void (*)(void))entry_parts, METH_FASTCALL,
      "entry_parts(data, min_ttl, max_ttl, negative_max_ttl, servfail_ttl, b2_set, b2_clear, b3_set, b3_clear)"
      " -> (template, name_end, ttl_offsets, ttls, lifetime, rcode) | None"},
+    {"mix_case", (PyCFunction)(void (*)(void))mix_case, METH_FASTCALL,
+     "mix_case(name, noise, at) -> bytes | None: 0x20 case flips from noise[at:]"},
+    {"answers", (PyCFunction)(void (*)(void))answers, METH_FASTCALL,
+     "answers(data, query_id, qname, type_class, sent_name | None) -> bool (False: let check() say why)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -94,6 +94,8 @@ class Resolver(PeerMisses):
         self.epochs: dict[bytes, int] = {}
         unwanted = getattr(forwarder, "unwanted", None)     # absent in test doubles
         self.track_unwanted = unwanted is not None and bool(unwanted.threshold)
+        # With zone "." alone every answer is in its zone: nothing to scrub (see _scrubbed).
+        self.scrubbing = not getattr(forwarder, "root_only", False)
         self.sending = False                            # a _send_queued turn is scheduled
         # The other worker of the pair (worker/peer.py), when linked: it owns half the keys.
         self.peer = None
@@ -188,7 +190,7 @@ class Resolver(PeerMisses):
         """The forwarder's outcome for q: scrub it, follow a CNAME out of the
         zone, store it, hand it to the waiters and tell the peer."""
         try:
-            if answer is not None:
+            if answer is not None and self.scrubbing:
                 answer, follow, parsed = self._scrubbed(wire.key_qname(q.key), answer)
                 if follow is not None and scrub.target_type(q.qtype):
                     target = UpstreamQuery(follow, q.qtype, q.qclass, q.do, q.cd)
@@ -196,7 +198,7 @@ class Resolver(PeerMisses):
                     return
                 entry = self._entry(q, answer, parsed)
             else:
-                entry = self._entry(q, None)
+                entry = self._entry(q, answer)
         except Exception:  # noqa: BLE001 - waiters must always get an answer
             log.exception("miss path failed for %r", q.key)
             entry = self._servfail(q)

@@ -81,6 +81,11 @@ class UpstreamQuery:
         return wire.U16.pack(query_id) + self.tail[:10] + name + self.tail[10 + len(self.qname):]
 
     def check(self, data: bytes, query_id: int, sent_name: bytes | None = None) -> None:
+        if _answers is not None and _answers(data, query_id, self.qname, self.type_class, sent_name):
+            return      # the C accelerator's verdict; otherwise the reference below says why not
+        self.check_reference(data, query_id, sent_name)
+
+    def check_reference(self, data: bytes, query_id: int, sent_name: bytes | None = None) -> None:
         """Raise Rejected unless `data` answers this query sent with
         `query_id`: same ID, QR=1, opcode QUERY, exactly one question, equal
         to ours (the name in any case; in exactly the case of `sent_name`,
@@ -110,6 +115,9 @@ class UpstreamQuery:
             raise CaseMismatch("question in other letter case than asked (0x20)")
 
 
+# The C accelerator's versions of check() and mix() (worker/_fastwire.c), or None.
+_answers = wire.ACCEL.answers if wire.ACCEL is not None else None
+_mix_case = wire.ACCEL.mix_case if wire.ACCEL is not None else None
 LETTER_BITS = bytes(0x20 if 97 <= c <= 122 else 0 for c in range(256))
 
 
@@ -129,6 +137,10 @@ class RandomCase:
         n = len(name)
         if self._at + n > len(self._noise):
             self._noise, self._at = os.urandom(self.NOISE_BATCH), 0
+        if _mix_case is not None:
+            mixed = _mix_case(name, self._noise, self._at)
+            self._at += n
+            return mixed
         noise = int.from_bytes(self._noise[self._at:self._at + n])
         self._at += n
         # In C, not per byte in Python: the 0x20 bit of each letter (LETTER_BITS

@@ -178,3 +178,43 @@ def test_entry_parts_accepts_the_common_answers():
                  response(rcode=dns.rcode.NXDOMAIN, authority=[SOA])):
         assert fast.entry_parts(data, policy.min_ttl, policy.max_ttl, policy.negative_max_ttl,
                                 policy.servfail_ttl, 0, 0, 0, 0) is not None
+
+
+@needs_fast
+@settings(max_examples=1500, deadline=None)
+@given(names, st.binary(min_size=0, max_size=300), st.integers(0, 300))
+def test_mix_case_agrees_with_the_reference(name, noise, at):
+    from worker.upstream_query import LETTER_BITS
+    got = fast.mix_case(name.lower(), noise, at)
+    if at + len(name) > len(noise):
+        assert got is None
+        return
+    lowered = name.lower()
+    flips = int.from_bytes(lowered.translate(LETTER_BITS)) & int.from_bytes(noise[at:at + len(name)])
+    assert got == (int.from_bytes(lowered) ^ flips).to_bytes(len(name))
+
+
+@needs_fast
+@settings(max_examples=2000, deadline=None)
+@given(names, st.sampled_from([1, 28]), st.booleans(), messages(query=False), st.integers(0, 5), st.data())
+def test_the_answer_check_agrees_with_the_reference(name, qtype, case, other, how, data):
+    from worker.upstream_query import RandomCase, Rejected, UpstreamQuery
+    query = UpstreamQuery(name, qtype, 1, False, False)
+    sent = RandomCase().mix(query.qname) if case else None
+    reply = bytearray(b"\x12\x34\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00" + (sent or query.qname)
+                      + struct.pack(">HH", qtype, 1))
+    if how == 1:                                    # one byte of it changed
+        at = data.draw(st.integers(0, len(reply) - 1))
+        reply[at] = data.draw(st.integers(0, 255))
+    elif how == 2:                                  # cut short
+        reply = reply[:data.draw(st.integers(0, len(reply)))]
+    elif how == 3:
+        reply = bytearray(other)
+    elif how == 4:                                  # the name in other letter case
+        reply[12:12 + len(query.qname)] = query.qname.upper()
+    try:
+        query.check_reference(bytes(reply), 0x1234, sent)
+        want = True
+    except Rejected:
+        want = False
+    assert fast.answers(bytes(reply), 0x1234, query.qname, query.type_class, sent) is want
