@@ -75,7 +75,7 @@ class Entry:
         """`plain` with our OPT record appended (ARCOUNT + 1), kept until the next render."""
         p = self.plain
         self.with_opt = b"".join((p[:10], wire.U16.pack(wire.U16.unpack_from(p, 10)[0] + 1), p[12:],
-                                  wire.opt_record(self.do)))
+                                  wire.OPT_RECORDS[self.do]))
         return self.with_opt
 
     @property

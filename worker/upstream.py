@@ -134,7 +134,7 @@ class _Race:
         now = time.monotonic()
         self.forwarder, self.query, self.zone, self.done = forwarder, query, zone, done
         self.deadline = now + zone.timeout
-        self.waiting = failover_order(servers, now)
+        self.waiting = list(servers) if len(servers) == 1 else failover_order(servers, now)
         self.attempts: list[_Attempt] = []
         self.running = 0                    # attempts neither finished nor cancelled
         self.hand_over_at = now

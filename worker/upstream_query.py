@@ -56,7 +56,7 @@ class UpstreamQuery:
 
     def _set(self, qname: bytes, type_class: bytes, do: bool, cd: bool) -> None:
         self.qname, self.type_class = qname, type_class
-        self.tail = (_HEADER_TAIL_CD if cd else _HEADER_TAIL) + qname + type_class + wire.opt_record(do)
+        self.tail = (_HEADER_TAIL_CD if cd else _HEADER_TAIL) + qname + type_class + wire.OPT_RECORDS[do]
 
     @classmethod
     def from_question(cls, q: wire.Question) -> UpstreamQuery:

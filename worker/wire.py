@@ -1,11 +1,10 @@
 """DNS wire format by hand, for the hit path, the miss path and for storing answers.
 
-Everything here is bounded: names are walked label by label with the RFC 1035
-limits (63-byte labels, 255-byte names), compression pointers may only point
-backwards (so a loop is impossible), and every read checks the buffer length.
-dnspython is kept for rare messages (local CH answers): a dnspython message
-per query would cost more than the rest of a hit, or of a miss. When built,
-worker/_fastwire.c does parse_query in C; this Python is its reference.
+Bounded: names walked label by label with the RFC 1035 limits (63-byte
+labels, 255-byte names), compression pointers only backwards (no loops),
+every read checked against the length. dnspython only for rare messages
+(local CH answers). worker/_fastwire.c does parse_query in C when built;
+this Python is its reference.
 """
 from __future__ import annotations
 
@@ -33,9 +32,7 @@ TYPE_CNAME = 5
 TYPE_SOA = 6
 TYPE_OPT = 41
 OPTION_TCP_KEEPALIVE = 11      # RFC 7828
-TYPE_TXT = 16
 TYPE_ANY = 255
-CLASS_IN = 1
 CLASS_CH = 3
 
 RCODE_NOERROR = 0
@@ -395,6 +392,9 @@ def with_keepalive_close(reply: bytes) -> bytes:
     return reply[:-2] + b"\x00\x06" + struct.pack(">HHH", OPTION_TCP_KEEPALIVE, 2, 0)
 
 
+OPT_RECORDS = tuple(       # our OPT pseudo-record (root owner, our payload size), indexed by DO
+    b"\x00" + RR_FIXED.pack(TYPE_OPT, OUR_UDP_PAYLOAD, EDNS_DO if do else 0, 0) for do in (0, 1))
+
+
 def opt_record(do: bool) -> bytes:
-    """Our OPT pseudo-record: root owner, our payload size, DO echoed."""
-    return b"\x00" + RR_FIXED.pack(TYPE_OPT, OUR_UDP_PAYLOAD, EDNS_DO if do else 0, 0)
+    return OPT_RECORDS[do]
