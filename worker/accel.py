@@ -15,15 +15,22 @@ from types import ModuleType
 
 
 def load() -> ModuleType | None:
+    return find()[0]
+
+
+def find() -> tuple[ModuleType | None, str]:
+    """(the extension or None, what the worker runs and why), the latter for its start-up log."""
     if os.environ.get("TWINDNS_PURE_PYTHON"):
-        return None
+        return None, "pure Python (TWINDNS_PURE_PYTHON is set)"
     try:
         from worker import _fastwire
     except ImportError:
-        return None
+        return None, "pure Python (worker/_fastwire.c not built: no C compiler or Python headers at install)"
     source = Path(__file__).with_name("_fastwire.c")
     try:
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
     except OSError:
-        return _fastwire        # installed without its source: built from the version installed
-    return _fastwire if digest == _fastwire.SOURCE_SHA256 else None
+        return _fastwire, "C accelerator"     # installed without its source: built from the version installed
+    if digest != _fastwire.SOURCE_SHA256:
+        return None, "pure Python (worker/_fastwire.c changed since it was built: pip install again)"
+    return _fastwire, "C accelerator"

@@ -218,3 +218,18 @@ def test_the_answer_check_agrees_with_the_reference(name, qtype, case, other, ho
     except Rejected:
         want = False
     assert fast.answers(bytes(reply), 0x1234, query.qname, query.type_class, sent) is want
+
+
+def test_the_worker_says_which_miss_path_it_runs_and_why(monkeypatch):
+    from worker import accel
+    monkeypatch.setenv("TWINDNS_PURE_PYTHON", "1")
+    assert accel.find() == (None, "pure Python (TWINDNS_PURE_PYTHON is set)")
+    monkeypatch.delenv("TWINDNS_PURE_PYTHON")
+    if fast is None:
+        assert accel.find()[0] is None and "not built" in accel.find()[1]
+        return
+    assert accel.find() == (fast, "C accelerator")
+    # Built from another version of the source than the checkout's: not used.
+    monkeypatch.setattr(fast, "SOURCE_SHA256", "0" * 64)
+    module, why = accel.find()
+    assert module is None and "changed since it was built" in why
