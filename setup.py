@@ -6,14 +6,30 @@ The source's SHA-256 is compiled in, so an edited checkout whose extension
 was not rebuilt uses the Python code instead of a stale extension
 (worker/accel.py)."""
 import hashlib
+import os
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class BuildExtNewFile(build_ext):
+    """An in-place build (`pip install -e .`) writes the extension as a new
+    file: copied into the old one, it would change the code under every
+    running worker that has it mapped, and they crash (SIGSEGV, seen in
+    tests/integration/test_ops_upgrade.py before this). pip's own installs
+    already write new files."""
+
+    def copy_file(self, infile, outfile, *args, **kwargs):
+        if os.path.isfile(outfile):
+            os.unlink(outfile)
+        return super().copy_file(infile, outfile, *args, **kwargs)
+
 
 SOURCE = "worker/_fastwire.c"
 digest = hashlib.sha256((Path(__file__).parent / SOURCE).read_bytes()).hexdigest()
 
-setup(ext_modules=[Extension(
+setup(cmdclass={"build_ext": BuildExtNewFile}, ext_modules=[Extension(
     "worker._fastwire", [SOURCE], optional=True,
     define_macros=[("SOURCE_SHA256", f'"{digest}"')],
     extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",

@@ -20,12 +20,21 @@ def _world_readable(path: Path) -> None:
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
 
 
+def _copy_as_new_file(src: str, dst: str) -> str:
+    """What pip does to every file it installs: a new file, never a write
+    into the old one. Running workers have the old worker/_fastwire*.so
+    mapped; rewriting it in place crashes them (SIGSEGV)."""
+    if os.path.lexists(dst):
+        os.unlink(dst)
+    return shutil.copy2(src, dst)
+
+
 def make_image(root: Path, version: str) -> Path:
     """Copy the packages into `root` and stamp `version`; returns `root`."""
     root.mkdir(parents=True, exist_ok=True)
     for pkg in PACKAGES:
         shutil.copytree(REPO / pkg, root / pkg, symlinks=False, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+                        ignore=shutil.ignore_patterns("__pycache__"), copy_function=_copy_as_new_file)
     set_version(root, version)
     return root
 
