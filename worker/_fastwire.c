@@ -72,8 +72,9 @@ static Py_ssize_t skip_name(const uint8_t *d, Py_ssize_t size, Py_ssize_t off, i
 /* parse_query(Question, data) -> Question | None: wire.parse_query's result
  * for a query it accepts, None for one it refuses. */
 static PyObject *parse_query(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyType_Check(args[0]) || !PyBytes_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "parse_query(Question, data: bytes)");
+    if (nargs != 2 || !PyType_Check(args[0]) || !PyType_IsSubtype((PyTypeObject *)args[0], &PyTuple_Type)
+            || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "parse_query(Question: a tuple type, data: bytes)");
         return NULL;
     }
     PyTypeObject *question_type = (PyTypeObject *)args[0];
