@@ -81,17 +81,18 @@ class UpstreamQuery:
         return wire.U16.pack(query_id) + self.tail[:10] + name + self.tail[10 + len(self.qname):]
 
     def check(self, data: bytes, query_id: int, sent_name: bytes | None = None) -> None:
-        if _answers is not None and _answers(data, query_id, self.qname, self.type_class, sent_name):
-            return      # the C accelerator's verdict; otherwise the reference below says why not
-        self.check_reference(data, query_id, sent_name)
-
-    def check_reference(self, data: bytes, query_id: int, sent_name: bytes | None = None) -> None:
         """Raise Rejected unless `data` answers this query sent with
         `query_id`: same ID, QR=1, opcode QUERY, exactly one question, equal
         to ours (the name in any case; in exactly the case of `sent_name`,
         the 0x20-randomised name, when given: CaseMismatch otherwise). Only
         the header and question are read; the caller parses the rest
         (wire.parse_response)."""
+        if _answers is not None and _answers(data, query_id, self.qname, self.type_class, sent_name):
+            return      # the C accelerator's verdict; otherwise the reference below says why not
+        self.check_reference(data, query_id, sent_name)
+
+    def check_reference(self, data: bytes, query_id: int, sent_name: bytes | None = None) -> None:
+        """check() in Python: the reference the C accelerator follows."""
         if len(data) < 12:
             raise Rejected("shorter than a header")
         if data[0] << 8 | data[1] != query_id:
