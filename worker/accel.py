@@ -14,10 +14,6 @@ from pathlib import Path
 from types import ModuleType
 
 
-def load() -> ModuleType | None:
-    return find()[0]
-
-
 def find() -> tuple[ModuleType | None, str]:
     """(the extension or None, what the worker runs and why), the latter for its start-up log."""
     if os.environ.get("TWINDNS_PURE_PYTHON"):

@@ -16,7 +16,7 @@ from dataclasses import replace
 import uvloop
 
 from contract.exits import EX_BOOT
-from worker import accel, logfmt, version
+from worker import logfmt, version, wire
 from worker.config import EX_CONFIG, ConfigError, WorkerConfig, check_config_main, \
     default_config, load_bytes, load_file, parse_server
 from worker.server import TcpLimits
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return EX_BOOT
     _raise_fd_limit()
     tune_gc()
-    logging.getLogger(__name__).info("miss path: %s", accel.find()[1])
+    logging.getLogger(__name__).info("miss path: %s", wire.MISS_PATH)
     identity = Identity(args.slot, args.generation, version())
     options = Options(per_query_stats=not args.no_metrics, cache_fd=args.cache_fd,
                       tcp=TcpLimits(idle_timeout=args.tcp_idle_timeout,

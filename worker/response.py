@@ -72,7 +72,12 @@ def _flags(template: bytearray, rule: HeaderRule | None) -> bool:
     for name in rule.clear:
         byte, bit = _FLAG_BITS[name]
         template[byte] &= ~bit & 0xFF
-    return "rd" not in rule.set and "rd" not in rule.clear
+    return _mirrors_rd(rule)
+
+
+def _mirrors_rd(rule: HeaderRule | None) -> bool:
+    """Whether answers show the client's RD bit: unless the rule sets or clears it."""
+    return rule is None or ("rd" not in rule.set and "rd" not in rule.clear)
 
 
 def _clamped(ttls: list[int], low: int, high: int) -> list[int]:
@@ -132,8 +137,8 @@ def entry_from_response(data: bytes, now: float, policy: CacheConfig,
                              policy.servfail_ttl, *bits)
         if parts is not None:
             template, name_end, offsets, ttls, lifetime, rcode = parts
-            return Entry(template, name_end, offsets, ttls, now, lifetime, rcode,
-                         rule is None or ("rd" not in rule.set and "rd" not in rule.clear), do, rendered=True)
+            return Entry(template, name_end, offsets, ttls, now, lifetime, rcode, _mirrors_rd(rule), do,
+                         rendered=True)
     return entry_from_response_reference(data, now, policy, rule, do, parsed)
 
 

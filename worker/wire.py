@@ -15,7 +15,7 @@ from typing import NamedTuple, TypeVar
 from worker import accel
 
 T = TypeVar("T")
-ACCEL = accel.load()        # the C accelerator, or None
+ACCEL, MISS_PATH = accel.find()     # the C accelerator or None, and what runs (logged at start)
 # Builds the NamedTuples a query or a miss makes (Question, Record,
 # Response) from a tuple: their generated __new__ is a Python-level
 # function, 4x the cost per record of calling tuple.__new__ directly.
