@@ -41,6 +41,7 @@ class CacheConfig:
     stale_client_timeout: float = 1.0          # serve a stale answer after this long waiting upstream; 0: only on failure
     max_udp_size: int = 1232                   # UDP answers beyond this (or the client's size) get TC (DNS flag day 2020)
     max_concurrent: int = 2048                 # distinct misses waiting or upstream; past it SERVFAIL at once
+    max_in_flight: int = 128                   # misses asked upstream at once; the rest wait their turn
     unwanted_reply_threshold: int = 10000      # unwanted upstream replies that make in-flight answers uncached; 0 off
 
 
@@ -72,7 +73,7 @@ HEADER_FLAGS = ("aa", "ra", "rd")
 MAX_TTL = 2**31 - 1
 
 _CACHE_KEYS = ("capacity", "min_ttl", "max_ttl", "negative_max_ttl", "servfail_ttl", "serve_stale", "prefetch",
-               "stale_client_timeout", "max_udp_size", "max_concurrent",
+               "stale_client_timeout", "max_udp_size", "max_concurrent", "max_in_flight",
                "unwanted_reply_threshold")
 _UPSTREAM_KEYS = ("zone", "servers", "force_tcp", "timeout")
 _HEADER_KEYS = ("zone", "set", "clear")
@@ -238,6 +239,7 @@ def _cache(doc: dict, source: str) -> CacheConfig:
                                       zero=True),
         max_udp_size=_integer(table, "max_udp_size", d.max_udp_size, 512, 65535, "cache", source),
         max_concurrent=_integer(table, "max_concurrent", d.max_concurrent, 1, 1_000_000, "cache", source),
+        max_in_flight=_integer(table, "max_in_flight", d.max_in_flight, 1, 65536, "cache", source),
         unwanted_reply_threshold=_integer(table, "unwanted_reply_threshold", d.unwanted_reply_threshold,
                                           0, 2**31 - 1, "cache", source),
     )

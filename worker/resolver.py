@@ -81,6 +81,8 @@ class Resolver(PeerMisses):
                  max_pending: int = MAX_PENDING) -> None:
         self.forwarder = forwarder
         self.max_pending = max_pending
+        # Misses asked upstream at once ([cache] max_in_flight); more wait in `queued`, in order.
+        self.in_flight = 0
         self.cache = cache
         self.policy = policy
         self.headers = {zone_labels(r.zone): r for r in headers}
@@ -137,9 +139,13 @@ class Resolver(PeerMisses):
         return True
 
     def _send_queued(self) -> None:
-        """Send up to MISSES_PER_TURN queued misses upstream; the rest next turn."""
+        """Send up to MISSES_PER_TURN queued misses upstream, the rest next
+        turn; at max_in_flight, the rest when a miss in flight is done."""
         queued, loop = self.queued, asyncio.get_running_loop()
         for _ in range(min(MISSES_PER_TURN, len(queued))):
+            if self.in_flight >= self.policy.max_in_flight:
+                self.sending = False        # _done() sends on
+                return
             q, refresh = queued.popleft()
             if self.track_unwanted:
                 self.epochs[q.key] = self.forwarder.unwanted.epoch
@@ -157,6 +163,7 @@ class Resolver(PeerMisses):
 
     def _upstream(self, q: wire.Question) -> None:
         self.forwarder.ask(UpstreamQuery.from_question(q), lambda answer: self._answered(q, answer))
+        self.in_flight += 1         # after ask(): it never answers before it returns
 
     def _has_stale(self, key: bytes) -> bool:
         entry = self.cache.entries.get(key)
@@ -205,7 +212,12 @@ class Resolver(PeerMisses):
         self._done(q, entry)
 
     def _done(self, q: wire.Question, entry: Entry) -> None:
-        """Waiters get `entry`; the peer gets it when it asked, or when it can cache it too."""
+        """Waiters get `entry`; the peer gets it when it asked, or when it can
+        cache it too; a queued miss may take this one's place upstream."""
+        self.in_flight -= 1
+        if self.queued and not self.sending:
+            self.sending = True
+            asyncio.get_running_loop().call_soon(self._send_queued)
         self._finish(q.key, entry)
         if self.peer is not None:
             asked = q.key in self.peer_asked

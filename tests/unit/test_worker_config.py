@@ -137,6 +137,7 @@ def test_root_servers_replace_zone_root_only(resolv):
     ("upstream = 3", "twindns.toml: upstream = 3: expected an array of tables ([[upstream]])"),
     ("[upstream]\nzone = '.'", "upstream = {zone = \".\"}: expected an array of tables ([[upstream]])"),
     ("[cache]\ncapacity = 0", "twindns.toml: cache.capacity = 0: expected a whole number from 1 to"),
+    ("[cache]\nmax_in_flight = 0", "twindns.toml: cache.max_in_flight = 0: expected a whole number from 1 to 65536"),
     ("[cache]\nmax_ttl = 1.5", "cache.max_ttl = 1.5: expected a whole number from 0 to 2147483647"),
     ("[cache]\nservfail_ttl = -1", "cache.servfail_ttl = -1: expected a whole number from 0"),
     ('[cache]\nnegative_max_ttl = "1h"', 'cache.negative_max_ttl = "1h": expected a whole number'),
