@@ -425,6 +425,66 @@ static PyObject *answers(PyObject *module, PyObject *const *args, Py_ssize_t nar
     Py_RETURN_TRUE;
 }
 
+/* query_wire(query_id, head, name, type_class, opt) -> bytes: the upstream
+ * query upstream_query.UpstreamQuery.wire builds in Python, in one
+ * allocation: the ID (big-endian), head (header bytes 2..12), the name, type
+ * and class, our OPT record. None for an ID outside 0..65535. */
+static PyObject *query_wire(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyBytes_CheckExact(args[1]) || !PyBytes_CheckExact(args[2])
+            || !PyBytes_CheckExact(args[3]) || !PyBytes_CheckExact(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "query_wire(query_id, head, name, type_class, opt: bytes)");
+        return NULL;
+    }
+    long query_id = PyLong_AsLong(args[0]);
+    if (query_id == -1 && PyErr_Occurred())
+        return NULL;
+    if (query_id < 0 || query_id > 0xFFFF)
+        Py_RETURN_NONE;
+    Py_ssize_t total = 2;
+    for (int i = 1; i < 5; i++)
+        total += PyBytes_GET_SIZE(args[i]);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL)
+        return NULL;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    o[0] = (uint8_t)(query_id >> 8);
+    o[1] = (uint8_t)query_id;
+    o += 2;
+    for (int i = 1; i < 5; i++) {
+        Py_ssize_t n = PyBytes_GET_SIZE(args[i]);
+        memcpy(o, PyBytes_AS_STRING(args[i]), (size_t)n);
+        o += n;
+    }
+    return out;
+}
+
+/* splice(data, body, qname_end) -> bytes | None: answer.Answerer's reply
+ * splice in one allocation, data[:2] + body[2:12] + data[12:qname_end] +
+ * body[qname_end:] (the client's ID and question in the cached answer); None
+ * unless 12 <= qname_end <= len(data) and qname_end <= len(body). */
+static PyObject *splice(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "splice(data: bytes, body: bytes, qname_end: int)");
+        return NULL;
+    }
+    Py_ssize_t qname_end = PyLong_AsSsize_t(args[2]);
+    if (qname_end == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t dlen = PyBytes_GET_SIZE(args[0]), blen = PyBytes_GET_SIZE(args[1]);
+    if (qname_end < 12 || qname_end > dlen || qname_end > blen)
+        Py_RETURN_NONE;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, blen);
+    if (out == NULL)
+        return NULL;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    const char *d = PyBytes_AS_STRING(args[0]), *b = PyBytes_AS_STRING(args[1]);
+    memcpy(o, d, 2);
+    memcpy(o + 2, b + 2, 10);
+    memcpy(o + 12, d + 12, (size_t)(qname_end - 12));
+    memcpy(o + qname_end, b + qname_end, (size_t)(blen - qname_end));
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"parse_query", (PyCFunction)(void (*)(void))parse_query, METH_FASTCALL,
      "parse_query(Question, data) -> Question | None (None: let wire.parse_query raise)"},
@@ -433,6 +493,10 @@ static PyMethodDef methods[] = {
      " -> (template, name_end, ttl_offsets, ttls, lifetime, rcode) | None"},
     {"mix_case", (PyCFunction)(void (*)(void))mix_case, METH_FASTCALL,
      "mix_case(name, noise, at) -> bytes | None: 0x20 case flips from noise[at:]"},
+    {"query_wire", (PyCFunction)(void (*)(void))query_wire, METH_FASTCALL,
+     "query_wire(query_id, head, name, type_class, opt) -> bytes | None: an upstream query"},
+    {"splice", (PyCFunction)(void (*)(void))splice, METH_FASTCALL,
+     "splice(data, body, qname_end) -> bytes | None: the client's ID and question in a reply"},
     {"answers", (PyCFunction)(void (*)(void))answers, METH_FASTCALL,
      "answers(data, query_id, qname, type_class, sent_name | None) -> bool (False: let check() say why)"},
     {NULL, NULL, 0, NULL},

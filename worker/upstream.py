@@ -115,6 +115,30 @@ class _Attempt:
         server.failed_at = None
         self.race.attempt_answered(self, data)
 
+    # The exchanges' callbacks: bound methods, not a closure made per query.
+    def udp_answered(self, data: bytes) -> None:
+        self.exchange = None
+        forwarder = self.race.forwarder
+        forwarder.udp_closed()
+        if data[2] & wire.FLAG_TC:
+            self.over_tcp = True
+            forwarder.send_tcp(self, self.race.query)
+        else:
+            self.answered(data)
+
+    def udp_failed(self, error: OSError) -> None:
+        self.exchange = None
+        self.race.forwarder.udp_closed()
+        self.failed(error)
+
+    def tcp_answered(self, data: bytes) -> None:
+        self.tcp = None
+        self.answered(data)
+
+    def tcp_failed(self, error: Exception) -> None:
+        self.tcp = None
+        self.failed(error)
+
     def failed(self, error: BaseException) -> None:
         if isinstance(error, OSError) and self.sent_at is not None and error.errno not in LOCAL_ERRNOS:
             self.server.failed()
@@ -199,7 +223,12 @@ class _Race:
     def attempt_answered(self, attempt: _Attempt, data: bytes) -> None:
         attempt.finished = True
         self.running -= 1
-        self._guarded(self._end, data)
+        try:        # _guarded(), inline: this runs on every answer
+            self._end(data)
+        except Exception:  # noqa: BLE001 - logged; the miss ends as a failure
+            log.exception("upstream query for %s failed", self.query.name_text)
+            if not self.over:
+                self._end(None)
 
     def attempt_failed(self, attempt: _Attempt) -> None:
         """This server failed: ask the next one now."""
@@ -312,7 +341,7 @@ class Forwarder:
         """Send the attempt's query (or queue it for a UDP socket slot)."""
         if force_tcp:
             attempt.sending()
-            self._send_tcp(attempt, query)
+            self.send_tcp(attempt, query)
         elif self._udp_open < self._udp_budget:
             self._send_udp(attempt, query)
         else:
@@ -323,28 +352,12 @@ class Forwarder:
         self._udp_open += 1
         attempt.sending()
         try:
-            attempt.exchange = attempt.server.udp.ask(
-                query, lambda data: self._udp_answered(attempt, query, data),
-                lambda error: self._udp_failed(attempt, error))
+            attempt.exchange = attempt.server.udp.ask(query, attempt.udp_answered, attempt.udp_failed)
         except OSError as e:
-            self._udp_closed()
+            self.udp_closed()
             attempt.failed(e)
 
-    def _udp_answered(self, attempt: _Attempt, query: UpstreamQuery, data: bytes) -> None:
-        attempt.exchange = None
-        self._udp_closed()
-        if data[2] & wire.FLAG_TC:
-            attempt.over_tcp = True
-            self._send_tcp(attempt, query)
-        else:
-            attempt.answered(data)
-
-    def _udp_failed(self, attempt: _Attempt, error: OSError) -> None:
-        attempt.exchange = None
-        self._udp_closed()
-        attempt.failed(error)
-
-    def _udp_closed(self) -> None:
+    def udp_closed(self) -> None:
         """A UDP socket slot is free: the next queued attempt gets it, from
         the loop (not inside the caller, which may be settling its own miss)."""
         self._udp_open -= 1
@@ -357,21 +370,10 @@ class Forwarder:
             attempt.queued = False
             self._send_udp(attempt, query)
 
-    def _send_tcp(self, attempt: _Attempt, query: UpstreamQuery) -> None:
-        exchange = attempt.server.tcp.ask(query, lambda data: self._tcp_answered(attempt, data),
-                                          lambda error: self._tcp_failed(attempt, error))
+    def send_tcp(self, attempt: _Attempt, query: UpstreamQuery) -> None:
+        exchange = attempt.server.tcp.ask(query, attempt.tcp_answered, attempt.tcp_failed)
         if not attempt.finished:        # it may have failed at once
             attempt.tcp = exchange
-
-    @staticmethod
-    def _tcp_answered(attempt: _Attempt, data: bytes) -> None:
-        attempt.tcp = None
-        attempt.answered(data)
-
-    @staticmethod
-    def _tcp_failed(attempt: _Attempt, error: Exception) -> None:
-        attempt.tcp = None
-        attempt.failed(error)
 
     def cancel(self, attempt: _Attempt) -> None:
         """Stop an attempt that has not finished: close its socket, leave the
@@ -379,7 +381,7 @@ class Forwarder:
         if attempt.exchange is not None:
             attempt.exchange.close()
             attempt.exchange = None
-            self._udp_closed()
+            self.udp_closed()
         elif attempt.queued:
             attempt.queued = False
             self._udp_queue = deque(item for item in self._udp_queue if item[0] is not attempt)

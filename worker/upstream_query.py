@@ -48,7 +48,7 @@ class RandomIds:
 class UpstreamQuery:
     """The question we ask upstream, in wire form, and the test for its answer."""
 
-    __slots__ = ("qname", "type_class", "tail")
+    __slots__ = ("qname", "type_class", "head", "opt")
 
     def __init__(self, qname: bytes, qtype: int, qclass: int, do: bool, cd: bool) -> None:
         """`qname`: an uncompressed, valid name wire, in any case (it is asked in lower case)."""
@@ -56,7 +56,7 @@ class UpstreamQuery:
 
     def _set(self, qname: bytes, type_class: bytes, do: bool, cd: bool) -> None:
         self.qname, self.type_class = qname, type_class
-        self.tail = (_HEADER_TAIL_CD if cd else _HEADER_TAIL) + qname + type_class + wire.OPT_RECORDS[do]
+        self.head, self.opt = (_HEADER_TAIL_CD if cd else _HEADER_TAIL), wire.OPT_RECORDS[do]
 
     @classmethod
     def from_question(cls, q: wire.Question) -> UpstreamQuery:
@@ -77,8 +77,12 @@ class UpstreamQuery:
         """The query with `query_id`, asking `name` (the same name in other
         letter case: 0x20) instead of our lower-case one when given."""
         if name is None:
-            return wire.U16.pack(query_id) + self.tail
-        return wire.U16.pack(query_id) + self.tail[:10] + name + self.tail[10 + len(self.qname):]
+            name = self.qname
+        if _query_wire is not None:
+            query = _query_wire(query_id, self.head, name, self.type_class, self.opt)
+            if query is not None:
+                return query
+        return wire.U16.pack(query_id) + self.head + name + self.type_class + self.opt
 
     def check(self, data: bytes, query_id: int, sent_name: bytes | None = None) -> None:
         """Raise Rejected unless `data` answers this query sent with
@@ -116,8 +120,9 @@ class UpstreamQuery:
             raise CaseMismatch("question in other letter case than asked (0x20)")
 
 
-# The C accelerator's versions of check() and mix() (worker/_fastwire.c), or None.
+# The C accelerator's versions of check(), wire() and mix() (worker/_fastwire.c), or None.
 _answers = wire.ACCEL.answers if wire.ACCEL is not None else None
+_query_wire = wire.ACCEL.query_wire if wire.ACCEL is not None else None
 _mix_case = wire.ACCEL.mix_case if wire.ACCEL is not None else None
 LETTER_BITS = bytes(0x20 if 97 <= c <= 122 else 0 for c in range(256))
 

@@ -224,6 +224,43 @@ def test_the_answer_check_agrees_with_the_reference(name, qtype, case, other, ho
     assert fast.answers(bytes(reply), 0x1234, query.qname, query.type_class, sent) is want
 
 
+@needs_fast
+@settings(max_examples=1500, deadline=None)
+@given(names, st.sampled_from(TYPES), st.booleans(), st.booleans(), st.integers(-2, 0x10001), st.booleans())
+def test_the_upstream_query_agrees_with_the_reference(name, qtype, do, cd, query_id, mixed):
+    """UpstreamQuery.wire() built in C is the reference's bytes, and a query
+    dnspython reads back as our question, ID, CD and DO."""
+    import dns.flags
+    import dns.message
+    from worker import upstream_query
+    query = upstream_query.UpstreamQuery(name, qtype, 1, do, cd)
+    sent = upstream_query.RandomCase().mix(query.qname) if mixed else None
+    got = fast.query_wire(query_id, query.head, sent or query.qname, query.type_class, query.opt)
+    if not 0 <= query_id <= 0xFFFF:
+        assert got is None
+        return
+    assert got == struct.pack(">H", query_id) + query.head + (sent or query.qname) + query.type_class + query.opt
+    assert query.wire(query_id, sent) == got
+    parsed = dns.message.from_wire(got)
+    assert parsed.id == query_id and parsed.question[0].rdtype == qtype
+    assert parsed.question[0].name.to_wire() == (sent or query.qname)
+    assert bool(parsed.flags & dns.flags.CD) is cd and bool(parsed.ednsflags & dns.flags.DO) is do
+
+
+@needs_fast
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=80), st.binary(max_size=120), st.integers(-3, 130))
+@example(bytes(range(40)), bytes(range(100, 160)), 20)      # every byte says where it came from
+@example(bytes(range(40)), bytes(range(100, 160)), 40)
+@example(bytes(range(40)), bytes(range(100, 160)), 12)
+def test_the_reply_splice_agrees_with_the_reference(data, body, qname_end):
+    got = fast.splice(data, body, qname_end)
+    if not (12 <= qname_end <= len(data) and qname_end <= len(body)):
+        assert got is None
+        return
+    assert got == data[:2] + body[2:12] + data[12:qname_end] + body[qname_end:]
+
+
 def test_the_worker_says_which_miss_path_it_runs_and_why(monkeypatch):
     from worker import accel
     monkeypatch.setenv("TWINDNS_PURE_PYTHON", "1")
