@@ -156,7 +156,10 @@ class UdpUpstream:
 
     def busy(self) -> bool:
         """Whether any pooled socket has a query in flight."""
-        return any(pooled is not None and pooled.pending for pooled in self.pool)
+        for pooled in self.pool:        # not any(genexp): this runs as each lone query ends
+            if pooled is not None and pooled.pending:
+                return True
+        return False
 
     def went_idle(self) -> None:
         """A pooled socket has nothing in flight: close it after IDLE_GRACE unless it is used again."""
