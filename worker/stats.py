@@ -52,6 +52,8 @@ class Stats:
 
     def retire(self, entry: Entry) -> None:
         """Fold the hit counts of an entry that leaves the cache."""
+        if not (entry.udp_hits or entry.tcp_hits):     # a miss flood evicts entries nobody asked again
+            return
         for udp, hits in ((True, entry.udp_hits), (False, entry.tcp_hits)):
             if hits:
                 self.count(udp, entry.qtype, entry.rcode, hits)
