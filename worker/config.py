@@ -67,6 +67,11 @@ class WorkerConfig:
     headers: tuple[HeaderRule, ...] = ()
 
 
+def zone_labels(zone: str) -> tuple[bytes, ...]:
+    """A zone's key for wire.longest_zone(): its lower-case labels, root last."""
+    return tuple(label.lower() for label in dns.name.from_text(zone).labels)
+
+
 RESOLV_CONF_KEYWORD = "resolv.conf"
 HEADER_FLAGS = ("aa", "ra", "rd")
 # RFC 2181 section 8: TTLs are at most 2**31 - 1.

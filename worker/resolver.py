@@ -25,8 +25,8 @@ from worker import scrub, wire
 from worker.cache import Cache, Entry
 from worker.peer_misses import PeerMisses
 from worker.response import entry_from_response
-from worker.config import CacheConfig, HeaderRule
-from worker.upstream import Forwarder, zone_labels
+from worker.config import CacheConfig, HeaderRule, zone_labels
+from worker.upstream import Forwarder
 from worker.upstream_query import UpstreamQuery
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ all: one lost datagram must not cost the client a SERVFAIL, and a client's
 own retry cannot help, since it joins the miss already in flight.
 
 A miss is a small state machine (_Race) driven by callbacks: its UDP
-sockets' readers or its TCP connection's, and one timer. No Task or Future
-is made per miss.
+sockets' readers or its TCP connection's, and one wake-up (worker/wakeups.py:
+no event-loop timer for a miss that ends early). No Task or Future is made.
 """
 from __future__ import annotations
 
@@ -28,14 +28,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import Sequence
 
-import dns.name
-
 from worker import wire
-from worker.config import UpstreamZone, format_server
+from worker.config import UpstreamZone, format_server, zone_labels
 from worker.upstream_query import UpstreamQuery
 from worker.upstream_stats import ServerStats, UnwantedReplies
 from worker.upstream_tcp import TcpExchange, TcpUpstream
 from worker.upstream_udp import SocketWatch, UdpExchange, UdpUpstream, socket_budget
+from worker.wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +55,6 @@ Done = Callable[[bytes | None], None]
 
 class UpstreamError(Exception):
     """No upstream server gave a usable answer in time."""
-
-
-def zone_labels(zone: str) -> tuple[bytes, ...]:
-    """A zone's key for wire.longest_zone(): its lower-case labels, root last."""
-    return tuple(label.lower() for label in dns.name.from_text(zone).labels)
 
 
 class _Server:
@@ -151,7 +145,7 @@ class _Race:
     timeout passes; then done(answer or None), exactly once."""
 
     __slots__ = ("forwarder", "query", "zone", "done", "deadline", "waiting", "attempts", "running",
-                 "hand_over_at", "rounds", "timer", "over", "stepping", "starting")
+                 "hand_over_at", "rounds", "timer", "wake_at", "over", "stepping", "starting")
 
     def __init__(self, forwarder: Forwarder, query: UpstreamQuery, zone: UpstreamZone,
                  servers: Sequence[_Server], done: Done) -> None:
@@ -163,12 +157,12 @@ class _Race:
         self.running = 0                    # attempts neither finished nor cancelled
         self.hand_over_at = now
         self.rounds = 1 if not zone.force_tcp else ASK_ROUNDS   # TCP does not lose a query
+        # The next wake-up: forwarder.wakeups (worker/wakeups.py) arms `timer`, or holds it for `wake_at`.
         self.timer: asyncio.TimerHandle | None = None
+        self.wake_at = 0.0
         self.over = False
-        # True while _step() runs: an attempt that fails at once is taken
-        # into account by the running step instead of starting another.
-        self.stepping = False
-        self.starting = False      # True while ask() has not returned
+        self.stepping = False   # in _step(): an attempt failing at once is counted there, not stepped again
+        self.starting = False   # True while ask() has not returned
 
     def start(self) -> None:
         self.starting = True
@@ -211,12 +205,13 @@ class _Race:
                     wake = self.hand_over_at
                 if self.timer is not None:
                     self.timer.cancel()
-                self.timer = asyncio.get_running_loop().call_later(wake - now, self._wake)
+                    self.timer = None
+                self.forwarder.wakeups.sleep(self, wake, now)
                 return
         finally:
             self.stepping = False
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         self.timer = None
         self._guarded(self._step)
 
@@ -255,6 +250,7 @@ class _Race:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self.forwarder.wakeups.forget(self)
         if self.running:
             self._settle()
         # Attempts point back at their race: dropping them breaks the cycle,
@@ -289,12 +285,11 @@ class Forwarder:
     def __init__(self, zones: Sequence[UpstreamZone], unwanted_threshold: int = 0) -> None:
         self._servers: dict[tuple[str, int], _Server] = {}
         self.unwanted = UnwantedReplies(unwanted_threshold)
-        # Bounds the UDP sockets open at once, so a burst of misses queues
-        # here instead of running out of file descriptors.
-        self._udp_budget = socket_budget()
+        self._udp_budget = socket_budget()     # UDP sockets open at most: a burst queues, not EMFILE
         self._udp_open = 0
         self._udp_queue: deque[tuple[_Attempt, UpstreamQuery]] = deque()
         self._udp_sockets = SocketWatch()
+        self.wakeups = Wakeups()            # the races' hand-over and timeout wake-ups
         for zone in zones:
             for address in zone.servers:
                 if address not in self._servers:
@@ -397,4 +392,5 @@ class Forwarder:
         for server in self._servers.values():
             server.udp.close()
         self._udp_sockets.close()
+        self.wakeups.close()
         await asyncio.gather(*(s.tcp.close() for s in self._servers.values()))
