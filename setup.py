@@ -1,7 +1,7 @@
 """The one thing pyproject.toml cannot say: the optional C accelerator of
 the miss path (worker/_fastwire.c). optional=True: without a C compiler or
 Python headers the build goes on and twindns runs on the pure-Python
-reference (worker/wire.py, response.py, upstream_query.py, answer.py), only slower
+reference (worker/wire.py, response.py, upstream_query.py, answer.py, cache.py), only slower
 on misses.
 The source's SHA-256 is compiled in, so an edited checkout whose extension
 was not rebuilt uses the Python code instead of a stale extension

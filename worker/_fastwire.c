@@ -485,6 +485,30 @@ static PyObject *splice(PyObject *module, PyObject *const *args, Py_ssize_t narg
     return out;
 }
 
+/* with_opt(plain, opt) -> bytes | None: cache.Entry.opt_form's reply with
+ * our OPT record, in one allocation: plain with ARCOUNT + 1, opt appended.
+ * None when plain is shorter than a header or its ARCOUNT is 65535. */
+static PyObject *with_opt(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "with_opt(plain: bytes, opt: bytes)");
+        return NULL;
+    }
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t plen = PyBytes_GET_SIZE(args[0]), olen = PyBytes_GET_SIZE(args[1]);
+    if (plen < 12 || get16(p + 10) == 0xFFFF)
+        Py_RETURN_NONE;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, plen + olen);
+    if (out == NULL)
+        return NULL;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    memcpy(o, p, (size_t)plen);
+    unsigned arcount = get16(p + 10) + 1;
+    o[10] = (uint8_t)(arcount >> 8);
+    o[11] = (uint8_t)arcount;
+    memcpy(o + plen, PyBytes_AS_STRING(args[1]), (size_t)olen);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"parse_query", (PyCFunction)(void (*)(void))parse_query, METH_FASTCALL,
      "parse_query(Question, data) -> Question | None (None: let wire.parse_query raise)"},
@@ -497,6 +521,8 @@ static PyMethodDef methods[] = {
      "query_wire(query_id, head, name, type_class, opt) -> bytes | None: an upstream query"},
     {"splice", (PyCFunction)(void (*)(void))splice, METH_FASTCALL,
      "splice(data, body, qname_end) -> bytes | None: the client's ID and question in a reply"},
+    {"with_opt", (PyCFunction)(void (*)(void))with_opt, METH_FASTCALL,
+     "with_opt(plain, opt) -> bytes | None: a reply with our OPT record appended"},
     {"answers", (PyCFunction)(void (*)(void))answers, METH_FASTCALL,
      "answers(data, query_id, qname, type_class, sent_name | None) -> bool (False: let check() say why)"},
     {NULL, NULL, 0, NULL},

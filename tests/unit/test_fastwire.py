@@ -261,6 +261,23 @@ def test_the_reply_splice_agrees_with_the_reference(data, body, qname_end):
     assert got == data[:2] + body[2:12] + data[12:qname_end] + body[qname_end:]
 
 
+@needs_fast
+@settings(max_examples=1500, deadline=None)
+@given(st.binary(max_size=60), st.sampled_from([False, True]), st.integers(0, 0xFFFF))
+@example(bytes(range(30)), True, 0xFFFE)
+@example(bytes(range(30)), False, 0xFFFF)                   # ARCOUNT full: the reference raises
+def test_the_opt_form_agrees_with_the_reference(plain, do, arcount):
+    if len(plain) >= 12:
+        plain = plain[:10] + struct.pack(">H", arcount) + plain[12:]
+    opt = wire.OPT_RECORDS[do]
+    got = fast.with_opt(plain, opt)
+    try:
+        want = b"".join((plain[:10], wire.U16.pack(wire.U16.unpack_from(plain, 10)[0] + 1), plain[12:], opt))
+    except struct.error:
+        want = None
+    assert got == want
+
+
 def test_the_worker_says_which_miss_path_it_runs_and_why(monkeypatch):
     from worker import accel
     monkeypatch.setenv("TWINDNS_PURE_PYTHON", "1")
