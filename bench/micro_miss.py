@@ -3,7 +3,8 @@
 microseconds per cache miss, from answer() to the client's reply, against a
 trivial upstream in a subprocess (its CPU is not counted).
 
-    python3 bench/micro_miss.py [--misses 20000] [--concurrency 50] [--tcp] [--profile [--profile-sort ncalls]] [--default-gc]
+    python3 bench/micro_miss.py [--misses 20000] [--concurrency 50] [--tcp] [--capacity N]
+                                [--profile [--profile-sort ncalls]] [--default-gc]
 
 Every query asks a new name, so each one goes upstream (over UDP, or with
 --tcp over one reused TCP connection). The client
@@ -93,10 +94,10 @@ def client_queries(misses: int) -> list[bytes]:
 
 
 async def run(port: int, queries: list[bytes], concurrency: int,
-              tcp: bool = False) -> tuple[float, float, float, dict]:
+              tcp: bool = False, capacity: int = 0) -> tuple[float, float, float, dict]:
     misses = len(queries)
     forwarder = Forwarder([UpstreamZone(".", (("127.0.0.1", port),), timeout=2.0, force_tcp=tcp)])
-    cache = Cache(misses + 10)
+    cache = Cache(capacity or misses + 10)
     stats = Stats()
     answerer = Answerer(cache, Resolver(forwarder, cache, CacheConfig(), (), LocalAnswers("x")), stats)
     done = asyncio.get_running_loop().create_future()
@@ -151,6 +152,8 @@ def main() -> None:
     ap.add_argument("--default-gc", action="store_true",
                     help="keep CPython's collector settings instead of the worker's (worker.main.tune_gc)")
     ap.add_argument("--tcp", action="store_true", help="upstream over TCP (force_tcp), one reused connection")
+    ap.add_argument("--capacity", type=int, default=0,
+                    help="cache entries (default: every miss fits; smaller: puts evict, as a full cache's do)")
     args = ap.parse_args()
     if not args.default_gc:
         tune_gc()
@@ -161,7 +164,7 @@ def main() -> None:
         profiler = cProfile.Profile() if args.profile else None
         if profiler:
             profiler.enable()
-        user, system, wall, snapshot = uvloop.run(run(port, queries, args.concurrency, args.tcp))
+        user, system, wall, snapshot = uvloop.run(run(port, queries, args.concurrency, args.tcp, args.capacity))
         if profiler:
             profiler.disable()
             pstats.Stats(profiler).sort_stats(args.profile_sort).print_stats(args.profile_lines)
