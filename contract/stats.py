@@ -20,8 +20,9 @@ MALFORMED = "malformed"
 FORMERR = "formerr"
 UNWANTED_REPLY_ACTIONS = "unwanted_reply_actions"   # times unwanted-reply-threshold was reached
 MISSES_OVERLOADED = "misses_overloaded"   # misses answered SERVFAIL at once: max_concurrent in flight
+MISSES_QUEUED = "misses_queued"           # misses that waited their turn: max_in_flight upstream
 COUNTERS = (CACHE_HITS, CACHE_MISSES, CACHE_EVICTIONS, CACHE_PREFETCHES, CACHE_STALE_SERVED, MALFORMED, FORMERR,
-            UNWANTED_REPLY_ACTIONS, MISSES_OVERLOADED)
+            UNWANTED_REPLY_ACTIONS, MISSES_OVERLOADED, MISSES_QUEUED)
 
 UP_SERVER = "server"
 UP_QUERIES = "queries"

@@ -49,6 +49,8 @@ _SCALARS = (
      "Times unwanted upstream replies reached [cache] unwanted_reply_threshold (answers then in flight not cached)."),
     (keys.MISSES_OVERLOADED, "misses_overloaded",
      "Misses answered SERVFAIL at once because [cache] max_concurrent distinct questions were in flight."),
+    (keys.MISSES_QUEUED, "misses_queued",
+     "Misses that waited their turn because [cache] max_in_flight misses were upstream."),
 )
 # The classic text format generate_latest() writes, which every Prometheus
 # version scrapes (newer clients announce it as 1.0.0, unknown to older scrapers).

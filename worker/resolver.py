@@ -107,6 +107,10 @@ class Resolver(PeerMisses):
         # Misses refused at max_pending, ours and the peer's (each answered SERVFAIL at once):
         # the one count behind STATS misses_overloaded.
         self.overloaded = 0
+        # Misses held in `queued` because max_in_flight were upstream (STATS misses_queued), each
+        # counted once: the first `blocked` of the queue are counted already.
+        self.waited = 0
+        self.blocked = 0
 
     def miss(self, q: wire.Question, waiter: Waiter, refresh: bool = False) -> bool:
         """Call waiter(entry) once an answer for q is known (it always is:
@@ -144,9 +148,13 @@ class Resolver(PeerMisses):
         queued, loop = self.queued, asyncio.get_running_loop()
         for _ in range(min(MISSES_PER_TURN, len(queued))):
             if self.in_flight >= self.policy.max_in_flight:
+                self.waited += len(queued) - self.blocked
+                self.blocked = len(queued)
                 self.sending = False        # _done() sends on
                 return
             q, refresh = queued.popleft()
+            if self.blocked:
+                self.blocked -= 1
             if self.track_unwanted:
                 self.epochs[q.key] = self.forwarder.unwanted.epoch
             try:

@@ -195,7 +195,8 @@ class Service:
 
     def stats(self) -> dict:
         overloaded = self.resolver.overloaded if self.resolver is not None else 0
-        return self.counters.snapshot(self.identity.stats_fields(), self.cache, self.forwarder, overloaded)
+        queued = self.resolver.waited if self.resolver is not None else 0
+        return self.counters.snapshot(self.identity.stats_fields(), self.cache, self.forwarder, overloaded, queued)
 
     async def run(self) -> int:
         await self._start()

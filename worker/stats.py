@@ -60,9 +60,10 @@ class Stats:
                 self.retired_hits += hits
         entry.udp_hits = entry.tcp_hits = 0
 
-    def snapshot(self, identity: dict, cache: Cache, forwarder, overloaded: int = 0) -> dict:
+    def snapshot(self, identity: dict, cache: Cache, forwarder, overloaded: int = 0, queued: int = 0) -> dict:
         """STATS: identity (slot, generation, version) plus the counters;
-        `overloaded` is the resolver's count of refused misses."""
+        `overloaded` and `queued` are the resolver's counts of refused misses
+        and of misses that waited for an upstream slot."""
         totals = dict(self.queries)
         live_hits = 0
         for entry in cache.entries.values():
@@ -82,6 +83,6 @@ class Stats:
             keys.CACHE_STALE_SERVED: cache.stale_served, keys.CACHE_PREFETCHES: self.prefetches,
             keys.MALFORMED: self.malformed, keys.FORMERR: self.formerr,
             keys.UNWANTED_REPLY_ACTIONS: forwarder.unwanted.actions,
-            keys.MISSES_OVERLOADED: overloaded,
+            keys.MISSES_OVERLOADED: overloaded, keys.MISSES_QUEUED: queued,
             keys.UPSTREAM: forwarder.stats(),
         }

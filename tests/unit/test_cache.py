@@ -4,6 +4,7 @@ from __future__ import annotations
 import types
 
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rrset
 
@@ -237,6 +238,48 @@ def test_refused_misses_of_the_peer_count_in_misses_overloaded_and_refused_prefe
     told, snap = asyncio.run(scenario())
     assert told and told[0][1] == dns.rcode.SERVFAIL
     assert snap[keys.MISSES_OVERLOADED] == 1
+
+
+def test_misses_held_back_by_max_in_flight_are_sent_in_order_and_counted_once_in_misses_queued():
+    """With max_in_flight upstream, later misses wait in order and STATS
+    misses_queued counts each of them once; a miss that is done lets the next go."""
+    import asyncio
+
+    from contract import stats as keys
+    from worker.resolver import LocalAnswers, Resolver
+    from worker.stats import Stats
+
+    class Holding:
+        """Holds every query until the test answers it (done(None): SERVFAIL)."""
+
+        def __init__(self):
+            self.unwanted = types.SimpleNamespace(threshold=0, actions=0)
+            self.asked = []
+
+        def ask(self, query, done):
+            self.asked.append((query.qname, done))
+
+        def stats(self):
+            return []
+
+    async def scenario():
+        cache, upstream = Cache(10), Holding()
+        resolver = Resolver(upstream, cache, CacheConfig(max_in_flight=2), (), LocalAnswers("x"))
+        names = [f"n{i}.test" for i in range(5)]
+        for name in names:
+            resolver.miss(wire.parse_query(dns.message.make_query(name, "A").to_wire()), lambda entry: None)
+        await asyncio.sleep(0.01)
+        first = [qname for qname, _ in upstream.asked]
+        for _qname, done in upstream.asked[:2]:
+            done(None)
+        await asyncio.sleep(0.01)
+        return first, [qname for qname, _ in upstream.asked], Stats().snapshot({}, cache, upstream, 0, resolver.waited)
+
+    first, asked, snap = asyncio.run(scenario())
+    wires = [dns.name.from_text(f"n{i}.test").to_wire() for i in range(5)]
+    assert first == wires[:2]
+    assert asked == wires[:4]               # two done: the next two, in order
+    assert snap[keys.MISSES_QUEUED] == 3    # n2, n3, n4 waited; counted once though held back twice
 
 
 def test_an_expired_entry_is_kept_for_serve_stale_and_served_only_by_stale():
