@@ -40,6 +40,7 @@ static inline unsigned get16(const uint8_t *p) { return (unsigned)p[0] << 8 | p[
 static inline uint32_t get32(const uint8_t *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
+static inline void put16(uint8_t *p, unsigned v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
 static inline void put32(uint8_t *p, uint32_t v) {
     p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
 }
@@ -447,8 +448,7 @@ static PyObject *query_wire(PyObject *module, PyObject *const *args, Py_ssize_t 
     if (out == NULL)
         return NULL;
     uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
-    o[0] = (uint8_t)(query_id >> 8);
-    o[1] = (uint8_t)query_id;
+    put16(o, (unsigned)query_id);
     o += 2;
     for (int i = 1; i < 5; i++) {
         Py_ssize_t n = PyBytes_GET_SIZE(args[i]);
@@ -497,14 +497,13 @@ static PyObject *with_opt(PyObject *module, PyObject *const *args, Py_ssize_t na
     Py_ssize_t plen = PyBytes_GET_SIZE(args[0]), olen = PyBytes_GET_SIZE(args[1]);
     if (plen < 12 || get16(p + 10) == 0xFFFF)
         Py_RETURN_NONE;
+    unsigned arcount = get16(p + 10) + 1;
     PyObject *out = PyBytes_FromStringAndSize(NULL, plen + olen);
     if (out == NULL)
         return NULL;
     uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
     memcpy(o, p, (size_t)plen);
-    unsigned arcount = get16(p + 10) + 1;
-    o[10] = (uint8_t)(arcount >> 8);
-    o[11] = (uint8_t)arcount;
+    put16(o + 10, arcount);
     memcpy(o + plen, PyBytes_AS_STRING(args[1]), (size_t)olen);
     return out;
 }

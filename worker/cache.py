@@ -12,8 +12,6 @@ from collections.abc import Callable
 
 from worker import wire
 
-
-
 # The C accelerator's opt_form() (worker/_fastwire.c), or None.
 _with_opt = wire.ACCEL.with_opt if wire.ACCEL is not None else None
 # RFC 8767 section 4: a stale answer's TTL, and how long it is reused before upstream is asked again.
@@ -120,7 +118,7 @@ class Entry:
         question_end = qname_end + 4
         head = bytes((t[2] | wire.FLAG_TC, t[3])) + b"\x00\x01\x00\x00\x00\x00"
         if has_opt:
-            return t[:2] + head + b"\x00\x01" + t[12:question_end] + wire.opt_record(self.do)
+            return t[:2] + head + b"\x00\x01" + t[12:question_end] + wire.OPT_RECORDS[self.do]
         return t[:2] + head + b"\x00\x00" + t[12:question_end]
 
 

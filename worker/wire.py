@@ -253,7 +253,7 @@ def error_reply(data: bytes, rcode: int, qname_end: int = 0, do: bool | None = N
     if len(data) < 12:
         return None
     flags = bytes((FLAG_QR | (data[2] & 0x79), FLAG_RA | (data[3] & FLAG_CD) | rcode))
-    ar, opt = (b"\x00\x00", b"") if do is None else (b"\x00\x01", opt_record(do))
+    ar, opt = (b"\x00\x00", b"") if do is None else (b"\x00\x01", OPT_RECORDS[do])
     if qname_end:
         return data[:2] + flags + b"\x00\x01\x00\x00\x00\x00" + ar + data[12:qname_end + 4] + opt
     return data[:2] + flags + b"\x00" * 6 + ar + opt
@@ -394,7 +394,3 @@ def with_keepalive_close(reply: bytes) -> bytes:
 
 OPT_RECORDS = tuple(       # our OPT pseudo-record (root owner, our payload size), indexed by DO
     b"\x00" + RR_FIXED.pack(TYPE_OPT, OUR_UDP_PAYLOAD, EDNS_DO if do else 0, 0) for do in (0, 1))
-
-
-def opt_record(do: bool) -> bytes:
-    return OPT_RECORDS[do]
