@@ -21,8 +21,10 @@ FORMERR = "formerr"
 UNWANTED_REPLY_ACTIONS = "unwanted_reply_actions"   # times unwanted-reply-threshold was reached
 MISSES_OVERLOADED = "misses_overloaded"   # misses answered SERVFAIL at once: max_concurrent in flight
 MISSES_QUEUED = "misses_queued"           # misses that waited their turn: max_in_flight upstream
+PEER_DROPPED = "peer_dropped"             # answers not passed to the other worker: the link was full
+PEER_FALLBACKS = "peer_fallbacks"         # misses asked upstream after the owning worker stayed silent
 COUNTERS = (CACHE_HITS, CACHE_MISSES, CACHE_EVICTIONS, CACHE_PREFETCHES, CACHE_STALE_SERVED, MALFORMED, FORMERR,
-            UNWANTED_REPLY_ACTIONS, MISSES_OVERLOADED, MISSES_QUEUED)
+            UNWANTED_REPLY_ACTIONS, MISSES_OVERLOADED, MISSES_QUEUED, PEER_DROPPED, PEER_FALLBACKS)
 
 UP_SERVER = "server"
 UP_QUERIES = "queries"

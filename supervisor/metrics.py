@@ -51,6 +51,12 @@ _SCALARS = (
      "Misses answered SERVFAIL at once because [cache] max_concurrent distinct questions were in flight."),
     (keys.MISSES_QUEUED, "misses_queued",
      "Misses that waited their turn because [cache] max_in_flight misses were upstream."),
+    (keys.PEER_DROPPED, "peer_dropped",
+     "Answers a worker could not pass to the other worker because the link between them was full "
+     "(ones it did not ask for; replies to its asks wait, up to 8,192)."),
+    (keys.PEER_FALLBACKS, "peer_fallbacks",
+     "Misses a worker asked upstream itself after the worker that owns the name gave no answer within "
+     "the zone's timeout (+0.5 s)."),
 )
 # The classic text format generate_latest() writes, which every Prometheus
 # version scrapes (newer clients announce it as 1.0.0, unknown to older scrapers).

@@ -27,10 +27,26 @@ both workers (control op `peer`). Messages, one per datagram:
     b"R" + key                       the same for a prefetch: not from your cache
     b"!" + handoff record body       "this is what I learned for key"
 
-Nothing here is needed for correctness: a message that cannot be sent at
-once is dropped (an ask falls back to our own upstream query after the
-zone's timeout), and a closed link leaves each worker resolving everything
-itself, as a lone worker does.
+Nothing here is needed for correctness, but clients wait on a reply: a
+worker that asked the owner answers its clients only when the owner tells
+it the outcome, or after the zone's timeout (+0.5 s) if it never does. So
+when the link is full (the other worker busy for a moment: a burst, a
+sibling starting on a 2-core node) the three kinds of message are treated
+differently:
+
+* a reply to an ask waits in an in-process backlog, sent in order once the
+  link drains: dropping it cost the asker's clients 2.5 s (seen as ~20-400
+  queries lost per rolling restart under 20,000 qps, tests/integration/
+  test_ops_upgrade.py);
+* an ask that cannot be sent at once is not asked: we go upstream
+  ourselves (one duplicate upstream query at worst);
+* a share (an answer the peer did not ask for) is dropped and counted
+  (STATS peer_dropped): the peer fetches it itself if asked.
+
+The supervisor makes the socketpair with large send buffers (supervisor/
+peering.py) so the backlog is rarely needed. A closed link leaves each
+worker resolving everything itself, as a lone worker does; a miss that
+waited on a silent owner is counted in STATS peer_fallbacks.
 """
 from __future__ import annotations
 
@@ -38,7 +54,9 @@ import asyncio
 import logging
 import socket
 import zlib
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from worker.cache import Entry
 from worker.handoff import CacheStreamError, decode_entry, encode_entry
@@ -48,6 +66,10 @@ log = logging.getLogger(__name__)
 HELLO, ASK, REFRESH, TOLD = b"H", b"?", b"R", b"!"
 MAX_MESSAGE = 70000              # one handoff record: a DNS message of 64 KiB at most, and its fields
 READS_PER_WAKE = 256             # bounded work per event-loop turn
+# Replies held while the link is full. A reply is ~1 KiB of socket buffer, so
+# this is several MiB past the link's own buffer: a peer that far behind is
+# stuck, and its askers fall back to upstream after the zone's timeout anyway.
+MAX_BACKLOG = 8192
 SLOTS = ("A", "B")
 
 
@@ -72,20 +94,30 @@ def owner(key: bytes) -> str:
     return SLOTS[zlib.crc32(key) & 1]
 
 
+@dataclass
+class PeerCounts:
+    """A worker's totals over every link it has had (it is relinked after each
+    replacement of its sibling): STATS peer_dropped and peer_fallbacks."""
+    dropped: int = 0            # shares dropped on a full link, and replies past MAX_BACKLOG
+    fallbacks: int = 0          # misses asked upstream by us after the owner stayed silent
+
+
 class PeerLink:
     """One end of the link. `on_ask(key, refresh)` and `on_told(key, entry)` are the
     resolver's; the link only moves bytes."""
 
     def __init__(self, sock: socket.socket, slot: str, config_print: bytes,
                  on_ask: Callable[[bytes, bool], None], on_told: Callable[[bytes, Entry], None],
-                 on_close: Callable[["PeerLink"], None]) -> None:
+                 on_close: Callable[["PeerLink"], None], counts: PeerCounts | None = None) -> None:
         self.sock = sock
         self.slot = slot
         self.config_print = config_print
         self.on_ask, self.on_told, self.on_close = on_ask, on_told, on_close
+        self.counts = PeerCounts() if counts is None else counts
         self.agreed = False          # the peer's fingerprint is ours
         self.closed = False
-        self.sent = self.received = self.dropped = self.bad = 0
+        self.received = self.bad = 0
+        self.backlog: deque[bytes] = deque()     # replies waiting for room on the link, in order
         self.loop = asyncio.get_running_loop()
 
     def start(self) -> None:
@@ -102,26 +134,57 @@ class PeerLink:
         return self.usable and owner(key) != self.slot
 
     def ask(self, key: bytes, refresh: bool = False) -> bool:
+        """False when the link is full or closed: ask upstream yourself."""
         return self._send((REFRESH if refresh else ASK) + key)
 
-    def tell(self, key: bytes, entry: Entry) -> bool:
+    def tell(self, key: bytes, entry: Entry, reply: bool) -> bool:
+        """What we know for `key`: `reply` when the peer asked for it (its
+        clients wait: held until the link has room), else a share (dropped
+        and counted when the link is full)."""
         if not self.usable or entry.expires < entry.stored_at:     # not one that left the cache
             return False
-        return self._send(TOLD + encode_entry(key, entry)[4:])   # the datagram is its own length
+        data = TOLD + encode_entry(key, entry)[4:]                # the datagram is its own length
+        if not reply:
+            if self._send(data):
+                return True
+            self.counts.dropped += 1
+            return False
+        if self.backlog or not self._send(data):
+            if self.closed:
+                return False
+            if len(self.backlog) >= MAX_BACKLOG:
+                self.counts.dropped += 1
+                return False
+            if not self.backlog:
+                self.loop.add_writer(self.sock.fileno(), self._writable)
+            self.backlog.append(data)
+        return True
 
     def _send(self, data: bytes) -> bool:
-        if self.closed:
+        """Send now or not at all; nothing jumps the replies' backlog."""
+        if self.closed or self.backlog:
             return False
         try:
             self.sock.send(data)
         except (BlockingIOError, InterruptedError):
-            self.dropped += 1       # the peer is behind: it costs a duplicate upstream query at worst
             return False
         except OSError:
             self.close()
             return False
-        self.sent += 1
         return True
+
+    def _writable(self) -> None:
+        backlog = self.backlog
+        try:
+            while backlog:
+                self.sock.send(backlog[0])
+                backlog.popleft()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        self.loop.remove_writer(self.sock.fileno())
 
     def _readable(self) -> None:
         for _ in range(READS_PER_WAKE):
@@ -166,8 +229,10 @@ class PeerLink:
         if self.closed:
             return
         self.closed = True
+        self.backlog.clear()         # the asker re-asks upstream when it sees the link close
         try:
             self.loop.remove_reader(self.sock.fileno())
+            self.loop.remove_writer(self.sock.fileno())
         except (ValueError, OSError):
             pass
         self.sock.close()

@@ -31,6 +31,7 @@ class PeerMisses:
     def _peer_silent(self, q: wire.Question) -> None:
         """The peer never answered (gone, or its reply was dropped): ask upstream ourselves."""
         if self.asked_peer.pop(q.key, None) is not None and q.key in self.pending:
+            self.peer_counts.fallbacks += 1
             self._upstream(q)
 
     def peer_asks(self, key: bytes, refresh: bool) -> None:
@@ -38,7 +39,7 @@ class PeerMisses:
         resolve it (sharing a query already waiting or in flight) and tell it the outcome."""
         entry = None if refresh else self.cache.get(key, time.monotonic())
         if entry is not None:
-            self.peer.tell(key, entry)
+            self.peer.tell(key, entry, reply=True)
             return
         q = wire.question_from_key(key)
         self.peer_asked.add(key)
@@ -46,7 +47,7 @@ class PeerMisses:
             return
         if not self.miss(q, lambda entry: None, refresh):   # the peer's prefetch stays a prefetch here
             self.peer_asked.discard(key)
-            self.peer.tell(key, self._servfail(q))
+            self.peer.tell(key, self._servfail(q), reply=True)
 
     def peer_told(self, key: bytes, entry: Entry) -> None:
         """What the peer learned from upstream for `key`: store it; clients

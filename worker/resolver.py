@@ -21,8 +21,10 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
+from contract import stats as stats_keys
 from worker import scrub, wire
 from worker.cache import Cache, Entry
+from worker.peer import PeerCounts
 from worker.peer_misses import PeerMisses
 from worker.response import entry_from_response
 from worker.config import CacheConfig, HeaderRule, zone_labels
@@ -103,6 +105,7 @@ class Resolver(PeerMisses):
         self.peer = None
         self.asked_peer: dict[bytes, asyncio.TimerHandle] = {}   # keys the peer resolves for us
         self.peer_asked: set[bytes] = set()                       # keys we resolve for the peer
+        self.peer_counts = PeerCounts()                           # over every link we have had
         self.upstream_failures = 0
         # Misses refused at max_pending, ours and the peer's (each answered SERVFAIL at once):
         # the one count behind STATS misses_overloaded.
@@ -111,6 +114,13 @@ class Resolver(PeerMisses):
         # counted once: the first `blocked` of the queue are counted already.
         self.waited = 0
         self.blocked = 0
+
+    def counts(self) -> dict:
+        """The resolver's STATS counters (worker/stats.py)."""
+        peer = self.peer_counts
+        return {stats_keys.MISSES_OVERLOADED: self.overloaded, stats_keys.MISSES_QUEUED: self.waited,
+                stats_keys.PEER_DROPPED: peer.dropped,
+                stats_keys.PEER_FALLBACKS: peer.fallbacks}
 
     def miss(self, q: wire.Question, waiter: Waiter, refresh: bool = False) -> bool:
         """Call waiter(entry) once an answer for q is known (it always is:
@@ -231,7 +241,7 @@ class Resolver(PeerMisses):
             asked = q.key in self.peer_asked
             self.peer_asked.discard(q.key)
             if asked or entry.expires > entry.stored_at:
-                self.peer.tell(q.key, entry)
+                self.peer.tell(q.key, entry, reply=asked)
 
     def _scrubbed(self, qname: bytes, answer: bytes) -> scrub.Scrubbed | tuple[None, None, None]:
         """The answer scrubbed to its zone (scrub.Scrubbed); a malformed

@@ -182,7 +182,7 @@ class Service:
             self.peer.close()
         resolver = self.resolver
         self.peer = PeerLink(sock, self.identity.slot, self.config_print, resolver.peer_asks, resolver.peer_told,
-                             self._peer_closed)
+                             self._peer_closed, resolver.peer_counts)
         resolver.peer = self.peer
         self.peer.start()
         log.info("peer link to the other worker up")
@@ -194,9 +194,8 @@ class Service:
             log.info("peer link closed: resolving every key ourselves")
 
     def stats(self) -> dict:
-        overloaded = self.resolver.overloaded if self.resolver is not None else 0
-        queued = self.resolver.waited if self.resolver is not None else 0
-        return self.counters.snapshot(self.identity.stats_fields(), self.cache, self.forwarder, overloaded, queued)
+        counts = self.resolver.counts() if self.resolver is not None else None
+        return self.counters.snapshot(self.identity.stats_fields(), self.cache, self.forwarder, counts)
 
     async def run(self) -> int:
         await self._start()

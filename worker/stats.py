@@ -60,10 +60,9 @@ class Stats:
                 self.retired_hits += hits
         entry.udp_hits = entry.tcp_hits = 0
 
-    def snapshot(self, identity: dict, cache: Cache, forwarder, overloaded: int = 0, queued: int = 0) -> dict:
+    def snapshot(self, identity: dict, cache: Cache, forwarder, resolver_counts: dict | None = None) -> dict:
         """STATS: identity (slot, generation, version) plus the counters;
-        `overloaded` and `queued` are the resolver's counts of refused misses
-        and of misses that waited for an upstream slot."""
+        `resolver_counts` are the resolver's own (Resolver.counts())."""
         totals = dict(self.queries)
         live_hits = 0
         for entry in cache.entries.values():
@@ -83,6 +82,7 @@ class Stats:
             keys.CACHE_STALE_SERVED: cache.stale_served, keys.CACHE_PREFETCHES: self.prefetches,
             keys.MALFORMED: self.malformed, keys.FORMERR: self.formerr,
             keys.UNWANTED_REPLY_ACTIONS: forwarder.unwanted.actions,
-            keys.MISSES_OVERLOADED: overloaded, keys.MISSES_QUEUED: queued,
+            keys.MISSES_OVERLOADED: 0, keys.MISSES_QUEUED: 0, keys.PEER_DROPPED: 0, keys.PEER_FALLBACKS: 0,
+            **(resolver_counts or {}),
             keys.UPSTREAM: forwarder.stats(),
         }

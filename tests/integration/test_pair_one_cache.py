@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import dns.message
+import dns.rrset
 import pytest
 
 from helpers.twindns import LISTEN, Supervisor, write_config
@@ -80,3 +82,75 @@ def test_a_lone_worker_resolves_everything_and_the_respawn_links_again(sup, netn
     before = upstream.queries()
     ask_each(netns, names, 4)
     assert upstream.queries() - before == len(names)
+
+
+HELD_ZONE = '[[upstream]]\nzone = "held.test"\nservers = ["127.0.0.9:53"]\ntimeout = 2.0\n'
+
+
+def test_a_worker_busy_for_a_moment_still_gets_the_answers_it_asked_its_peer_for(netns, upstream, tmp_path):
+    """Worker A asks B for names B owns, then stops reading (SIGSTOP: busy, as on
+    a 2-core node during a burst or a sibling's start) while B answers a flood of
+    other misses, each told to A over the link. When B's answers for A's asks
+    come, the link is full: they must wait for A, not be dropped (a dropped one
+    left A's clients waiting out the 2.5 s fallback, lost to a client with a 2 s
+    timeout; tests/integration/test_ops_upgrade.py lost 18-420 that way)."""
+    held = ns_socket(netns)
+    held.bind(("127.0.0.9", 53))                 # held.test's upstream: answered by hand, below
+    held.settimeout(5)
+    sup = Supervisor(netns, write_config(tmp_path / "twindns.toml", extra=HELD_ZONE))
+    clients: list = []
+    try:
+        sup.wait_ready()
+        linked(sup)
+        pid_a = sup.workers()["A"]["pid"]
+        names = [f"h{i}.held.test" for i in range(64)]
+        for name in names:                       # a fresh port each: spread over both workers
+            s = ns_socket(netns)
+            s.settimeout(5)
+            s.sendto(dns.message.make_query(name, "A").to_wire(), (LISTEN, 53))
+            clients.append(s)
+        asked = []
+        while len(asked) < len(names):           # one upstream query per name, from its owner
+            data, addr = held.recvfrom(4096)
+            asked.append((dns.message.from_wire(data), addr))
+        assert sorted(str(q.question[0].name).lower() for q, _ in asked) == sorted(n + "." for n in names)
+        started = time.monotonic()
+        os.kill(pid_a, signal.SIGSTOP)
+        try:
+            flood = [ns_socket(netns) for _ in range(32)]
+            for i in range(3000):                # ~1,500 land on B: each told to A, >> the default 208 KiB
+                flood[i % 32].sendto(dns.message.make_query(f"f{i}.hit.test", "A").to_wire(), (LISTEN, 53))
+            time.sleep(0.5)                      # B resolves its share and tells A
+            for q, addr in asked:
+                reply = dns.message.make_response(q)
+                reply.answer.append(dns.rrset.from_text(q.question[0].name, 300, "IN", "A", "192.0.2.9"))
+                held.sendto(reply.to_wire(), addr)
+            time.sleep(0.2)
+        finally:
+            os.kill(pid_a, signal.SIGCONT)
+        for name, s in zip(names, clients):
+            reply = dns.message.from_wire(s.recv(4096))
+            assert reply.answer and reply.answer[0][0].address == "192.0.2.9", (name, reply)
+        took = time.monotonic() - started
+        assert took < 1.6, f"answered {took:.2f} s after the pause: some waited out the peer fallback"
+        held.settimeout(0.1)
+        with pytest.raises(TimeoutError):
+            held.recvfrom(4096)                  # nobody fell back to asking upstream again
+        answered = 0
+        for s in flood:
+            s.settimeout(3)
+            while True:
+                try:
+                    s.recv(4096)
+                except TimeoutError:
+                    break
+                answered += 1
+                s.settimeout(0.2)
+        assert answered == 3000
+        metrics = netns.run(["curl", "-sS", "--max-time", "5", f"http://{LISTEN}:9253/metrics"]).stdout
+        assert "twindns_peer_fallbacks_total 0.0" in metrics, metrics
+    finally:
+        for s in clients:
+            s.close()
+        held.close()
+        sup.terminate()

@@ -221,8 +221,8 @@ def test_refused_misses_of_the_peer_count_in_misses_overloaded_and_refused_prefe
         def owns_elsewhere(self, key):
             return False    # we own every key: all of them go upstream from here
 
-        def tell(self, key, entry):
-            self.told.append((key, entry.rcode))
+        def tell(self, key, entry, reply):
+            self.told.append((key, entry.rcode, reply))
 
     async def scenario():
         cache = Cache(10)
@@ -233,10 +233,10 @@ def test_refused_misses_of_the_peer_count_in_misses_overloaded_and_refused_prefe
         assert resolver.miss(first, lambda entry: None)
         resolver.peer_asks(second.key, refresh=False)             # refused: the peer's client gets SERVFAIL
         assert not resolver.miss(third, lambda entry: None, refresh=True)   # a refused prefetch
-        return peer.told, Stats().snapshot({}, cache, _SilentForwarder(), resolver.overloaded)
+        return peer.told, Stats().snapshot({}, cache, _SilentForwarder(), resolver.counts())
 
     told, snap = asyncio.run(scenario())
-    assert told and told[0][1] == dns.rcode.SERVFAIL
+    assert told and told[0][1:] == (dns.rcode.SERVFAIL, True)     # a reply: the peer's client waits on it
     assert snap[keys.MISSES_OVERLOADED] == 1
 
 
@@ -273,7 +273,7 @@ def test_misses_held_back_by_max_in_flight_are_sent_in_order_and_counted_once_in
         for _qname, done in upstream.asked[:2]:
             done(None)
         await asyncio.sleep(0.01)
-        return first, [qname for qname, _ in upstream.asked], Stats().snapshot({}, cache, upstream, 0, resolver.waited)
+        return first, [qname for qname, _ in upstream.asked], Stats().snapshot({}, cache, upstream, resolver.counts())
 
     first, asked, snap = asyncio.run(scenario())
     wires = [dns.name.from_text(f"n{i}.test").to_wire() for i in range(5)]

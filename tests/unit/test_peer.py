@@ -50,7 +50,7 @@ def run_pair(print_a: bytes, print_b: bytes, extra=lambda a, b, sa: None):
         extra(a, b, sa)
         a.ask(KEY)
         a.ask(KEY, refresh=True)
-        a.tell(KEY, entry())
+        a.tell(KEY, entry(), reply=False)
         await asyncio.sleep(0.05)
         a.close()
         b.close()
@@ -79,3 +79,41 @@ def test_junk_is_counted_and_dropped():
     got, a, b = run_pair(b"x" * 32, b"x" * 32, junk)
     assert b.bad == 3
     assert got["B"] == [("ask", KEY, False), ("ask", KEY, True), ("told", KEY, (300,))]
+
+
+def test_replies_wait_out_a_full_link_in_order_and_shares_are_dropped_and_counted():
+    """The asking worker stops reading for a moment (busy): every reply to
+    its asks still arrives, in order, once it reads again (its clients wait
+    on them); answers it did not ask for are dropped and counted instead."""
+    names = [wire.make_key(f"\x05n{i:04d}\x00".encode(), b"\x00\x01\x00\x01", False, False) for i in range(400)]
+    told = []
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        sa, sb = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sa.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)      # the kernel's minimum: a few messages
+        owner_end = PeerLink(sa, "A", b"x" * 32, lambda k, r: None, lambda k, e: None, lambda link: None)
+        asker = PeerLink(sb, "B", b"x" * 32, lambda k, r: None, lambda k, e: told.append(k), lambda link: None)
+        owner_end.start()
+        asker.start()
+        await asyncio.sleep(0.05)
+        loop.remove_reader(sb.fileno())                                 # the asker is busy
+        accepted = [owner_end.tell(k, entry(), reply=i % 2 == 0) for i, k in enumerate(names)]
+        backlog_while_stalled = len(owner_end.backlog)
+        await asyncio.sleep(0.05)
+        loop.add_reader(sb.fileno(), asker._readable)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if not owner_end.backlog and len([k for k in told if k in names[::2]]) == len(names[::2]):
+                break
+        owner_end.close()
+        asker.close()
+        return accepted, backlog_while_stalled, owner_end.counts
+
+    accepted, backlog_while_stalled, counts = asyncio.run(scenario())
+    replies = names[::2]
+    assert all(accepted[::2])
+    assert backlog_while_stalled > 0
+    assert [k for k in told if k in set(replies)] == replies
+    assert counts.dropped == accepted[1::2].count(False) > 0
+    assert len(told) == len(replies) + accepted[1::2].count(True)
