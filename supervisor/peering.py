@@ -20,12 +20,13 @@ from supervisor.states import SlotState
 log = logging.getLogger("twindns.peering")
 
 LINK_REPLY_WITHIN = 1.0
-# A datagram on an AF_UNIX socket is charged to its sender's send buffer until
-# the receiver reads it, ~1 KiB per answer told. The default (~208 KiB) holds
-# ~200: a burst of unique misses filled it whenever the other worker paused
-# for ~20 ms (worker/peer.py). 8 MiB holds ~8,000; a limit, not an allocation.
-LINK_SNDBUF = 8 * 1024 * 1024
-SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)   # Linux value; Python does not export it
+# The socketpair keeps the kernel's default buffers (~208 KiB: 167-278 answers
+# told) on purpose. A reply to an ask never needs more (the owner holds it in
+# a backlog until the link drains, worker/peer.py), and a small buffer is
+# what makes a worker stop asking a sibling that has stopped reading (hung,
+# until the probes replace it): its asks fail at once and it goes upstream
+# itself. With 8 MiB (tried) ~20,000 asks would fit, and each one's clients
+# would wait out the 2.5 s fallback or the hang detection instead.
 
 
 def serving_pair(pool) -> tuple | None:
@@ -50,18 +51,9 @@ def link_if_due(pool) -> None:
     pool.background(link(*pair))
 
 
-def widen_send_buffer(sock: socket.socket) -> None:
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, LINK_SNDBUF)
-    except PermissionError:         # not root (development): take what wmem_max allows
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, LINK_SNDBUF)
-
-
 async def link(a, b) -> None:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        for end in (ours, theirs):
-            widen_send_buffer(end)
         error = await hand_fds([(a.runtime.channel, "peer", ours.fileno()), (b.runtime.channel, "peer", theirs.fileno())],
                                LINK_REPLY_WITHIN)
     finally:

@@ -43,10 +43,10 @@ differently:
 * a share (an answer the peer did not ask for) is dropped and counted
   (STATS peer_dropped): the peer fetches it itself if asked.
 
-The supervisor makes the socketpair with large send buffers (supervisor/
-peering.py) so the backlog is rarely needed. A closed link leaves each
-worker resolving everything itself, as a lone worker does; a miss that
-waited on a silent owner is counted in STATS peer_fallbacks.
+The socketpair keeps the kernel's default buffers (supervisor/peering.py
+says why). A closed link leaves each worker resolving everything itself,
+as a lone worker does; a miss that waited on a silent owner is counted in
+STATS peer_fallbacks.
 """
 from __future__ import annotations
 
@@ -66,9 +66,9 @@ log = logging.getLogger(__name__)
 HELLO, ASK, REFRESH, TOLD = b"H", b"?", b"R", b"!"
 MAX_MESSAGE = 70000              # one handoff record: a DNS message of 64 KiB at most, and its fields
 READS_PER_WAKE = 256             # bounded work per event-loop turn
-# Replies held while the link is full. A reply is ~1 KiB of socket buffer, so
-# this is several MiB past the link's own buffer: a peer that far behind is
-# stuck, and its askers fall back to upstream after the zone's timeout anyway.
+# Replies held while the link is full, ~40 times what the link's own buffer
+# holds: a peer that far behind is stuck, and its clients have waited out
+# the fallback (or its replacement) anyway.
 MAX_BACKLOG = 8192
 SLOTS = ("A", "B")
 
