@@ -14,6 +14,10 @@ from worker.cache import Entry
 # A miss asked of the peer is asked upstream by us after the zone's timeout
 # and this: the owner answers within its timeout, even if only SERVFAIL.
 PEER_SLACK = 0.5
+# How often the asks still waiting are looked at (a silent owner is noticed
+# up to this late): one timer for all of them, where a uvloop timer armed and
+# cancelled per ask cost more than the ask's message.
+SILENCE_SWEEP = 0.1
 
 
 class PeerMisses:
@@ -24,15 +28,25 @@ class PeerMisses:
         peer = self.peer
         if peer is not None and peer.owns_elsewhere(q.key) and peer.ask(q.key, refresh):
             wait = self.forwarder.zone_for(wire.key_qname(q.key)).timeout + PEER_SLACK
-            self.asked_peer[q.key] = asyncio.get_running_loop().call_later(wait, self._peer_silent, q)
+            self.asked_peer[q.key] = time.monotonic() + wait
+            if self.silence_sweep is None:
+                self.silence_sweep = asyncio.get_running_loop().call_later(SILENCE_SWEEP, self._peer_silent)
             return
         self._upstream(q)
 
-    def _peer_silent(self, q: wire.Question) -> None:
-        """The peer never answered (gone, or its reply was dropped): ask upstream ourselves."""
-        if self.asked_peer.pop(q.key, None) is not None and q.key in self.pending:
-            self.peer_counts.fallbacks += 1
-            self._upstream(q)
+    def _peer_silent(self) -> None:
+        """Asks the peer never answered (its reply was dropped, or it hangs):
+        ask upstream ourselves."""
+        self.silence_sweep = None
+        now = time.monotonic()
+        due = [key for key, deadline in self.asked_peer.items() if deadline <= now]
+        for key in due:
+            del self.asked_peer[key]
+            if key in self.pending:
+                self.peer_counts.fallbacks += 1
+                self._upstream(wire.question_from_key(key))
+        if self.asked_peer:
+            self.silence_sweep = asyncio.get_running_loop().call_later(SILENCE_SWEEP, self._peer_silent)
 
     def peer_asks(self, key: bytes, refresh: bool) -> None:
         """The peer has a miss (or a prefetch: `refresh`) for a key we own:
@@ -54,18 +68,14 @@ class PeerMisses:
         waiting because we asked the peer get it now."""
         if entry.expires > time.monotonic():
             self.cache.put(key, entry)
-        timer = self.asked_peer.pop(key, None)
-        if timer is not None:
-            timer.cancel()
-            if key in self.pending:
-                self._finish(key, entry)
+        if self.asked_peer.pop(key, None) is not None and key in self.pending:
+            self._finish(key, entry)
 
     def peer_gone(self) -> None:
         """The link closed: what we asked of the peer we ask upstream now."""
         self.peer = None
         self.peer_asked.clear()
-        for key, timer in list(self.asked_peer.items()):
-            timer.cancel()
-            del self.asked_peer[key]
+        asked, self.asked_peer = self.asked_peer, {}
+        for key in asked:
             if key in self.pending:
                 self._upstream(wire.question_from_key(key))

@@ -103,7 +103,8 @@ class Resolver(PeerMisses):
         self.sending = False                            # a _send_queued turn is scheduled
         # The other worker of the pair (worker/peer.py), when linked: it owns half the keys.
         self.peer = None
-        self.asked_peer: dict[bytes, asyncio.TimerHandle] = {}   # keys the peer resolves for us
+        self.asked_peer: dict[bytes, float] = {}   # keys the peer resolves for us -> when to stop waiting
+        self.silence_sweep: asyncio.TimerHandle | None = None     # PeerMisses._peer_silent, while asks wait
         self.peer_asked: set[bytes] = set()                       # keys we resolve for the peer
         self.peer_counts = PeerCounts()                           # over every link we have had
         self.upstream_failures = 0
@@ -308,9 +309,7 @@ class Resolver(PeerMisses):
 
     def _finish(self, key: bytes, entry: Entry) -> None:
         self.epochs.pop(key, None)
-        timer = self.asked_peer.pop(key, None)
-        if timer is not None:
-            timer.cancel()
+        self.asked_peer.pop(key, None)
         for waiter in self.pending.pop(key, ()):
             try:
                 waiter(entry)

@@ -1,6 +1,7 @@
 """Cache logic (worker/cache.py, worker/response.py): lifetimes, TTL rendering, eviction. No root."""
 from __future__ import annotations
 
+import time
 import types
 
 import dns.message
@@ -304,3 +305,56 @@ def test_serve_stale_0_drops_an_entry_at_expiry():
     cache.put(b"k", entry_from_response(data, 0.0, CacheConfig(), None, False))
     assert cache.get(b"k", 60.0) is None and b"k" not in cache.entries
     assert cache.stale(b"k", 60.0) is None
+
+
+def test_a_miss_the_owning_peer_never_answers_goes_upstream_after_the_zone_timeout_and_is_counted():
+    """The peer took the ask and went silent (hung, or its reply was lost):
+    after the zone's timeout + PEER_SLACK (give or take one sweep) we ask
+    upstream ourselves and count it in STATS peer_fallbacks; an ask the peer
+    answers in time never goes upstream from us."""
+    import asyncio
+
+    from contract import stats as keys
+    from worker.peer_misses import PEER_SLACK, SILENCE_SWEEP
+    from worker.resolver import LocalAnswers, Resolver
+    from worker.stats import Stats
+
+    class SilentPeer:
+        def owns_elsewhere(self, key):
+            return True
+
+        def ask(self, key, refresh=False):
+            return True
+
+        def tell(self, key, entry, reply):
+            return True
+
+    class Recording(_SilentForwarder):
+        def __init__(self):
+            super().__init__()
+            self.asked = []
+
+        def ask(self, query, done):
+            self.asked.append((query.qname, time.monotonic()))
+
+        def zone_for(self, qname):
+            return types.SimpleNamespace(timeout=0.2)
+
+    async def scenario():
+        upstream = Recording()
+        resolver = Resolver(upstream, Cache(10), CacheConfig(), (), LocalAnswers("x"))
+        resolver.peer = SilentPeer()
+        silent, answered = (wire.parse_query(dns.message.make_query(f"{n}.test", "A").to_wire())
+                            for n in ("silent", "answered"))
+        started = time.monotonic()
+        resolver.miss(silent, lambda entry: None)
+        resolver.miss(answered, lambda entry: None)
+        await asyncio.sleep(0.05)
+        resolver.peer_told(answered.key, resolver._servfail(answered))
+        await asyncio.sleep(0.2 + PEER_SLACK + 2 * SILENCE_SWEEP)
+        return started, upstream.asked, Stats().snapshot({}, resolver.cache, upstream, resolver.counts())
+
+    started, asked, snap = asyncio.run(scenario())
+    assert [qname for qname, _ in asked] == [dns.name.from_text("silent.test").to_wire()]
+    assert 0.2 + PEER_SLACK <= asked[0][1] - started <= 0.2 + PEER_SLACK + SILENCE_SWEEP + 0.05
+    assert snap[keys.PEER_FALLBACKS] == 1

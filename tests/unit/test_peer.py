@@ -8,7 +8,7 @@ import time
 
 from worker import wire
 from worker.cache import Entry
-from worker.peer import PeerLink, owner, valid_key
+from worker.peer import FRAME_LEN, HELLO, PeerLink, owner, valid_key
 
 KEY = wire.make_key(b"\x03www\x07example\x03com\x00", b"\x00\x01\x00\x01", False, False)
 
@@ -71,14 +71,36 @@ def test_a_link_between_two_configs_carries_nothing():
     assert got["B"] == []
 
 
+def frame(kind: bytes, body: bytes) -> bytes:
+    return kind + FRAME_LEN.pack(len(body)) + body
+
+
 def test_junk_is_counted_and_dropped():
     def junk(a, b, sa):
-        sa.send(b"?" + b"\x05ab\x00\x00\x01\x00\x01\x00")     # not a key
-        sa.send(b"!" + b"\x00" * 10)                           # not a record
-        sa.send(b"Z")
+        sa.send(frame(b"?", b"\x05ab\x00\x00\x01\x00\x01\x00"))      # not a key
+        sa.send(frame(b"!", b"\x00" * 10) + frame(b"Z", b""))           # not a record; no such type
+        sa.send(b"?" + FRAME_LEN.pack(100) + KEY)                        # runs past its datagram
     got, a, b = run_pair(b"x" * 32, b"x" * 32, junk)
-    assert b.bad == 3
+    assert b.bad == 4
     assert got["B"] == [("ask", KEY, False), ("ask", KEY, True), ("told", KEY, (300,))]
+
+
+def test_one_datagram_carries_what_a_turn_of_the_loop_queued():
+    def count(a, b, sa):
+        count.before = b.received
+    got, a, b = run_pair(b"x" * 32, b"x" * 32, count)
+    assert got["B"] == [("ask", KEY, False), ("ask", KEY, True), ("told", KEY, (300,))]
+    assert b.received - count.before == 1
+
+
+def test_a_peer_of_another_framing_is_never_agreed_with():
+    """An older release (a datagram per message, HELLO without the protocol
+    byte) mid-upgrade: the link stays unused rather than misread."""
+    def older(a, b, sa):
+        b.agreed = False
+        sa.send(HELLO + b"x" * 32)
+    got, a, b = run_pair(b"x" * 32, b"x" * 32, older)
+    assert not b.agreed and got["B"] == []
 
 
 def test_replies_wait_out_a_full_link_in_order_and_shares_are_dropped_and_counted():
@@ -91,15 +113,19 @@ def test_replies_wait_out_a_full_link_in_order_and_shares_are_dropped_and_counte
     async def scenario():
         loop = asyncio.get_running_loop()
         sa, sb = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sa.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)      # the kernel's minimum: a few messages
+        sa.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)     # a few datagrams of frames
         owner_end = PeerLink(sa, "A", b"x" * 32, lambda k, r: None, lambda k, e: None, lambda link: None)
         asker = PeerLink(sb, "B", b"x" * 32, lambda k, r: None, lambda k, e: told.append(k), lambda link: None)
         owner_end.start()
         asker.start()
         await asyncio.sleep(0.05)
         loop.remove_reader(sb.fileno())                                 # the asker is busy
-        accepted = [owner_end.tell(k, entry(), reply=i % 2 == 0) for i, k in enumerate(names)]
-        backlog_while_stalled = len(owner_end.backlog)
+        accepted, backlog_while_stalled = [], 0
+        for i, k in enumerate(names):
+            accepted.append(owner_end.tell(k, entry(), reply=i % 2 == 0))
+            if i % 20 == 19:
+                await asyncio.sleep(0)                                  # a turn of the loop: a flush
+                backlog_while_stalled = max(backlog_while_stalled, len(owner_end.backlog))
         await asyncio.sleep(0.05)
         loop.add_reader(sb.fileno(), asker._readable)
         for _ in range(100):
