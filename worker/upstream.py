@@ -13,6 +13,12 @@ again (new socket, new ID) on the same schedule, up to ASK_ROUNDS times in
 all: one lost datagram must not cost the client a SERVFAIL, and a client's
 own retry cannot help, since it joins the miss already in flight.
 
+Once a server has answered, its share is cut to its retransmission timeout
+when that is shorter (ServerStats.rto(): srtt + 4 x rttvar, at least 50 ms,
+doubled per round and per recent silence, as unbound does): a lost datagram
+to a server 1 ms away costs its clients ~50 ms, not half the zone's timeout.
+A server is still only counted as failed when silent for its whole share.
+
 A miss is a small state machine (_Race) driven by callbacks: its UDP
 sockets' readers or its TCP connection's, and one wake-up (worker/wakeups.py:
 no event-loop timer for a miss that ends early). No Task or Future is made.
@@ -33,6 +39,7 @@ from worker.config import UpstreamZone, format_server, zone_labels
 from worker.upstream_query import UpstreamQuery
 from worker.upstream_stats import ServerStats, UnwantedReplies
 from worker.upstream_tcp import TcpExchange, TcpUpstream
+from worker.upstream_server import UpstreamServer, failover_order
 from worker.upstream_udp import SocketWatch, UdpExchange, UdpUpstream, socket_budget
 from worker.wakeups import Wakeups
 
@@ -42,8 +49,6 @@ log = logging.getLogger(__name__)
 ASK_ROUNDS = 3
 # No repeated ask with less than this left before the zone's timeout.
 MIN_ASK_LEFT = 0.25
-# How long a server that failed stays at the back of its zone's order.
-DEMOTE_SECONDS = 30.0
 # Errors that say this host ran short of something, not that the server failed
 # (EAGAIN: a send buffer full; the socket is sent on without waiting).
 LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
@@ -57,32 +62,6 @@ class UpstreamError(Exception):
     """No upstream server gave a usable answer in time."""
 
 
-class _Server:
-    """One upstream server: its counters, its UDP and TCP sides, when it last failed."""
-
-    __slots__ = ("address", "stats", "udp", "tcp", "failed_at")
-
-    def __init__(self, address: tuple[str, int], stats: ServerStats, udp: UdpUpstream, tcp: TcpUpstream,
-                 failed_at: float | None = None) -> None:
-        self.address, self.stats, self.udp, self.tcp, self.failed_at = address, stats, udp, tcp, failed_at
-
-    def demoted(self, now: float) -> bool:
-        return self.failed_at is not None and now - self.failed_at < DEMOTE_SECONDS
-
-    def failed(self) -> None:
-        self.stats.errors += 1
-        self.failed_at = time.monotonic()
-
-
-def failover_order(servers: Sequence[_Server], now: float) -> list[_Server]:
-    """`servers` in configured order, except that those that failed in the
-    last DEMOTE_SECONDS come last, the longest-ago failure first."""
-    if len(servers) == 1 or all(s.failed_at is None for s in servers):    # one server: the usual config
-        return list(servers)
-    # sorted() is stable: the others keep their configured order.
-    return sorted(servers, key=lambda s: (True, s.failed_at) if s.demoted(now) else (False, 0.0))
-
-
 class _Attempt:
     """One server being asked for one miss, and when the next server should
     be asked too."""
@@ -90,7 +69,7 @@ class _Attempt:
     __slots__ = ("race", "server", "hand_over_at", "sent_at", "over_tcp", "finished", "queued",
                  "exchange", "tcp")
 
-    def __init__(self, race: _Race, server: _Server, hand_over_at: float) -> None:
+    def __init__(self, race: _Race, server: UpstreamServer, hand_over_at: float) -> None:
         self.race, self.server, self.hand_over_at = race, server, hand_over_at
         self.sent_at: float | None = None       # None while waiting for a UDP socket slot
         self.over_tcp = False                   # TCP (force_tcp, or a retry after TC=1): never re-asked
@@ -148,7 +127,7 @@ class _Race:
                  "hand_over_at", "rounds", "timer", "wake_at", "over", "stepping", "starting")
 
     def __init__(self, forwarder: Forwarder, query: UpstreamQuery, zone: UpstreamZone,
-                 servers: Sequence[_Server], done: Done) -> None:
+                 servers: Sequence[UpstreamServer], done: Done) -> None:
         now = time.monotonic()
         self.forwarder, self.query, self.zone, self.done = forwarder, query, zone, done
         self.deadline = now + zone.timeout
@@ -188,10 +167,16 @@ class _Race:
                         for attempt in self.attempts:
                             if not attempt.finished and attempt.sent_at is not None and not attempt.over_tcp \
                                     and attempt.server not in waiting:
+                                attempt.server.stats.silent()
                                 waiting.append(attempt.server)
                 if waiting and (now >= self.hand_over_at or not self.running):
-                    self.hand_over_at = now + (self.deadline - now) / (len(waiting) + 1)
-                    attempt = _Attempt(self, waiting.pop(0), self.hand_over_at)
+                    share_end = now + (self.deadline - now) / (len(waiting) + 1)
+                    server = waiting.pop(0)
+                    # The next ask comes after the server's RTO when that is sooner (a lost
+                    # datagram costs ~RTO); a silent server is still judged on its share.
+                    self.hand_over_at = share_end if self.zone.force_tcp else \
+                        min(share_end, now + server.stats.rto(self.rounds))
+                    attempt = _Attempt(self, server, share_end)
                     self.attempts.append(attempt)
                     self.running += 1
                     self.forwarder.start(attempt, self.query, self.zone.force_tcp)
@@ -283,7 +268,7 @@ class Forwarder:
     """Sends queries to the configured upstreams and returns their answers."""
 
     def __init__(self, zones: Sequence[UpstreamZone], unwanted_threshold: int = 0) -> None:
-        self._servers: dict[tuple[str, int], _Server] = {}
+        self._servers: dict[tuple[str, int], UpstreamServer] = {}
         self.unwanted = UnwantedReplies(unwanted_threshold)
         self._udp_budget = socket_budget()     # UDP sockets open at most: a burst queues, not EMFILE
         self._udp_open = 0
@@ -294,7 +279,7 @@ class Forwarder:
             for address in zone.servers:
                 if address not in self._servers:
                     stats = ServerStats(format_server(address))
-                    self._servers[address] = _Server(
+                    self._servers[address] = UpstreamServer(
                         address, stats, UdpUpstream(address, partial(self.unwanted.count, stats), self._udp_sockets),
                         TcpUpstream(address, partial(self.unwanted.count, stats)))
         # Keyed by lower-cased labels: suffix lookups by tuple slicing cost far

@@ -68,12 +68,12 @@ def test_latency_histogram_is_non_cumulative_with_inclusive_upper_bounds():
 
 
 def test_recently_failed_servers_are_tried_last_for_a_while():
-    from worker.upstream import DEMOTE_SECONDS, _Server, failover_order
+    from worker.upstream_server import DEMOTE_SECONDS, UpstreamServer, failover_order
     from worker.upstream_tcp import TcpUpstream
     from worker.upstream_udp import SocketWatch, UdpUpstream
 
     def server(ip, failed_at=None):
-        return _Server((ip, 53), ServerStats(ip), UdpUpstream((ip, 53), lambda: None, SocketWatch()),
+        return UpstreamServer((ip, 53), ServerStats(ip), UdpUpstream((ip, 53), lambda: None, SocketWatch()),
                        TcpUpstream((ip, 53), lambda: None), failed_at)
     now = 1000.0
     a, b, c, d = server("10.0.0.1", now - 5), server("10.0.0.2"), server("10.0.0.3", now - 9), \
@@ -82,3 +82,27 @@ def test_recently_failed_servers_are_tried_last_for_a_while():
     assert [s.address[0] for s in order] == ["10.0.0.2", "10.0.0.4", "10.0.0.3", "10.0.0.1"]
     later = failover_order([a, b, c, d], now + DEMOTE_SECONDS)
     assert [s.address[0] for s in later] == ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
+
+
+def test_the_retransmission_timeout_follows_the_servers_round_trips_and_backs_off():
+    """RFC 6298's estimate (as unbound keeps per server): unknown before the
+    first answer, never under RTO_MIN, doubled per round of asks and per
+    silence, and back to the estimate once the server answers again."""
+    import math
+
+    from worker.upstream_stats import RTO_MIN
+    s = ServerStats("x")
+    assert s.rto(1) == math.inf
+    s.answered(0.001)
+    assert s.rto(1) == RTO_MIN and s.rto(2) == 2 * RTO_MIN and s.rto(3) == 4 * RTO_MIN
+    s.silent()
+    s.silent()
+    assert s.rto(1) == 4 * RTO_MIN
+    s.answered(0.001)
+    assert s.rto(1) == RTO_MIN
+    for _ in range(50):
+        s.answered(0.2)                      # a slow server: the estimate follows it up
+    assert 0.2 < s.rto(1) < 0.3
+    for _ in range(30):
+        s.silent()
+    assert s.rto(1) < 64 * 0.3               # the backoff is bounded
