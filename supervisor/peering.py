@@ -20,13 +20,12 @@ from supervisor.states import SlotState
 log = logging.getLogger("twindns.peering")
 
 LINK_REPLY_WITHIN = 1.0
-# The socketpair keeps the kernel's default buffers (~208 KiB: 167-278 answers
-# told) on purpose. A reply to an ask never needs more (the owner holds it in
-# a backlog until the link drains, worker/peer.py), and a small buffer is
-# what makes a worker stop asking a sibling that has stopped reading (hung,
-# until the probes replace it): its asks fail at once and it goes upstream
-# itself. With 8 MiB (tried) ~20,000 asks would fit, and each one's clients
-# would wait out the 2.5 s fallback or the hang detection instead.
+# The socketpair keeps the kernel's default buffers (~208 KiB) on purpose: a
+# reply to an ask never needs more (the owner holds it in a backlog until the
+# link drains, worker/peer.py), and more room only lets more asks pile up in
+# front of a sibling that has stopped reading (hung, until the probes replace
+# it); the asker gives up on such a sibling after 0.5 s of silence
+# (worker/peer_misses.py, PEER_STALL).
 
 
 def serving_pair(pool) -> tuple | None:

@@ -31,7 +31,8 @@ batched per turn of the event loop into datagrams:
 
 Nothing here is needed for correctness, but clients wait on a reply: a
 worker that asked the owner answers its clients only when the owner tells
-it the outcome, or after the zone's timeout (+0.5 s) if it never does. So
+it the outcome, or after the zone's timeout (+0.5 s) if it never does (after
+0.5 s if nothing at all comes from the owner: worker/peer_misses.py). So
 when the link is full (the other worker busy for a moment: a burst, a
 sibling starting on a 2-core node) the three kinds of message are treated
 differently:
@@ -56,6 +57,7 @@ import asyncio
 import logging
 import socket
 import struct
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable
@@ -133,6 +135,8 @@ class PeerLink:
         self.agreed = False          # the peer's fingerprint is ours
         self.closed = False
         self.received = self.bad = 0
+        self.last_heard = 0.0        # time.monotonic() of the last datagram from the peer
+        self.quiet = False           # it left our asks unanswered (PeerMisses._peer_silent): not asked until heard
         self.outgoing: list[bytes] = []          # frames queued in this turn of the event loop
         self.flushing = False                    # a _flush() is scheduled
         self.backlog: deque[bytes] = deque()     # datagrams that met a full link, in order
@@ -150,7 +154,7 @@ class PeerLink:
 
     def owns_elsewhere(self, key: bytes) -> bool:
         """True when the peer owns `key` and can be asked for it."""
-        return self.usable and owner(key) != self.slot
+        return self.agreed and not self.closed and not self.quiet and owner(key) != self.slot
 
     def ask(self, key: bytes, refresh: bool = False) -> bool:
         """False when the link is full or closed: ask upstream yourself."""
@@ -226,6 +230,11 @@ class PeerLink:
             return
         self.loop.remove_writer(self.sock.fileno())
 
+    def poll(self) -> None:
+        """Take what the peer has sent, if anything, now."""
+        if not self.closed:
+            self._readable()
+
     def _readable(self) -> None:
         for _ in range(READS_PER_WAKE):
             try:
@@ -238,6 +247,8 @@ class PeerLink:
                 self.close()
                 return
             self.received += 1
+            self.last_heard = time.monotonic()
+            self.quiet = False
             at, end = 0, len(data)
             while at < end and not self.closed:
                 if end - at < FRAME_HEAD or (body_end := at + FRAME_HEAD + FRAME_LEN.unpack_from(data, at + 1)[0]) > end:

@@ -18,6 +18,12 @@ PEER_SLACK = 0.5
 # up to this late): one timer for all of them, where a uvloop timer armed and
 # cancelled per ask cost more than the ask's message.
 SILENCE_SWEEP = 0.1
+# An ask this old with nothing at all heard from the peer since it was made:
+# the peer has stopped (hung, until its probes fail and it is replaced, ~3 s
+# by default), so we ask upstream ourselves now rather than after the zone's
+# timeout, and stop asking it until it is heard from again. A peer that is
+# only waiting on a slow upstream costs a duplicate query for that name.
+PEER_STALL = 0.5
 
 
 class PeerMisses:
@@ -27,19 +33,27 @@ class PeerMisses:
         from its cache (its copy is as old as ours)."""
         peer = self.peer
         if peer is not None and peer.owns_elsewhere(q.key) and peer.ask(q.key, refresh):
-            wait = self.forwarder.zone_for(wire.key_qname(q.key)).timeout + PEER_SLACK
-            self.asked_peer[q.key] = time.monotonic() + wait
+            now = time.monotonic()
+            self.asked_peer[q.key] = (now, now + self.forwarder.zone_for(wire.key_qname(q.key)).timeout + PEER_SLACK)
             if self.silence_sweep is None:
                 self.silence_sweep = asyncio.get_running_loop().call_later(SILENCE_SWEEP, self._peer_silent)
             return
         self._upstream(q)
 
     def _peer_silent(self) -> None:
-        """Asks the peer never answered (its reply was dropped, or it hangs):
-        ask upstream ourselves."""
+        """Asks the peer never answered (its reply was dropped), or made while
+        it has stopped (PEER_STALL): ask upstream ourselves."""
         self.silence_sweep = None
+        peer = self.peer
+        if peer is not None:
+            peer.poll()                 # what it sent while we were not running (stopped, starved) counts
+        peer = self.peer                # (the poll may have found the link closed)
         now = time.monotonic()
-        due = [key for key, deadline in self.asked_peer.items() if deadline <= now]
+        heard = peer.last_heard if peer is not None else now
+        due = [key for key, (asked_at, deadline) in self.asked_peer.items()
+               if deadline <= now or (heard < asked_at and now - asked_at >= PEER_STALL)]
+        if peer is not None and heard < now - PEER_STALL and due:
+            peer.quiet = True           # asked again once it is heard from
         for key in due:
             del self.asked_peer[key]
             if key in self.pending:
@@ -65,10 +79,12 @@ class PeerMisses:
 
     def peer_told(self, key: bytes, entry: Entry) -> None:
         """What the peer learned from upstream for `key`: store it; clients
-        waiting because we asked the peer get it now."""
+        waiting for `key` get it now, also when we had given up on the peer
+        and asked upstream ourselves (its answer is as good, and here first)."""
         if entry.expires > time.monotonic():
             self.cache.put(key, entry)
-        if self.asked_peer.pop(key, None) is not None and key in self.pending:
+        self.asked_peer.pop(key, None)
+        if key in self.pending:
             self._finish(key, entry)
 
     def peer_gone(self) -> None:

@@ -103,7 +103,7 @@ class Resolver(PeerMisses):
         self.sending = False                            # a _send_queued turn is scheduled
         # The other worker of the pair (worker/peer.py), when linked: it owns half the keys.
         self.peer = None
-        self.asked_peer: dict[bytes, float] = {}   # keys the peer resolves for us -> when to stop waiting
+        self.asked_peer: dict[bytes, tuple[float, float]] = {}   # keys the peer resolves for us -> (asked, give up)
         self.silence_sweep: asyncio.TimerHandle | None = None     # PeerMisses._peer_silent, while asks wait
         self.peer_asked: set[bytes] = set()                       # keys we resolve for the peer
         self.peer_counts = PeerCounts()                           # over every link we have had

@@ -307,27 +307,36 @@ def test_serve_stale_0_drops_an_entry_at_expiry():
     assert cache.stale(b"k", 60.0) is None
 
 
-def test_a_miss_the_owning_peer_never_answers_goes_upstream_after_the_zone_timeout_and_is_counted():
-    """The peer took the ask and went silent (hung, or its reply was lost):
-    after the zone's timeout + PEER_SLACK (give or take one sweep) we ask
-    upstream ourselves and count it in STATS peer_fallbacks; an ask the peer
-    answers in time never goes upstream from us."""
+class _AskedPeer:
+    """The owner of every key: takes asks, never tells. `heard` moves
+    last_heard on every sweep (a peer that is alive, its replies lost) or
+    not (a peer that stopped)."""
+
+    def __init__(self, heard: bool):
+        self.heard, self.asks, self.last_heard, self.quiet = heard, [], time.monotonic(), False
+
+    def owns_elsewhere(self, key):
+        return not self.quiet
+
+    def poll(self):
+        pass
+
+    def ask(self, key, refresh=False):
+        self.asks.append(key)
+        return True
+
+    def tell(self, key, entry, reply):
+        return True
+
+
+def _silent_owner_scenario(peer: _AskedPeer, late_miss_after: float, wait: float):
+    """Misses `silent.test` and `answered.test` (told after 50 ms), then `late.test`
+    `late_miss_after` s in; at the end the peer tells `silent.test` after all.
+    Returns (start, upstream asks with times, STATS, names whose clients got an answer)."""
     import asyncio
 
-    from contract import stats as keys
-    from worker.peer_misses import PEER_SLACK, SILENCE_SWEEP
     from worker.resolver import LocalAnswers, Resolver
     from worker.stats import Stats
-
-    class SilentPeer:
-        def owns_elsewhere(self, key):
-            return True
-
-        def ask(self, key, refresh=False):
-            return True
-
-        def tell(self, key, entry, reply):
-            return True
 
     class Recording(_SilentForwarder):
         def __init__(self):
@@ -338,23 +347,61 @@ def test_a_miss_the_owning_peer_never_answers_goes_upstream_after_the_zone_timeo
             self.asked.append((query.qname, time.monotonic()))
 
         def zone_for(self, qname):
-            return types.SimpleNamespace(timeout=0.2)
+            return types.SimpleNamespace(timeout=1.0)
+
+    def question(name):
+        return wire.parse_query(dns.message.make_query(name, "A").to_wire())
 
     async def scenario():
         upstream = Recording()
         resolver = Resolver(upstream, Cache(10), CacheConfig(), (), LocalAnswers("x"))
-        resolver.peer = SilentPeer()
-        silent, answered = (wire.parse_query(dns.message.make_query(f"{n}.test", "A").to_wire())
-                            for n in ("silent", "answered"))
-        started = time.monotonic()
-        resolver.miss(silent, lambda entry: None)
-        resolver.miss(answered, lambda entry: None)
+        resolver.peer = peer
+        started, late_at = time.monotonic(), late_miss_after
+        resolver.miss(question("silent.test"), lambda entry: got.append("silent"))
+        resolver.miss(question("answered.test"), lambda entry: got.append("answered"))
         await asyncio.sleep(0.05)
-        resolver.peer_told(answered.key, resolver._servfail(answered))
-        await asyncio.sleep(0.2 + PEER_SLACK + 2 * SILENCE_SWEEP)
-        return started, upstream.asked, Stats().snapshot({}, resolver.cache, upstream, resolver.counts())
+        resolver.peer_told(question("answered.test").key, resolver._servfail(question("answered.test")))
+        while time.monotonic() - started < wait:
+            if peer.heard:
+                peer.last_heard = time.monotonic()
+            if late_at and time.monotonic() - started >= late_at:
+                resolver.miss(question("late.test"), lambda entry: None)
+                late_at = 0
+            await asyncio.sleep(0.01)
+        resolver.peer_told(question("silent.test").key, resolver._servfail(question("silent.test")))
+        return started, upstream.asked, Stats().snapshot({}, resolver.cache, upstream, resolver.counts()), got
 
-    started, asked, snap = asyncio.run(scenario())
+    got: list[str] = []
+    return asyncio.run(scenario())
+
+
+def test_an_ask_a_live_peer_never_answers_goes_upstream_after_the_zone_timeout_and_is_counted():
+    """The peer is heard from all along but this reply never comes (lost):
+    after the zone's timeout + PEER_SLACK (give or take one sweep) we ask
+    upstream ourselves and count it in STATS peer_fallbacks; an ask the peer
+    answers in time never goes upstream from us."""
+    from contract import stats as keys
+    from worker.peer_misses import PEER_SLACK, SILENCE_SWEEP
+
+    started, asked, snap, _got = _silent_owner_scenario(_AskedPeer(heard=True), 0, 1.0 + PEER_SLACK + 2 * SILENCE_SWEEP)
     assert [qname for qname, _ in asked] == [dns.name.from_text("silent.test").to_wire()]
-    assert 0.2 + PEER_SLACK <= asked[0][1] - started <= 0.2 + PEER_SLACK + SILENCE_SWEEP + 0.05
+    assert 1.0 + PEER_SLACK <= asked[0][1] - started <= 1.0 + PEER_SLACK + SILENCE_SWEEP + 0.05
     assert snap[keys.PEER_FALLBACKS] == 1
+
+
+def test_asks_to_a_peer_that_stopped_go_upstream_after_peer_stall_and_it_is_not_asked_again():
+    """Nothing heard from the peer since the ask (hung, until the supervisor
+    replaces it): upstream after PEER_STALL, not the zone's timeout + slack,
+    and later misses go upstream at once instead of being asked of it."""
+    from contract import stats as keys
+    from worker.peer_misses import PEER_STALL, SILENCE_SWEEP
+
+    peer = _AskedPeer(heard=False)
+    started, asked, snap, got = _silent_owner_scenario(peer, PEER_STALL + 2 * SILENCE_SWEEP, PEER_STALL + 0.4)
+    names = [qname for qname, _ in asked]
+    assert names == [dns.name.from_text(n).to_wire() for n in ("silent.test", "late.test")]
+    assert PEER_STALL <= asked[0][1] - started <= PEER_STALL + SILENCE_SWEEP + 0.05
+    assert peer.quiet and dns.name.from_text("late.test").to_wire() not in [
+        wire.key_qname(k) for k in peer.asks]
+    assert snap[keys.PEER_FALLBACKS] == 1
+    assert got == ["answered", "silent"]        # the peer's late answer still reached the waiting client
