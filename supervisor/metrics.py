@@ -53,7 +53,7 @@ _SCALARS = (
      "Misses that waited their turn because [cache] max_in_flight misses were upstream."),
     (keys.PEER_DROPPED, "peer_dropped",
      "Answers a worker could not pass to the other worker because the link between them was full "
-     "(ones it did not ask for; replies to its asks wait, up to 8 MiB)."),
+     "(ones it did not ask for; replies to its asks wait, up to ~8 MiB)."),
     (keys.PEER_FALLBACKS, "peer_fallbacks",
      "Misses a worker asked upstream itself because the worker that owns the name did not answer within "
      "the zone's timeout (+0.5 s), or sent nothing at all for 0.5 s (hung)."),

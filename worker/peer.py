@@ -84,10 +84,10 @@ MAX_MESSAGE = 70000              # one handoff record: a DNS message of 64 KiB a
 MAX_BATCH = 16 * 1024            # frames per datagram, in bytes (a larger one goes alone)
 MAX_DATAGRAM = MAX_BATCH + MAX_MESSAGE + FRAME_HEAD
 READS_PER_WAKE = 256             # bounded work per event-loop turn
-# Bytes of datagrams held while the link is full, ~40 times what the link's
-# own buffer holds: a peer that far behind is stuck, and its clients have
-# waited out the fallback (or its replacement) anyway.
-MAX_BACKLOG_BYTES = 8 * 1024 * 1024
+# Datagrams held while the link is full (up to MAX_BATCH each: ~8 MiB, ~40
+# times what the link's own buffer holds): a peer that far behind is stuck,
+# and its clients have waited out the fallback (or its replacement) anyway.
+MAX_BACKLOG = 512
 SLOTS = ("A", "B")
 
 
@@ -116,7 +116,7 @@ def owner(key: bytes) -> str:
 class PeerCounts:
     """A worker's totals over every link it has had (it is relinked after each
     replacement of its sibling): STATS peer_dropped and peer_fallbacks."""
-    dropped: int = 0            # shares dropped on a full link, and replies past MAX_BACKLOG_BYTES
+    dropped: int = 0            # shares dropped on a full link, and replies past MAX_BACKLOG
     fallbacks: int = 0          # misses asked upstream by us after the owner stayed silent
 
 
@@ -140,7 +140,6 @@ class PeerLink:
         self.outgoing: list[bytes] = []          # frames queued in this turn of the event loop
         self.flushing = False                    # a _flush() is scheduled
         self.backlog: deque[bytes] = deque()     # datagrams that met a full link, in order
-        self.backlog_bytes = 0
         self.loop = asyncio.get_running_loop()
 
     def start(self) -> None:
@@ -154,7 +153,7 @@ class PeerLink:
 
     def owns_elsewhere(self, key: bytes) -> bool:
         """True when the peer owns `key` and can be asked for it."""
-        return self.agreed and not self.closed and not self.quiet and owner(key) != self.slot
+        return self.usable and not self.quiet and owner(key) != self.slot
 
     def ask(self, key: bytes, refresh: bool = False) -> bool:
         """False when the link is full or closed: ask upstream yourself."""
@@ -169,7 +168,7 @@ class PeerLink:
         and counted when the link is full)."""
         if not self.usable or entry.expires < entry.stored_at:     # not one that left the cache
             return False
-        if self.backlog and (not reply or self.backlog_bytes >= MAX_BACKLOG_BYTES):
+        if self.backlog and (not reply or len(self.backlog) >= MAX_BACKLOG):
             self.counts.dropped += 1
             return False
         self._queue(TOLD + encode_entry(key, entry))     # a handoff record is a frame's length and body
@@ -187,9 +186,6 @@ class PeerLink:
         self.flushing = False
         frames, self.outgoing = self.outgoing, []
         if self.closed:
-            return
-        if len(frames) == 1:
-            self._send(frames[0])
             return
         batch: list[bytes] = []
         size = 0
@@ -215,14 +211,13 @@ class PeerLink:
                 self.close()
                 return
         self.backlog.append(datagram)
-        self.backlog_bytes += len(datagram)
 
     def _writable(self) -> None:
         backlog = self.backlog
         try:
             while backlog:
                 self.sock.send(backlog[0])
-                self.backlog_bytes -= len(backlog.popleft())
+                backlog.popleft()
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -288,7 +283,6 @@ class PeerLink:
         self.closed = True
         self.outgoing.clear()
         self.backlog.clear()         # the asker re-asks upstream when it sees the link close
-        self.backlog_bytes = 0
         try:
             self.loop.remove_reader(self.sock.fileno())
             self.loop.remove_writer(self.sock.fileno())
