@@ -11,23 +11,20 @@ timeout.
 
 The pool (dnsmasq's scheme): POOL_SLOTS sockets per server, queries spread
 over them in turn; a socket carries at most ROTATE_AFTER queries, then leaves
-the pool for a new random port. A socket closes once nothing is in flight
-on it, except that a pooled one emptied while the server still has other
-queries of ours in flight waits IDLE_GRACE for the next query: under load,
-one batch of answers emptied sockets just before the next batch of misses
-opened new ones, and half the misses paid for a socket again. Queries asked
-one at a time still get a port each. A new socket per query (unbound's
-scheme, ours before) cost socket(), connect(), an epoll
-registration and close() on every miss: more than a tenth of a miss's CPU.
-The trade-off, written down: guessing stays as hard per forged datagram
-(~15 bits of port, 16 of ID, one per letter of case); what grows is how long
-a port stays open, up to ROTATE_AFTER queries to a busy server. An attacker
-who learns which ports are open (the SAD DNS ICMP side channel, closed in
-Linux 5.10) can aim up to that many queries' worth of ID guesses at one port
-instead of one query's; under load the grace keeps an empty port open up to
-IDLE_GRACE longer, with nothing in flight on it for a forgery to match.
-Probing a connected socket needs the server's address spoofed as source,
-since to anyone else it looks closed.
+the pool for a new random port, and a pooled socket with nothing in flight
+for IDLE_CLOSE closes. A new socket per query (unbound's scheme, ours
+before) cost socket(), connect(), an epoll registration and close() on every
+miss: ~35 us of a lone miss's ~165 (perf stat task-clock at 2,000 misses/s,
+bench/bench_cache.py's latency run), more than a fifth of its CPU and of
+its latency. The trade-off, written down: guessing stays as hard per forged
+datagram (~15 bits of port, 16 of ID, one per letter of case); what grows is
+how long a port stays open: up to ROTATE_AFTER queries, with less than
+IDLE_CLOSE between two of them. An attacker who learns which ports are
+open (the SAD DNS ICMP side channel, closed in Linux 5.10) can aim up to
+that many queries' worth of ID guesses at one port instead of one query's;
+between queries a port stays open with nothing in flight on it for a
+forgery to match. Probing a connected socket needs the server's address
+spoofed as source, since to anyone else it looks closed.
 
 The sockets are plain non-blocking ones and results are delivered through
 callbacks: an asyncio datagram endpoint and a Task per query cost more CPU
@@ -66,8 +63,8 @@ MAX_SOCKETS = 4096
 POOL_SLOTS = 8
 # Queries one socket carries before it leaves the pool for a new port.
 ROTATE_AFTER = 100
-# Seconds a pooled socket emptied under load (other queries to the server in flight) waits for the next query.
-IDLE_GRACE = 0.05
+# Seconds a pooled socket with nothing in flight waits for the next query before it closes.
+IDLE_CLOSE = 1.0
 # The largest UDP payload; servers may send more than the size we offered.
 MAX_DATAGRAM = 65535
 # Ready sockets taken from the epoll set per poll, and polls per wake-up at
@@ -165,24 +162,17 @@ class UdpUpstream:
         pooled.send(exchange, query.wire(exchange.query_id, name))
         return exchange
 
-    def busy(self) -> bool:
-        """Whether any pooled socket has a query in flight."""
-        for pooled in self.pool:        # not any(genexp): this runs as each lone query ends
-            if pooled is not None and pooled.pending:
-                return True
-        return False
-
     def went_idle(self) -> None:
-        """A pooled socket has nothing in flight: close it after IDLE_GRACE unless it is used again."""
+        """A pooled socket has nothing in flight: close it after IDLE_CLOSE unless it is used again."""
         if self._idle_sweep is None:
-            self._idle_sweep = asyncio.get_running_loop().call_later(IDLE_GRACE, self._close_idle)
+            self._idle_sweep = asyncio.get_running_loop().call_later(IDLE_CLOSE, self._close_idle)
 
     def _close_idle(self) -> None:
         self._idle_sweep = None
         now, waiting = time.monotonic(), False
         for pooled in self.pool:
             if pooled is not None and not pooled.pending:
-                if now - pooled.idle_since >= IDLE_GRACE:
+                if now - pooled.idle_since >= IDLE_CLOSE:
                     pooled.close()
                 else:
                     waiting = True
@@ -254,12 +244,12 @@ class PooledSocket:
             self._leave_pool()
 
     def release(self, query_id: int) -> None:
-        """The query with this ID ends. The last one closes the socket, unless
-        it is pooled and the server is busy: then it waits IDLE_GRACE for the next query."""
+        """The query with this ID ends. The last one closes a socket that left
+        the pool; a pooled one waits IDLE_CLOSE for the next query."""
         pending = self.pending
         if pending.pop(query_id, None) is None:
             return
-        if not pending and (self.slot < 0 or not self.upstream.busy()):
+        if not pending and self.slot < 0:
             self.close()
             return
         self.late.add(query_id)

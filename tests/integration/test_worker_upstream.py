@@ -19,6 +19,7 @@ import pytest
 from helpers.scripted_upstream import FORGED, REAL, Scripted
 from helpers.unbound import Unbound
 from helpers.worker import Worker
+from worker.upstream_udp import POOL_SLOTS
 
 pytestmark = pytest.mark.netns
 
@@ -207,16 +208,19 @@ def test_force_tcp_counted_at_the_server(netns, tmp_path, started):
     assert len(set(counts["ids"])) == 5          # IDs told apart on the shared connection
 
 
-def test_each_udp_query_has_a_random_source_port_and_id(netns, tmp_path, started):
+def test_udp_queries_go_out_from_the_pools_random_ports_with_random_ids(netns, tmp_path, started):
     counting = started(Scripted, netns, tmp_path, "answer", addr="127.0.0.3")
     w = worker_with(netns, tmp_path, started, {"servers": [counting.server]})
     for i in range(20):
         assert addresses(w.ask(f"p{i}.test")) == [REAL]
     counts = counting.counts()
     ports, ids = counts["udp_ports"], counts["ids"]
-    assert len(ports) == 20 and len(set(ports)) == 20
+    # One at a time, the queries take the pool's sockets in turn (worker/upstream_udp.py).
+    opened = list(dict.fromkeys(ports))
+    assert len(ports) == 20 and len(opened) == POOL_SLOTS
+    assert ports == [opened[i % POOL_SLOTS] for i in range(20)]
     # Not a counter: random ports from the ephemeral range spread far apart.
-    assert max(ports) - min(ports) > 1000 and sorted(ports) != ports
+    assert max(ports) - min(ports) > 1000 and sorted(opened) != opened
     assert len(set(ids)) >= 19 and max(ids) - min(ids) > 1000
 
 
