@@ -2,13 +2,18 @@
 theirs is due.
 
 Every miss on its way upstream must wake at its hand-over time (the next
-server, or a repeated ask) and at its zone's timeout, typically a second or
-more away, while its answer comes within milliseconds. An event-loop timer
+server, or a repeated ask after the server's RTO, 50 ms or more) and at its
+zone's timeout, typically a second or more away, while its answer comes
+within milliseconds. An event-loop timer
 armed and cancelled per miss was ~4% of a miss's instructions. Here a
 sleeper waiting longer than SWEEP only joins a set; a sweep every SWEEP
 seconds, while the set is not empty, arms a precise event-loop timer for
 the few sleepers due before the next sweep. So wake-ups keep their exact
 time, and a miss that ends early costs a set insertion and a removal.
+SWEEP is below the shortest RTO, so that wake-up joins the set too (a timer
+per miss was back when it was 0.1 s: +3% of a miss's instructions,
+bench/miss_instructions.py); sweeping that often is cheap because the set
+holds only misses upstream, about [cache] max_in_flight (128) at most.
 
 A sleeper is any object with a `wake_at` attribute, a `timer` attribute
 (its event-loop timer once armed, else None) and a `wake()` method.
@@ -19,7 +24,7 @@ import asyncio
 import time
 
 # Seconds between sweeps; a wake-up due sooner than this gets its timer at once.
-SWEEP = 0.1
+SWEEP = 0.02
 
 
 class Wakeups:
