@@ -29,7 +29,10 @@ Two measurements per contender and workload, per round:
   with -v, which prints every answer's own
   latency (dnsperf 2.10 has no histogram), so mean and p99 are exact over
   all answers of that run. A fixed rate below every contender's capacity
-  compares service time rather than queueing.
+  compares service time rather than queueing. `@rate us/q` is the
+  server's CPU per answer in that run: at 2,000 misses/s nearly every
+  miss is alone, and what it costs then, caches cold between queries, is
+  what its latency is made of.
 
 With --pin (the default on 2 or more CPUs) every contender runs on CPU 1
 and dnsperf on CPU 0 (taskset): on a small machine an unpinned server and
@@ -79,6 +82,7 @@ class Figures:
     mean_ms: list[float] = field(default_factory=list)      # throughput run
     lat_mean_ms: list[float] = field(default_factory=list)  # fixed-rate run
     lat_p99_ms: list[float] = field(default_factory=list)
+    lat_us_per_query: list[float] = field(default_factory=list)  # server CPU us per answer, fixed-rate run
     cpu: list[float] = field(default_factory=list)          # server CPU share in the throughput run
     us_per_query: list[float] = field(default_factory=list)  # server CPU us per answered query, same run
     lost: int = 0
@@ -137,15 +141,15 @@ def throughput(ns: Netns, port: int, qfile: Path, seconds: float, pin: list[str]
 
 
 def latency(ns: Netns, port: int, qfile: Path, seconds: float, rate: int,
-            pin: list[str]) -> tuple[float, float, int]:
-    """(mean ms, p99 ms, lost) from every answer's own latency (dnsperf -v)."""
+            pin: list[str]) -> tuple[float, float, int, int]:
+    """(mean ms, p99 ms, lost, answers) from every answer's own latency (dnsperf -v)."""
     argv = dnsperf.dnsperf_argv("127.0.0.1", port, qfile, seconds, qps=rate, clients=4, timeout=2.0)
     out = subprocess.run(ns.cmd([*pin, *argv, "-v"]), capture_output=True, timeout=seconds + 60).stdout
     lat = sorted(float(m) for m in LATENCY_LINE.findall(out))
     if not lat:
         raise RuntimeError(f"no answers: {out[-2000:]!r}")
     lost = dnsperf.parse(out.decode(errors="replace")).lost
-    return statistics.fmean(lat) * 1e3, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3, lost
+    return statistics.fmean(lat) * 1e3, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3, lost, len(lat)
 
 
 def warm(ns: Netns, port: int, qfile: Path) -> None:
@@ -254,7 +258,10 @@ def main() -> int:
                     fig.lost += res.lost
                     settle(procs[name])
                     rate = args.rate if workload == "hit" else args.miss_rate
-                    mean, p99, lost = latency(ns, PORTS[name], lat_file, min(args.seconds, 3.0), rate, client_pin)
+                    cpu_before = sum(procs[name].cpu_times()[:2])
+                    mean, p99, lost, answers = latency(ns, PORTS[name], lat_file, min(args.seconds, 3.0), rate,
+                                                       client_pin)
+                    fig.lat_us_per_query.append((sum(procs[name].cpu_times()[:2]) - cpu_before) / answers * 1e6)
                     settle(procs[name])
                     fig.lat_mean_ms.append(mean)
                     fig.lat_p99_ms.append(p99)
@@ -262,14 +269,15 @@ def main() -> int:
                     print(f"round {r + 1} {workload:4} {name:8} {res.qps:9.0f} qps (cpu {fig.cpu[-1]:4.0%},"
                           f" {fig.us_per_query[-1]:5.2f} us/q)"
                           f"  mean {res.avg_latency * 1e3:6.3f} ms"
-                          f" | at {rate} qps: mean {mean:6.3f} ms  p99 {p99:6.3f} ms", flush=True)
+                          f" | at {rate} qps: mean {mean:6.3f} ms  p99 {p99:6.3f} ms"
+                          f"  {fig.lat_us_per_query[-1]:6.1f} us/q", flush=True)
         load_after = os.getloadavg()
         print(f"\nupstream queries: {upstream.queries()}; load average before {load[0]:.2f}, after {load_after[0]:.2f}"
               f" ({os.cpu_count()} CPUs; {'servers on CPU 1, dnsperf on CPU 0' if args.pin else 'not pinned'})")
         print(f"\nmedians over {args.rounds} rounds, {args.seconds:g} s runs (latency runs at a fixed "
               f"{args.rate} qps for hits, {args.miss_rate} qps for misses; p99 over every answer):")
         print(f"{'workload':8} {'server':8} {'qps':>9} {'x unbound':>9} {'cpu':>5} {'us/q':>6} {'mean ms':>8} {'@rate mean':>10} "
-              f"{'@rate p99':>9} {'lost':>5}")
+              f"{'@rate p99':>9} {'@rate us/q':>10} {'lost':>5}")
         for workload in args.workloads:
             base = statistics.median(results[(workload, "unbound")].qps) if "unbound" in args.only else None
             for name in args.only:
@@ -280,7 +288,7 @@ def main() -> int:
                       f"{statistics.median(fig.us_per_query):6.2f} "
                       f"{statistics.median(fig.mean_ms):8.3f} "
                       f"{statistics.median(fig.lat_mean_ms):10.3f} {statistics.median(fig.lat_p99_ms):9.3f} "
-                      f"{fig.lost:5d}")
+                      f"{statistics.median(fig.lat_us_per_query):10.1f} {fig.lost:5d}")
     finally:
         ns.close()
         shutil.rmtree(work, ignore_errors=True)
