@@ -16,6 +16,9 @@ off, so it answers every miss from its data); the contenders listen on
 * twindns  `python -m worker` (standalone, one process)
 * unbound  1 thread, forward-zone "." to the upstream, cache on
 * dnsmasq  --server to the upstream, cache 10000
+* relay    only with --only relay: bench/relay.py, bytes relayed upstream
+           and back by a few lines of uvloop, a new socket per query (with
+           --relay-arg=--keep one kept socket): the floor of a miss in Python
 
 Workloads:
 
@@ -72,7 +75,10 @@ from helpers.unbound import Unbound  # noqa: E402
 import sharing  # noqa: E402
 
 UPSTREAM = "127.0.0.2"
-PORTS = {"twindns": 5301, "unbound": 5302, "dnsmasq": 5303}
+PORTS = {"twindns": 5301, "unbound": 5302, "dnsmasq": 5303, "relay": 5304}
+# Run unless --only says otherwise. Not `relay` (bench/relay.py): the floor of
+# a Python miss, no cache (a hit is a miss to it).
+DEFAULT_CONTENDERS = ["twindns", "unbound", "dnsmasq"]
 LATENCY_LINE = re.compile(rb"^> \S+ \S+ \S+ ([0-9.]+)$", re.M)
 
 
@@ -121,6 +127,12 @@ def start_dnsmasq(ns: Netns, work: Path, pin: list[str]) -> subprocess.Popen:
                      f"--server={UPSTREAM}#53", "--listen-address=127.0.0.1", "--bind-interfaces",
                      f"--port={PORTS['dnsmasq']}", "--cache-size=10000", "--dns-forward-max=1000",
                      "--pid-file="], stdout=log, stderr=subprocess.STDOUT)
+
+
+def start_relay(ns: Netns, work: Path, extra: list[str], pin: list[str]) -> subprocess.Popen:
+    log = open(work / "relay.log", "wb")
+    return ns.popen([*pin, sys.executable, str(Path(__file__).with_name("relay.py")), str(PORTS["relay"]), UPSTREAM,
+                     *extra], stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_answering(ns: Netns, port: int, timeout: float = 15.0) -> None:
@@ -200,9 +212,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rate", type=int, default=20000, help="offered qps of the hit latency runs")
     ap.add_argument("--miss-rate", type=int, default=2000, help="offered qps of the miss latency runs")
-    ap.add_argument("--only", nargs="*", default=list(PORTS), choices=[*PORTS, "pair"])
+    ap.add_argument("--only", nargs="*", default=DEFAULT_CONTENDERS, choices=[*PORTS, "pair"])
     ap.add_argument("--workloads", nargs="*", default=["hit", "miss"], choices=["hit", "miss", "sharing", "memory"])
     ap.add_argument("--worker-arg", action="append", default=[], help="extra argument for python -m worker")
+    ap.add_argument("--relay-arg", action="append", default=[], help="extra argument for bench/relay.py (--keep)")
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2,
                     help="servers on CPU 1, dnsperf on CPU 0 (default with 2+ CPUs)")
     args = ap.parse_args()
@@ -227,7 +240,8 @@ def main() -> int:
         procs = {}
         starters = {"twindns": lambda: start_twindns(ns, work, args.worker_arg, server_pin),
                     "unbound": lambda: start_unbound(ns, work, server_pin),
-                    "dnsmasq": lambda: start_dnsmasq(ns, work, server_pin)}
+                    "dnsmasq": lambda: start_dnsmasq(ns, work, server_pin),
+                    "relay": lambda: start_relay(ns, work, args.relay_arg, server_pin)}
         for name in args.only:
             procs[name] = psutil.Process(starters[name]().pid)
             wait_answering(ns, PORTS[name])
