@@ -184,10 +184,12 @@ def test_adopted_socket_left_in_the_group_is_served_until_steered(spawn, netns):
 
 
 def _fd_count_of_udp(w: SupervisedWorker, netns) -> int:
-    """UDP sockets the worker process holds on port 53 (from ss in the netns)."""
+    """UDP sockets the worker process listens on with port 53 (from ss in the
+    netns); not its upstream sockets, whose peer's port is 53."""
     out = netns.run(["ss", "-uanp"]).stdout
     pid = _worker_pid(w)
-    return sum(1 for line in out.splitlines() if ":53 " in line and f"pid={pid}," in line)
+    return sum(1 for line in out.splitlines()
+               if f"pid={pid}," in line and line.split()[3].endswith(":53"))
 
 
 def _worker_pid(w: SupervisedWorker) -> int:
