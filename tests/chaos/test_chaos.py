@@ -11,6 +11,7 @@ import pytest
 from helpers import dnsperf
 from helpers.chaos import hit_queries, kill_worker, rolling_restarts, warm
 from helpers.twindns import Supervisor, write_config
+from worker.server import UDP_BATCH
 
 pytestmark = [pytest.mark.netns, pytest.mark.chaos]
 
@@ -55,8 +56,9 @@ def test_sigkill_under_load_is_replaced_and_loses_at_most_what_was_read(netns, s
     assert out.notes["restarts"] == {"crash": 1}
     assert out.notes["replaced_after_s"] < 3.0
     # Only what the dead worker had read and not answered can be lost: on a
-    # cache-hit workload that is at most the datagrams of one receive batch.
-    assert out.result.lost <= 16, out.line()
+    # cache-hit workload that is at most the datagrams of one receive batch
+    # (recvmmsg). Without the hand-over its whole queue would be.
+    assert out.result.lost <= UDP_BATCH, out.line()
     assert set(out.result.rcodes) == {"NOERROR"}
 
 
@@ -65,14 +67,16 @@ def test_sigstop_is_detected_and_replaced_in_time(netns, start, tmp_path):
     queries = hit_queries(tmp_path / "hit.txt")
     warm(netns, queries)
     # dnsperf waits 5 s per query: what the stopped worker had queued is
-    # answered by its replacement (late). Only a datagram it had already read
-    # when the signal landed (between its recvfrom and its sendto: on a
-    # cache-hit workload at most one) dies with it.
+    # answered by its replacement (late). Only the datagrams it had already
+    # read when the signal landed (one receive batch, between its recvmmsg
+    # and its sendmmsg: one or two at this rate on a quiet machine, 11 seen
+    # on a loaded CI run) die with it; without the hand-over its whole queue
+    # over the detection window (~3,000 qps for ~2 s) would.
     out = kill_worker(netns, sup, queries, 8, QPS, signal.SIGSTOP, "SIGSTOP one worker", timeout=5.0)
     print(out.line())
     assert out.notes["restarts"] == {"hang": 1}
     assert out.notes["replaced_after_s"] <= PROBE_INTERVAL * PROBE_FAILURES + 2
-    assert out.result.lost <= 1, out.line()
+    assert out.result.lost <= UDP_BATCH, out.line()
     # The replacement starts with a cold cache and answers the queries the
     # stopped worker held all at once; what the upstream drops in that burst
     # becomes SERVFAIL after the upstream timeout. Only those held queries
