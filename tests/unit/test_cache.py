@@ -154,9 +154,20 @@ def test_expired_entries_leave_before_live_ones():
     c.put(b"other", entry(now=0.0))
     c.put(b"new", entry(now=5.0))
     assert set(c.entries) == {b"long", b"other", b"new"} and c.evictions == 0
-    for i in range(50):                                 # the expiry heap stays bounded
+    for i in range(200):                                # the expiry lists stay bounded (CLOCK evicts these)
         c.put(b"k%d" % i, entry(now=10.0 + i))
-    assert len(c.expiry) <= 2 * c.capacity + 64
+    assert c.expiry_items <= 2 * c.capacity + 64
+    assert sum(map(len, c.expiry.values())) == c.expiry_items and sorted(c.expiry) == sorted(c.expiry_slots)
+
+
+def test_an_entry_without_a_finite_expiry_is_stored_and_evicted_by_clock():
+    c = Cache(2)
+    gone = entry()
+    gone.leave()                                        # expires -inf, as an entry that left another cache
+    c.put(b"gone", gone)
+    c.put(b"a", entry())
+    c.put(b"b", entry())
+    assert set(c.entries) == {b"a", b"b"} and c.evictions == 1
 
 
 def test_a_full_cache_of_expired_entries_drops_one_per_put_soonest_first():
