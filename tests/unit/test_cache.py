@@ -396,7 +396,8 @@ def test_an_ask_a_live_peer_never_answers_goes_upstream_after_the_zone_timeout_a
 
     started, asked, snap, _got = _silent_owner_scenario(_AskedPeer(heard=True), 0, 1.0 + PEER_SLACK + 2 * SILENCE_SWEEP)
     assert [qname for qname, _ in asked] == [dns.name.from_text("silent.test").to_wire()]
-    assert 1.0 + PEER_SLACK <= asked[0][1] - started <= 1.0 + PEER_SLACK + SILENCE_SWEEP + 0.05
+    # Upper bound: one sweep late at most, plus room for a loaded machine's event loop.
+    assert 1.0 + PEER_SLACK <= asked[0][1] - started <= 1.0 + PEER_SLACK + SILENCE_SWEEP + 0.15
     assert snap[keys.PEER_FALLBACKS] == 1
 
 
@@ -411,7 +412,7 @@ def test_asks_to_a_peer_that_stopped_go_upstream_after_peer_stall_and_it_is_not_
     started, asked, snap, got = _silent_owner_scenario(peer, PEER_STALL + 2 * SILENCE_SWEEP, PEER_STALL + 0.4)
     names = [qname for qname, _ in asked]
     assert names == [dns.name.from_text(n).to_wire() for n in ("silent.test", "late.test")]
-    assert PEER_STALL <= asked[0][1] - started <= PEER_STALL + SILENCE_SWEEP + 0.05
+    assert PEER_STALL <= asked[0][1] - started <= PEER_STALL + SILENCE_SWEEP + 0.15
     assert peer.quiet and dns.name.from_text("late.test").to_wire() not in [
         wire.key_qname(k) for k in peer.asks]
     assert snap[keys.PEER_FALLBACKS] == 1
