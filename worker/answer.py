@@ -75,6 +75,8 @@ class Answerer:
             self._rerender(entry, now)
         entry.referenced = True
         if self.per_query:
+            if not (entry.udp_hits or entry.tcp_hits):      # Stats.hit(), inline: the hottest path
+                self.stats.touch(entry)
             entry.udp_hits += 1
         return (entry.with_opt or entry.opt_form()) if hit[1] else entry.plain
 
@@ -107,11 +109,8 @@ class Answerer:
             if entry is None or now >= entry.expires:
                 return self._slow(data, udp, send, dest, now)
             entry.referenced = True
-            if self.stats.per_query:
-                if udp:
-                    entry.udp_hits += 1
-                else:
-                    entry.tcp_hits += 1
+            if self.per_query:
+                self.stats.hit(entry, udp)
             if now >= entry.render_at:
                 self._rerender(entry, now)
             body = (entry.with_opt or entry.opt_form()) if has_opt else entry.plain
@@ -163,10 +162,7 @@ class Answerer:
         entry = self.cache.get(q.key, now)
         if entry is not None:
             if stats.per_query:
-                if udp:
-                    entry.udp_hits += 1
-                else:
-                    entry.tcp_hits += 1
+                stats.hit(entry, udp)
             return self._reply(entry, data, q, udp, now)
         if stats.per_query:
             stats.cache_misses += 1
