@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Hit latency of the supervised pair with a large cache: what the
+supervisor's once-a-second STATS requests cost the queries that arrive
+meanwhile. bench_cache.py runs a standalone worker, which nobody asks for
+STATS, so it cannot show this.
+
+    sudo python3 bench/stats_latency.py [--entries 100000] [--rounds 2] [--tree DIR]
+
+`twindns run` (this tree's, or with --tree another checkout's, for an
+A/B) in a throwaway network namespace, `[cache] capacity` = --entries,
+forwarding to unbound serving local data. The cache is filled with
+--entries names (1-hour TTL) from 16 client sockets, so both workers hold
+them all; then dnsperf asks 20,000 of them at 2,000 qps for 10 s (every
+query a hit) and the script prints p50, p99, p99.9 and the maximum over
+every answer (dnsperf -v).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_cache as bc  # noqa: E402
+import sharing  # noqa: E402
+from helpers import dnsperf  # noqa: E402
+from helpers.netns import Netns  # noqa: E402
+from helpers.unbound import Unbound  # noqa: E402
+
+LATENCY_LINE = re.compile(rb"^> \S+ \S+ \S+ ([0-9.]+)$", re.M)
+
+
+def start_pair(ns: Netns, work: Path, tree: Path, entries: int) -> subprocess.Popen:
+    config = work / "pair.toml"
+    config.write_text(f'listen = ["{sharing.PAIR_LISTEN}"]\ncontrol_socket = "{work}/pair.sock"\n'
+                      f'health_listen = ""\nmetrics_listen = ""\n[cache]\ncapacity = {entries}\n'
+                      f'[[upstream]]\nzone = "."\nservers = ["{bc.UPSTREAM}:53"]\n')
+    log = work / "pair.log"
+    # The workers inherit PYTHONPATH: they run the same tree as their supervisor.
+    proc = subprocess.Popen(ns.cmd([sys.executable, "-m", "supervisor", "run", "--config", str(config),
+                                    "--state-dir", str(work)]),
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=tree,
+                            env={**os.environ, "PYTHONPATH": str(tree)})
+    deadline = time.monotonic() + 30
+    while "peers_linked" not in log.read_text(errors="replace"):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"the pair did not come up: {log.read_text()[-2000:]}")
+        time.sleep(0.2)
+    return proc
+
+
+def one_round(tree: Path, entries: int) -> list[float]:
+    work = Path(tempfile.mkdtemp(prefix="twindns-stats-"))
+    os.chmod(work, 0o755)
+    ns = Netns(prefix="tws")
+    pair = None
+    try:
+        Unbound(work / "upstream", addr=bc.UPSTREAM, port=53, netns=ns)
+        pair = start_pair(ns, work, tree, entries)
+        names = [(f"f{i}.hit.test", "A") for i in range(entries)]
+        fill = dnsperf.write_queries(work / "fill.txt", names)
+        subprocess.run(ns.cmd(["dnsperf", "-s", sharing.PAIR_LISTEN, "-d", str(fill), "-n", "1", "-c", "16",
+                               "-q", "200"]), capture_output=True, check=True)
+        time.sleep(2)
+        probe = dnsperf.write_queries(work / "probe.txt", names[:20000])
+        argv = dnsperf.dnsperf_argv(sharing.PAIR_LISTEN, 53, probe, 10, qps=2000, clients=4, timeout=2.0)
+        out = subprocess.run(ns.cmd([*argv, "-v"]), capture_output=True, timeout=120).stdout
+        return sorted(float(m) for m in LATENCY_LINE.findall(out))
+    finally:
+        if pair is not None:
+            sharing.stop_pair(ns, pair)
+        ns.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--entries", type=int, default=100000)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--tree", type=Path, default=Path(__file__).resolve().parent.parent,
+                    help="the checkout whose supervisor and workers run (default: this one)")
+    args = ap.parse_args()
+    if os.geteuid() != 0 or shutil.which("dnsperf") is None:
+        print("needs root (network namespace) and dnsperf", file=sys.stderr)
+        return 2
+    for r in range(args.rounds):
+        lat = one_round(args.tree.resolve(), args.entries)
+        n = len(lat)
+        print(f"round {r + 1}: {n} answers  p50 {lat[n // 2] * 1e3:.3f}  p99 {lat[int(n * 0.99)] * 1e3:.3f}  "
+              f"p99.9 {lat[int(n * 0.999)] * 1e3:.3f}  max {lat[-1] * 1e3:.3f} ms", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
