@@ -14,6 +14,7 @@ contender: the supervised pair (`twindns run` in the namespace, on
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -27,15 +28,18 @@ SHARING_NAMES, SHARING_ROUNDS, SHARING_CLIENTS = 1000, 5, 16
 MEMORY_NAMES = 20000
 
 
-def start_pair(ns, work: Path, upstream: str) -> subprocess.Popen:
+def start_pair(ns, work: Path, upstream: str, sections: str = "[supervisor]\nprobe_interval = 0.5\n",
+               tree: Path = ROOT) -> subprocess.Popen:
+    """`twindns run` from `tree` (its workers inherit PYTHONPATH, so they run
+    the same code: another checkout gives an A/B), `sections` added to its
+    config; returns once its workers are linked."""
     cfg = work / "pair.toml"
     cfg.write_text(f'listen = ["{PAIR_LISTEN}"]\ncontrol_socket = "{work}/pair.sock"\n'
-                   'health_listen = ""\nmetrics_listen = ""\n'
-                   '[supervisor]\nprobe_interval = 0.5\n'
+                   'health_listen = ""\nmetrics_listen = ""\n' + sections +
                    f'[[upstream]]\nzone = "."\nservers = ["{upstream}:53"]\n')
     log = open(work / "pair.log", "wb")
     proc = ns.popen([sys.executable, "-m", "supervisor", "run", "--config", str(cfg), "--state-dir", str(work)],
-                    stdout=log, stderr=subprocess.STDOUT)
+                    stdout=log, stderr=subprocess.STDOUT, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is None and "peers_linked" in (work / "pair.log").read_text(errors="replace"):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -35,28 +34,6 @@ from helpers import dnsperf  # noqa: E402
 from helpers.netns import Netns  # noqa: E402
 from helpers.unbound import Unbound  # noqa: E402
 
-LATENCY_LINE = re.compile(rb"^> \S+ \S+ \S+ ([0-9.]+)$", re.M)
-
-
-def start_pair(ns: Netns, work: Path, tree: Path, entries: int) -> subprocess.Popen:
-    config = work / "pair.toml"
-    config.write_text(f'listen = ["{sharing.PAIR_LISTEN}"]\ncontrol_socket = "{work}/pair.sock"\n'
-                      f'health_listen = ""\nmetrics_listen = ""\n[cache]\ncapacity = {entries}\n'
-                      f'[[upstream]]\nzone = "."\nservers = ["{bc.UPSTREAM}:53"]\n')
-    log = work / "pair.log"
-    # The workers inherit PYTHONPATH: they run the same tree as their supervisor.
-    proc = subprocess.Popen(ns.cmd([sys.executable, "-m", "supervisor", "run", "--config", str(config),
-                                    "--state-dir", str(work)]),
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=tree,
-                            env={**os.environ, "PYTHONPATH": str(tree)})
-    deadline = time.monotonic() + 30
-    while "peers_linked" not in log.read_text(errors="replace"):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise RuntimeError(f"the pair did not come up: {log.read_text()[-2000:]}")
-        time.sleep(0.2)
-    return proc
-
-
 def one_round(tree: Path, entries: int) -> list[float]:
     work = Path(tempfile.mkdtemp(prefix="twindns-stats-"))
     os.chmod(work, 0o755)
@@ -64,7 +41,7 @@ def one_round(tree: Path, entries: int) -> list[float]:
     pair = None
     try:
         Unbound(work / "upstream", addr=bc.UPSTREAM, port=53, netns=ns)
-        pair = start_pair(ns, work, tree, entries)
+        pair = sharing.start_pair(ns, work, bc.UPSTREAM, f"[cache]\ncapacity = {entries}\n", tree)
         names = [(f"f{i}.hit.test", "A") for i in range(entries)]
         fill = dnsperf.write_queries(work / "fill.txt", names)
         subprocess.run(ns.cmd(["dnsperf", "-s", sharing.PAIR_LISTEN, "-d", str(fill), "-n", "1", "-c", "16",
@@ -73,7 +50,7 @@ def one_round(tree: Path, entries: int) -> list[float]:
         probe = dnsperf.write_queries(work / "probe.txt", names[:20000])
         argv = dnsperf.dnsperf_argv(sharing.PAIR_LISTEN, 53, probe, 10, qps=2000, clients=4, timeout=2.0)
         out = subprocess.run(ns.cmd([*argv, "-v"]), capture_output=True, timeout=120).stdout
-        return sorted(float(m) for m in LATENCY_LINE.findall(out))
+        return sorted(float(m) for m in bc.LATENCY_LINE.findall(out))
     finally:
         if pair is not None:
             sharing.stop_pair(ns, pair)
