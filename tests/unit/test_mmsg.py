@@ -35,7 +35,30 @@ def pair(request):
         s.close()
 
 
-def test_a_batch_reads_every_queued_datagram_with_its_source(pair):
+@pytest.fixture(params=["accelerator", "ctypes"])
+def batch_calls(request, monkeypatch):
+    """recvmmsg/sendmmsg from the C accelerator, or through ctypes (what runs without it)."""
+    if request.param == "ctypes":
+        monkeypatch.setattr(mmsg, "ACCEL", None)
+    else:
+        assert mmsg.ACCEL is not None, "the C accelerator is not built: pip install -e . with a C compiler"
+    return mmsg._libc_calls()
+
+
+def test_the_batch_calls_return_counts_and_negative_errnos(batch_calls, pair):
+    import errno
+    recv, send = batch_calls
+    server, clients = pair
+    batch = mmsg.DatagramBatch(server, 8, 512)
+    assert recv(server.fileno(), batch.in_hdrs_at, 8) == -errno.EAGAIN
+    closed = socket.socket(server.family, socket.SOCK_DGRAM)
+    fd = closed.fileno()
+    closed.close()
+    assert recv(fd, batch.in_hdrs_at, 8) == -errno.EBADF
+    assert send(fd, batch.out_hdrs_at, 1) == -errno.EBADF
+
+
+def test_a_batch_reads_every_queued_datagram_with_its_source(batch_calls, pair):
     server, clients = pair
     batch = mmsg.DatagramBatch(server, 8, 512)
     assert batch.receive() == 0, "nothing queued: 0, not an error"
@@ -47,7 +70,7 @@ def test_a_batch_reads_every_queued_datagram_with_its_source(pair):
     assert [batch.peer(i) for i in range(3)] == [c.getsockname() for c in clients]
 
 
-def test_replies_go_to_their_own_source_with_the_query_id(pair):
+def test_replies_go_to_their_own_source_with_the_query_id(batch_calls, pair):
     server, clients = pair
     batch = mmsg.DatagramBatch(server, 8, 512)
     for n, c in enumerate(clients):
@@ -133,7 +156,7 @@ def test_this_platform_gets_the_batched_server():
     assert asyncio.run(pick()) is BatchedUdpServer
 
 
-def test_late_replies_reach_each_client_in_runs_longer_than_the_vector(pair):
+def test_late_replies_reach_each_client_in_runs_longer_than_the_vector(batch_calls, pair):
     """Miss answers sent after their batch: to each query's own source, also
     when more are queued than one sendmmsg vector holds."""
     server, clients = pair
