@@ -76,12 +76,13 @@ def servfail_response(q: wire.Question) -> bytes:
 
 
 class Resolver(PeerMisses):
-    """Fills the cache from upstream."""
+    """Fills the cache from upstream. Made inside the running event loop."""
 
     def __init__(self, forwarder: Forwarder, cache: Cache, policy: CacheConfig,
                  headers: Sequence[HeaderRule], local: LocalAnswers,
                  max_pending: int = MAX_PENDING) -> None:
         self.forwarder = forwarder
+        self.loop = asyncio.get_running_loop()     # kept: each get_running_loop() calls getpid()
         self.max_pending = max_pending
         # Misses asked upstream at once ([cache] max_in_flight); more wait in `queued`, in order.
         self.in_flight = 0
@@ -150,13 +151,13 @@ class Resolver(PeerMisses):
         self.queued.append((q, refresh))
         if not self.sending:
             self.sending = True
-            asyncio.get_running_loop().call_soon(self._send_queued)
+            self.loop.call_soon(self._send_queued)
         return True
 
     def _send_queued(self) -> None:
         """Send up to MISSES_PER_TURN queued misses upstream, the rest next
         turn; at max_in_flight, the rest when a miss in flight is done."""
-        queued, loop = self.queued, asyncio.get_running_loop()
+        queued, loop = self.queued, self.loop
         for _ in range(min(MISSES_PER_TURN, len(queued))):
             if self.in_flight >= self.policy.max_in_flight:
                 self.waited += len(queued) - self.blocked
@@ -236,7 +237,7 @@ class Resolver(PeerMisses):
         self.in_flight -= 1
         if self.queued and not self.sending:
             self.sending = True
-            asyncio.get_running_loop().call_soon(self._send_queued)
+            self.loop.call_soon(self._send_queued)
         self._finish(q.key, entry)
         if self.peer is not None:
             asked = q.key in self.peer_asked

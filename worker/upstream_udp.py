@@ -108,21 +108,24 @@ class SocketWatch:
 
     def _ready(self) -> None:
         # A callback reads one answer (PooledSocket._readable): poll again
-        # until nothing is ready, so what is queued is all taken now (an
+        # while sockets were ready, so what is queued is all taken now (an
         # empty poll costs less than an EAGAIN per socket). One poll per
         # wake-up would answer at most one miss per pooled socket (8) per turn
         # of the event loop, fewer than one worker takes in during a restart.
+        # After a round with one socket ready (a lone answer) we return
+        # instead: the replies it queued go out a poll sooner, and a socket
+        # with more queued keeps the set readable, so the loop calls us again.
         callbacks, epoll = self._callbacks, self._epoll
         for _ in range(READY_ROUNDS):
             ready = epoll.poll(0, READY_BATCH)
-            if not ready:
-                return
             for fd, _events in ready:
                 # An fd closed by an earlier callback of this batch has no
                 # callback, or belongs to a new socket: reading it finds nothing.
                 callback = callbacks.get(fd)
                 if callback is not None:
                     callback()
+            if len(ready) < 2:
+                return
 
     def close(self) -> None:
         if self._epoll is not None:
