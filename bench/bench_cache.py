@@ -19,6 +19,9 @@ off, so it answers every miss from its data); the contenders listen on
 * relay    only with --only relay: bench/relay.py, bytes relayed upstream
            and back by a few lines of uvloop, a new socket per query (with
            --relay-arg=--keep one kept socket): the floor of a miss in Python
+* other    only with --only other: the worker of another checkout (--tree
+           DIR, its C accelerator built in place there: python3 setup.py
+           build_ext --inplace), for an A/B of two versions in one run
 
 Workloads:
 
@@ -75,7 +78,7 @@ from helpers.unbound import Unbound  # noqa: E402
 import sharing  # noqa: E402
 
 UPSTREAM = "127.0.0.2"
-PORTS = {"twindns": 5301, "unbound": 5302, "dnsmasq": 5303, "relay": 5304}
+PORTS = {"twindns": 5301, "unbound": 5302, "dnsmasq": 5303, "relay": 5304, "other": 5305}
 # Run unless --only says otherwise. Not `relay` (bench/relay.py): the floor of
 # a Python miss, no cache (a hit is a miss to it).
 DEFAULT_CONTENDERS = ["twindns", "unbound", "dnsmasq"]
@@ -94,10 +97,13 @@ class Figures:
     lost: int = 0
 
 
-def start_twindns(ns: Netns, work: Path, extra: list[str], pin: list[str]) -> subprocess.Popen:
-    log = open(work / "twindns.log", "wb")
-    return ns.popen([*pin, sys.executable, "-m", "worker", "--listen", f"127.0.0.1:{PORTS['twindns']}",
-                     "--upstream", UPSTREAM, *extra], stdout=log, stderr=subprocess.STDOUT)
+def start_twindns(ns: Netns, work: Path, extra: list[str], pin: list[str], name: str = "twindns",
+                  tree: Path = ROOT) -> subprocess.Popen:
+    """A standalone worker of `tree` (this checkout, or --tree's for `other`)."""
+    log = open(work / f"{name}.log", "wb")
+    return ns.popen([*pin, sys.executable, "-m", "worker", "--listen", f"127.0.0.1:{PORTS[name]}",
+                     "--upstream", UPSTREAM, *extra], stdout=log, stderr=subprocess.STDOUT,
+                    cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)})
 
 
 def start_unbound(ns: Netns, work: Path, pin: list[str]) -> subprocess.Popen:
@@ -202,8 +208,9 @@ def cold_starters(ns: Netns, work: Path, args, pin: list[str]) -> dict:
     every = {"twindns": standalone(lambda: start_twindns(ns, work, args.worker_arg, pin), "twindns"),
              "unbound": standalone(lambda: start_unbound(ns, work, pin), "unbound"),
              "dnsmasq": standalone(lambda: start_dnsmasq(ns, work, pin), "dnsmasq"),
+             "other": standalone(lambda: start_twindns(ns, work, args.worker_arg, pin, "other", args.tree), "other"),
              "pair": pair}
-    return {name: every[name] for name in args.only}
+    return {name: every[name] for name in args.only if name in every}
 
 
 def main() -> int:
@@ -216,9 +223,12 @@ def main() -> int:
     ap.add_argument("--workloads", nargs="*", default=["hit", "miss"], choices=["hit", "miss", "sharing", "memory"])
     ap.add_argument("--worker-arg", action="append", default=[], help="extra argument for python -m worker")
     ap.add_argument("--relay-arg", action="append", default=[], help="extra argument for bench/relay.py (--keep)")
+    ap.add_argument("--tree", type=Path, help="the checkout whose worker the `other` contender runs")
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2,
                     help="servers on CPU 1, dnsperf on CPU 0 (default with 2+ CPUs)")
     args = ap.parse_args()
+    if ("other" in args.only) != (args.tree is not None):
+        ap.error("--tree DIR goes with the `other` contender (--only ... other), and only with it")
     server_pin = ["taskset", "-c", "1"] if args.pin else []
     client_pin = ["taskset", "-c", "0"] if args.pin else []
     if os.geteuid() != 0 or shutil.which("dnsperf") is None:
@@ -241,7 +251,8 @@ def main() -> int:
         starters = {"twindns": lambda: start_twindns(ns, work, args.worker_arg, server_pin),
                     "unbound": lambda: start_unbound(ns, work, server_pin),
                     "dnsmasq": lambda: start_dnsmasq(ns, work, server_pin),
-                    "relay": lambda: start_relay(ns, work, args.relay_arg, server_pin)}
+                    "relay": lambda: start_relay(ns, work, args.relay_arg, server_pin),
+                    "other": lambda: start_twindns(ns, work, args.worker_arg, server_pin, "other", args.tree)}
         for name in args.only:
             procs[name] = psutil.Process(starters[name]().pid)
             wait_answering(ns, PORTS[name])
