@@ -74,10 +74,8 @@ class Answerer:
                 return None
             self._rerender(entry, now)
         entry.referenced = True
-        if self.per_query:
-            if not (entry.udp_hits or entry.tcp_hits):      # Stats.hit(), inline: the hottest path
-                self.stats.touch(entry)
-            entry.udp_hits += 1
+        if self.per_query:              # Stats.hit(), inline: the hottest path
+            (entry.hits or self.stats.hit_row(entry))[0] += 1
         return (entry.with_opt or entry.opt_form()) if hit[1] else entry.plain
 
     def exact_reply(self, data: bytes, now: float) -> bytes | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Callable
 
 from worker import wire
 
@@ -29,7 +28,7 @@ class Entry:
 
     __slots__ = ("qname_end", "qtype", "ttl_offsets", "ttls", "stored_at", "expires", "rcode",
                  "mirror_rd", "do", "plain", "with_opt", "referenced",
-                 "udp_hits", "tcp_hits", "render_at", "stale_until", "key", "prefetched")
+                 "hits", "render_at", "stale_until", "key", "prefetched")
 
     def __init__(self, template: bytes, qname_end: int, ttl_offsets: tuple[int, ...], ttls: tuple[int, ...],
                  stored_at: float, lifetime: float, rcode: int, mirror_rd: bool, do: bool,
@@ -39,7 +38,7 @@ class Entry:
         self.plain = template
         self.qname_end = qname_end
         self.qtype = wire.U16.unpack_from(template, qname_end)[0]
-        self.udp_hits = self.tcp_hits = 0
+        self.hits: list[int] | None = None      # its hit row (worker/stats.py), from its first hit
         self.ttl_offsets = ttl_offsets
         self.ttls = ttls
         self.stored_at = stored_at
@@ -136,8 +135,7 @@ class Cache:
     in tuple comparisons when full (a pop sifts through every level), and
     ~80 bytes per entry (the item and its float)."""
 
-    def __init__(self, capacity: int, retire: Callable[[Entry], None] = lambda entry: None,
-                 serve_stale: float = 0.0) -> None:
+    def __init__(self, capacity: int, serve_stale: float = 0.0) -> None:
         self.capacity = capacity
         self.serve_stale = serve_stale          # seconds an expired entry is kept for stale()
         self.stale_served = 0
@@ -148,11 +146,6 @@ class Cache:
         self.expiry_slots: list[int] = []
         self.expiry_items = 0
         self.evictions = 0
-        self.retire = retire    # told of every entry that leaves (its hit counts)
-
-    def _leave(self, entry: Entry) -> None:
-        entry.leave()
-        self.retire(entry)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -164,7 +157,7 @@ class Cache:
         if now >= entry.expires:
             if now >= entry.stale_until:
                 del self.entries[key]
-                self._leave(entry)
+                entry.leave()
             return None
         entry.referenced = True
         return entry
@@ -185,12 +178,12 @@ class Cache:
         if entry.stale_until is None:
             entry.stale_until = entry.expires + self.serve_stale
         if self.capacity <= 0:
-            self._leave(entry)
+            entry.leave()
             return
         entries = self.entries
         replaced = entries.pop(key, None)
         if replaced is not None:
-            self._leave(replaced)
+            replaced.leave()
         if len(entries) >= self.capacity:
             self._drop_expired(entry.stored_at)
         # Second chance is bounded: each pass clears a flag, so at most
@@ -202,7 +195,7 @@ class Cache:
                 entries[old_key] = old
             else:
                 self.evictions += 1
-                self._leave(old)
+                old.leave()
         entries[key] = entry
         self._expires(entry)
         if self.expiry_items > 2 * self.capacity + 64:
@@ -239,6 +232,6 @@ class Cache:
                 self.expiry_items -= 1
                 if entries.get(entry.key) is entry:
                     del entries[entry.key]
-                    self._leave(entry)
+                    entry.leave()
             if not listed:
                 del self.expiry[heapq.heappop(slots)]

@@ -92,7 +92,7 @@ class Service:
         self.drain_timeout: float | None = None
         self.stop_requested = asyncio.Event()
         self.counters = Stats(per_query=options.per_query_stats)
-        self.cache = Cache(config.cache.capacity, self.counters.retire, config.cache.serve_stale)
+        self.cache = Cache(config.cache.capacity, config.cache.serve_stale)
         # Built in _start(), inside the event loop:
         self.forwarder: Forwarder | None = None
         self.udp: list[UdpServer] = []

@@ -52,29 +52,32 @@ def _cached(cache: Cache, key: bytes, qtype: str = "A"):
 
 def test_cache_hits_are_counted_once_across_snapshots_and_departures():
     stats = Stats()
-    cache = Cache(2, stats.retire)
+    cache = Cache(2)
     a, aaaa = _cached(cache, b"a"), _cached(cache, b"b", "AAAA")
     for _ in range(3):
         stats.hit(a, True)
     stats.hit(aaaa, False)
     first = stats.snapshot({}, cache, NoUpstreams())
-    stats.hit(a, True)                  # hit again after the fold
-    _cached(cache, b"c")                # `a` or `b` leaves: its hits are folded as it goes
+    stats.hit(a, True)                  # hit again after a snapshot
+    _cached(cache, b"c")                # `a` and `b` leave: their hits stay counted
     _cached(cache, b"d")
     second = stats.snapshot({}, cache, NoUpstreams())
     assert first["cache_hits"] == 4 and second["cache_hits"] == 5
     assert sorted(second["queries"]) == [["tcp", "AAAA", "NOERROR", 1], ["udp", "A", "NOERROR", 4]]
 
 
-def test_hits_between_snapshots_keep_a_bounded_list_and_every_count():
-    # A standalone worker is never asked for STATS: the entries hit are
-    # folded every FOLD_AT, so departed ones are not kept alive.
-    from worker.stats import FOLD_AT
+def test_hit_counts_live_in_one_row_per_kind_not_per_entry():
+    """What STATS reads (and a snapshot costs) is bounded by the counter
+    table, however many entries were hit: 10,000 entries of two kinds hit
+    make two rows, and the same hits counted in them."""
     stats = Stats()
-    cache = Cache(100, stats.retire)
-    for i in range(3 * FOLD_AT):
-        entry = _cached(cache, b"n%d" % i)
-        stats.hit(entry, True)
-        stats.hit(entry, True)
-        assert len(stats.hit_entries) < FOLD_AT
-    assert stats.snapshot({}, cache, NoUpstreams())["cache_hits"] == 6 * FOLD_AT
+    cache = Cache(20000)
+    entries = [_cached(cache, b"n%d" % i, "AAAA" if i % 2 else "A") for i in range(10000)]
+    for e in entries:
+        stats.hit(e, True)
+        stats.hit(e, False)
+    assert len(stats.hit_rows) == 2
+    snap = stats.snapshot({}, cache, NoUpstreams())
+    assert snap["cache_hits"] == 20000
+    assert sorted(snap["queries"]) == [["tcp", "A", "NOERROR", 5000], ["tcp", "AAAA", "NOERROR", 5000],
+                                       ["udp", "A", "NOERROR", 5000], ["udp", "AAAA", "NOERROR", 5000]]
