@@ -17,7 +17,8 @@
  *
  * Also the two batch system calls of worker/mmsg.py, which otherwise goes
  * through ctypes: a ctypes call (argument conversion, libffi, byref) cost
- * more than the system call's own user-space work on every client batch.
+ * more than the system call's own user-space work on every client batch;
+ * and untrack(), which takes a cache Entry out of the cyclic collector.
  */
 #define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
@@ -354,6 +355,10 @@ static PyObject *entry_parts(PyObject *module, PyObject *const *args, Py_ssize_t
     for (Py_ssize_t i = 12; i < name_end; i++)
         if (t[i] >= 'A' && t[i] <= 'Z')
             t[i] += 32;
+    /* Tuples of ints are never in a cycle: the collector would untrack them
+     * at its next pass, after walking them once; they live as long as the entry. */
+    PyObject_GC_UnTrack(offsets);
+    PyObject_GC_UnTrack(ttl_tuple);
     for (int i = 0; i < n; i++) {
         if (ttls[i] != recs[i].ttl)
             put32(t + recs[i].ttl_offset, (uint32_t)ttls[i]);
@@ -546,7 +551,19 @@ static PyObject *send_batch(PyObject *module, PyObject *const *args, Py_ssize_t 
     return batch_call(args, nargs, 1);
 }
 
+/* untrack(obj): obj leaves the cyclic garbage collector's lists, so no
+ * collection walks it again. Only for objects that can never be part of a
+ * reference cycle (worker/cache.py's Entry says why it cannot); a cycle
+ * through one would never be freed. */
+static PyObject *untrack(PyObject *module, PyObject *obj) {
+    if (PyObject_IS_GC(obj))
+        PyObject_GC_UnTrack(obj);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"untrack", (PyCFunction)untrack, METH_O,
+     "untrack(obj) -> None: obj leaves the cyclic collector's lists (it must never be in a cycle)"},
     {"recv_batch", (PyCFunction)(void (*)(void))recv_batch, METH_FASTCALL,
      "recv_batch(fd, mmsghdr_vector_address, count) -> datagrams read, or -errno"},
     {"send_batch", (PyCFunction)(void (*)(void))send_batch, METH_FASTCALL,

@@ -11,8 +11,9 @@ from collections import OrderedDict
 
 from worker import wire
 
-# The C accelerator's opt_form() (worker/_fastwire.c), or None.
+# The C accelerator's opt_form() and untrack() (worker/_fastwire.c), or None.
 _with_opt = wire.ACCEL.with_opt if wire.ACCEL is not None else None
+_untrack = wire.ACCEL.untrack if wire.ACCEL is not None else None
 # RFC 8767 section 4: a stale answer's TTL, and how long it is reused before upstream is asked again.
 STALE_TTL = 30
 # Expiry is kept in slots of 1/EXPIRY_SLOTS_PER_SECOND seconds: an expired entry
@@ -24,7 +25,16 @@ PREFETCH_MIN_LIFETIME = 10.0
 
 
 class Entry:
-    """One cached response and its pre-rendered forms for the current age."""
+    """One cached response and its pre-rendered forms for the current age.
+
+    It holds only bytes, numbers, tuples of ints and its shared hit row (a
+    list of two ints), so it is never part of a reference cycle, and the C
+    accelerator takes it out of the cyclic garbage collector (untrack):
+    every young collection walked each entry cached since the last one,
+    ~1-2 ms of the event loop per collection, and a collection of the older
+    generation 26 ms with a 100,000-entry cache under a miss flood, freeing
+    nothing. A slot added here must not hold anything that can refer back
+    to the entry."""
 
     __slots__ = ("qname_end", "qtype", "ttl_offsets", "ttls", "stored_at", "expires", "rcode",
                  "mirror_rd", "do", "plain", "with_opt", "referenced",
@@ -52,6 +62,8 @@ class Entry:
         self.prefetched = False
         # `template` may already show `ttls` (a miss's): then it need not be copied again.
         self._show(template if rendered else self._rendered(0), 0)
+        if _untrack is not None:
+            _untrack(self)
 
     def _rendered(self, age: int) -> bytes:
         buf = bytearray(self.plain)
