@@ -155,9 +155,9 @@ class Cache:
         # Made after the worker froze what it loaded (main.tune_gc), so the collector
         # would walk every key and entry in it at each collection of an older
         # generation (~5 ms per 30,000). It holds only bytes and (untracked) entries:
-        # never in a cycle. Without the accelerator the entries are tracked, and
-        # so is the dict again at its first insertion (CPython tracks a dict
-        # whose items may be).
+        # never in a cycle. CPython tracks a dict again at any insertion of an
+        # object of a collected type, so put() untracks it after each;
+        # without the accelerator nothing is untracked.
         if _untrack is not None:
             _untrack(self.entries)
         # Expiry slot -> the entries put with an expiry in it (entries that left since are
