@@ -97,6 +97,27 @@ class Figures:
     lost: int = 0
 
 
+def can_run() -> bool:
+    """Root (network namespaces) and dnsperf are here; else say so on stderr."""
+    if os.geteuid() != 0 or shutil.which("dnsperf") is None:
+        print("needs root (network namespace) and dnsperf", file=sys.stderr)
+        return False
+    return True
+
+
+def check_tree(ap: argparse.ArgumentParser, only: list[str], tree: Path | None) -> None:
+    """--tree goes with the `other` contender, and only with it."""
+    if ("other" in only) != (tree is not None):
+        ap.error("--tree DIR goes with the `other` contender (--only ... other), and only with it")
+
+
+def workdir(prefix: str) -> Path:
+    """A scratch directory the servers' unprivileged users can read."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(work, 0o755)
+    return work
+
+
 def start_twindns(ns: Netns, work: Path, extra: list[str], pin: list[str], name: str = "twindns",
                   tree: Path = ROOT) -> subprocess.Popen:
     """A standalone worker of `tree` (this checkout, or --tree's for `other`)."""
@@ -227,15 +248,12 @@ def main() -> int:
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2,
                     help="servers on CPU 1, dnsperf on CPU 0 (default with 2+ CPUs)")
     args = ap.parse_args()
-    if ("other" in args.only) != (args.tree is not None):
-        ap.error("--tree DIR goes with the `other` contender (--only ... other), and only with it")
+    check_tree(ap, args.only, args.tree)
     server_pin = ["taskset", "-c", "1"] if args.pin else []
     client_pin = ["taskset", "-c", "0"] if args.pin else []
-    if os.geteuid() != 0 or shutil.which("dnsperf") is None:
-        print("needs root (network namespace) and dnsperf", file=sys.stderr)
+    if not can_run():
         return 2
-    work = Path(tempfile.mkdtemp(prefix="twindns-bench-"))
-    os.chmod(work, 0o755)
+    work = workdir("twindns-bench-")
     hit_file = dnsperf.write_queries(work / "hit.txt", [(f"h{i}.hit.test", "A") for i in range(10000)])
     ns = Netns(prefix="twb")
     try:

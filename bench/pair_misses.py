@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,11 +45,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
-    if os.geteuid() != 0 or shutil.which("dnsperf") is None:
-        print("needs root (network namespace) and dnsperf", file=sys.stderr)
+    if not bc.can_run():
         return 2
-    work = Path(tempfile.mkdtemp(prefix="twindns-pair-"))
-    os.chmod(work, 0o755)
+    work = bc.workdir("twindns-pair-")
     ns = Netns(prefix="twm")
     pair = None
     pin = ["taskset", "-c", "1"]

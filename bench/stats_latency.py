@@ -17,11 +17,9 @@ every answer (dnsperf -v).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,8 +33,7 @@ from helpers.netns import Netns  # noqa: E402
 from helpers.unbound import Unbound  # noqa: E402
 
 def one_round(tree: Path, entries: int) -> list[float]:
-    work = Path(tempfile.mkdtemp(prefix="twindns-stats-"))
-    os.chmod(work, 0o755)
+    work = bc.workdir("twindns-stats-")
     ns = Netns(prefix="tws")
     pair = None
     try:
@@ -65,8 +62,7 @@ def main() -> int:
     ap.add_argument("--tree", type=Path, default=Path(__file__).resolve().parent.parent,
                     help="the checkout whose supervisor and workers run (default: this one)")
     args = ap.parse_args()
-    if os.geteuid() != 0 or shutil.which("dnsperf") is None:
-        print("needs root (network namespace) and dnsperf", file=sys.stderr)
+    if not bc.can_run():
         return 2
     for r in range(args.rounds):
         lat = one_round(args.tree.resolve(), args.entries)

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Fixed-rate latency of lone misses (or hits), in many short slices that
+alternate between the contenders, so each sees the same share of a noisy
+machine. bench_cache.py's latency figures come from one 3-second run per
+contender per round; on this shared machine unbound's own p99 moved from
+0.23 to 0.84 ms between such runs, more than the gap being measured.
+
+    sudo python3 bench/miss_latency.py [--slices 16] [--seconds 1.5] [--rate 2000]
+                                       [--hit] [--only twindns unbound other --tree DIR]
+
+Every slice asks new names at --rate (with --hit: 10,000 cached names at
+--rate, 20,000 by default then), pinned as bench_cache.py pins them
+(contender on CPU 1, dnsperf on CPU 0). Printed per contender, over the
+medians of the slices: mean, p50, p90, p99, p99.9 and the server's CPU per
+answer; and the p99 over every answer of every slice.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_cache as bc  # noqa: E402
+from helpers import dnsperf  # noqa: E402
+from helpers.netns import Netns  # noqa: E402
+from helpers.unbound import Unbound  # noqa: E402
+
+QUANTILES = (0.5, 0.9, 0.99, 0.999)
+
+
+def one_slice(ns: Netns, name: str, qfile: Path, seconds: float, rate: int,
+              proc: psutil.Process) -> tuple[list[float], float]:
+    """(every answer's latency in ms, server CPU us per answer) of one fixed-rate slice."""
+    argv = dnsperf.dnsperf_argv("127.0.0.1", bc.PORTS[name], qfile, seconds, qps=rate, clients=4, timeout=2.0)
+    cpu = sum(proc.cpu_times()[:2])
+    out = subprocess.run(ns.cmd(["taskset", "-c", "0", *argv, "-v"]), capture_output=True,
+                         timeout=seconds + 60).stdout
+    cpu = sum(proc.cpu_times()[:2]) - cpu
+    lat = sorted(float(m) * 1e3 for m in bc.LATENCY_LINE.findall(out))
+    if not lat:
+        raise RuntimeError(f"{name}: no answers")
+    return lat, cpu / len(lat) * 1e6
+
+
+def quantile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * q))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--slices", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=1.5, help="length of each slice")
+    ap.add_argument("--rate", type=int, help="offered qps (default 2,000; 20,000 with --hit)")
+    ap.add_argument("--hit", action="store_true", help="cached names instead of new ones")
+    ap.add_argument("--only", nargs="*", default=["twindns", "unbound"], choices=["twindns", "unbound", "other"])
+    ap.add_argument("--tree", type=Path, help="the checkout whose worker the `other` contender runs")
+    args = ap.parse_args()
+    rate = args.rate or (20000 if args.hit else 2000)
+    bc.check_tree(ap, args.only, args.tree)
+    if not bc.can_run():
+        return 2
+    work = bc.workdir("twindns-lat-")
+    ns = Netns(prefix="twl")
+    procs: dict[str, subprocess.Popen] = {}
+    pin = ["taskset", "-c", "1"]
+    try:
+        Unbound(work / "upstream", addr=bc.UPSTREAM, port=53, netns=ns)
+        starters = {"twindns": lambda: bc.start_twindns(ns, work, [], pin),
+                    "unbound": lambda: bc.start_unbound(ns, work, pin),
+                    "other": lambda: bc.start_twindns(ns, work, [], pin, "other", args.tree)}
+        for name in args.only:
+            procs[name] = starters[name]()
+            bc.wait_answering(ns, bc.PORTS[name])
+        hit_file = dnsperf.write_queries(work / "hit.txt", [(f"h{i}.hit.test", "A") for i in range(10000)])
+        slices: dict[str, list[tuple[list[float], float]]] = {name: [] for name in args.only}
+        for s in range(args.slices):
+            for name in (args.only if s % 2 == 0 else args.only[::-1]):
+                proc = psutil.Process(procs[name].pid)
+                if args.hit:
+                    bc.warm(ns, bc.PORTS[name], hit_file)
+                    qfile = hit_file
+                else:
+                    qfile = dnsperf.write_queries(work / "miss.txt", [(f"s{s}-{i}.{name}.short.test", "A")
+                                                                      for i in range(int(rate * args.seconds * 1.2))])
+                bc.settle(proc)
+                slices[name].append(one_slice(ns, name, qfile, args.seconds, rate, proc))
+        print(f"{args.slices} slices of {args.seconds:g} s at {rate} qps ({'hits' if args.hit else 'lone misses'}),"
+              " alternating; medians over slices, then p99 over every answer:")
+        print(f"{'server':8} {'mean ms':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'us/q':>6} {'p99 all':>8}")
+        for name, runs in slices.items():
+            med = [statistics.median(statistics.fmean(lat) for lat, _ in runs)]
+            med += [statistics.median(quantile(lat, q) for lat, _ in runs) for q in QUANTILES]
+            cpu = statistics.median(c for _, c in runs)
+            every = sorted(v for lat, _ in runs for v in lat)
+            print(f"{name:8} {med[0]:8.3f} {med[1]:7.3f} {med[2]:7.3f} {med[3]:7.3f} {med[4]:7.3f} {cpu:6.1f} "
+                  f"{quantile(every, 0.99):8.3f}")
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(timeout=20)
+        ns.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
