@@ -57,9 +57,10 @@ def fingerprint(config: WorkerConfig) -> bytes:
 
 def encode_entry(key: bytes, entry: Entry) -> bytes:
     flags = (_MIRROR_RD if entry.mirror_rd else 0) | (_DO if entry.do else 0)
-    body = b"".join((_FIXED.pack(len(key), len(entry.template), entry.qname_end, entry.rcode, flags,
+    template = entry.template       # rendered anew at each access: once per record, not twice
+    body = b"".join((_FIXED.pack(len(key), len(template), entry.qname_end, entry.rcode, flags,
                                  len(entry.ttls), entry.stored_at, entry.expires),
-                     key, entry.template,
+                     key, template,
                      b"".join(_TTL.pack(off, ttl) for off, ttl in zip(entry.ttl_offsets, entry.ttls))))
     return _RECORD_LEN.pack(len(body)) + body
 
