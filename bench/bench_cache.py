@@ -179,15 +179,21 @@ def throughput(ns: Netns, port: int, qfile: Path, seconds: float, pin: list[str]
     return dnsperf.run([*pin, *argv], netns=ns)
 
 
-def latency(ns: Netns, port: int, qfile: Path, seconds: float, rate: int,
-            pin: list[str]) -> tuple[float, float, int, int]:
-    """(mean ms, p99 ms, lost, answers) from every answer's own latency (dnsperf -v)."""
-    argv = dnsperf.dnsperf_argv("127.0.0.1", port, qfile, seconds, qps=rate, clients=4, timeout=2.0)
+def latencies(ns: Netns, port: int, qfile: Path, seconds: float, rate: int,
+              pin: list[str], address: str = "127.0.0.1") -> tuple[list[float], int]:
+    """Every answer's own latency in seconds, sorted (dnsperf -v at `rate`), and the lost count."""
+    argv = dnsperf.dnsperf_argv(address, port, qfile, seconds, qps=rate, clients=4, timeout=2.0)
     out = subprocess.run(ns.cmd([*pin, *argv, "-v"]), capture_output=True, timeout=seconds + 60).stdout
     lat = sorted(float(m) for m in LATENCY_LINE.findall(out))
     if not lat:
         raise RuntimeError(f"no answers: {out[-2000:]!r}")
-    lost = dnsperf.parse(out.decode(errors="replace")).lost
+    return lat, dnsperf.parse(out.decode(errors="replace")).lost
+
+
+def latency(ns: Netns, port: int, qfile: Path, seconds: float, rate: int,
+            pin: list[str]) -> tuple[float, float, int, int]:
+    """(mean ms, p99 ms, lost, answers) from every answer's own latency (dnsperf -v)."""
+    lat, lost = latencies(ns, port, qfile, seconds, rate, pin)
     return statistics.fmean(lat) * 1e3, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3, lost, len(lat)
 
 

@@ -38,16 +38,11 @@ QUANTILES = (0.5, 0.9, 0.99, 0.999)
 
 def one_slice(ns: Netns, name: str, qfile: Path, seconds: float, rate: int,
               proc: psutil.Process) -> tuple[list[float], float]:
-    """(every answer's latency in ms, server CPU us per answer) of one fixed-rate slice."""
-    argv = dnsperf.dnsperf_argv("127.0.0.1", bc.PORTS[name], qfile, seconds, qps=rate, clients=4, timeout=2.0)
+    """(every answer's latency in ms, sorted; server CPU us per answer) of one fixed-rate slice."""
     cpu = sum(proc.cpu_times()[:2])
-    out = subprocess.run(ns.cmd(["taskset", "-c", "0", *argv, "-v"]), capture_output=True,
-                         timeout=seconds + 60).stdout
+    lat, _lost = bc.latencies(ns, bc.PORTS[name], qfile, seconds, rate, ["taskset", "-c", "0"])
     cpu = sum(proc.cpu_times()[:2]) - cpu
-    lat = sorted(float(m) * 1e3 for m in bc.LATENCY_LINE.findall(out))
-    if not lat:
-        raise RuntimeError(f"{name}: no answers")
-    return lat, cpu / len(lat) * 1e6
+    return [v * 1e3 for v in lat], cpu / len(lat) * 1e6
 
 
 def quantile(values: list[float], q: float) -> float:

@@ -32,6 +32,7 @@ from helpers import dnsperf  # noqa: E402
 from helpers.netns import Netns  # noqa: E402
 from helpers.unbound import Unbound  # noqa: E402
 
+
 def one_round(tree: Path, entries: int) -> list[float]:
     work = bc.workdir("twindns-stats-")
     ns = Netns(prefix="tws")
@@ -45,9 +46,7 @@ def one_round(tree: Path, entries: int) -> list[float]:
                                "-q", "200"]), capture_output=True, check=True)
         time.sleep(2)
         probe = dnsperf.write_queries(work / "probe.txt", names[:20000])
-        argv = dnsperf.dnsperf_argv(sharing.PAIR_LISTEN, 53, probe, 10, qps=2000, clients=4, timeout=2.0)
-        out = subprocess.run(ns.cmd([*argv, "-v"]), capture_output=True, timeout=120).stdout
-        return sorted(float(m) for m in bc.LATENCY_LINE.findall(out))
+        return bc.latencies(ns, 53, probe, 10, 2000, [], sharing.PAIR_LISTEN)[0]
     finally:
         if pair is not None:
             sharing.stop_pair(ns, pair)

@@ -19,6 +19,11 @@ COUNTED_QTYPES = frozenset(dns.rdatatype.from_text(t) for t in (
 OTHER_QTYPE = -1
 
 
+def qtype_bucket(qtype: int) -> int:
+    """The counter a query type is counted under."""
+    return qtype if qtype in COUNTED_QTYPES else OTHER_QTYPE
+
+
 def qtype_label(bucket: int) -> str:
     return "other" if bucket == OTHER_QTYPE else dns.rdatatype.to_text(bucket)
 
@@ -48,7 +53,7 @@ class Stats:
         self.prefetches = 0
 
     def count(self, udp: bool, qtype: int, rcode: int, n: int = 1) -> None:
-        key = (udp, qtype if qtype in COUNTED_QTYPES else OTHER_QTYPE, rcode & 0xF)
+        key = (udp, qtype_bucket(qtype), rcode & 0xF)
         self.queries[key] = self.queries.get(key, 0) + n
 
     def hit(self, entry: Entry, udp: bool) -> None:
@@ -57,7 +62,7 @@ class Stats:
 
     def hit_row(self, entry: Entry) -> list[int]:
         """The entry's first hit: the hit row of its kind, now also its own."""
-        row_key = (entry.qtype if entry.qtype in COUNTED_QTYPES else OTHER_QTYPE, entry.rcode & 0xF)
+        row_key = (qtype_bucket(entry.qtype), entry.rcode & 0xF)
         row = self.hit_rows.get(row_key)
         if row is None:
             row = self.hit_rows[row_key] = [0, 0]
