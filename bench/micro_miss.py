@@ -3,13 +3,19 @@
 microseconds per cache miss, from answer() to the client's reply, against a
 trivial upstream in a subprocess (its CPU is not counted).
 
-    python3 bench/micro_miss.py [--misses 20000] [--concurrency 50] [--tcp] [--capacity N]
+    python3 bench/micro_miss.py [--misses 20000] [--concurrency 50] [--tcp] [--capacity N] [--pair]
                                 [--profile [--profile-sort ncalls]] [--default-gc]
 
 Every query asks a new name, so each one goes upstream (over UDP, or with
 --tcp over one reused TCP connection). The client
 side (receiving queries, sending replies) is not included: it is the same
 for hits and misses, and bench/bench_cache.py measures the whole thing.
+
+With --pair, two workers' resolvers and caches run in the one process,
+linked as the supervisor links a pair (worker/peer.py, over a real
+socketpair), and the queries alternate between them as the kernel spreads
+clients: the CPU per miss is then the pair's, peer messages included
+(bench/pair_misses.py measures the real pair, with its client side).
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import cProfile
 import gc
 import pstats
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +37,7 @@ from worker.answer import Answerer
 from worker.cache import Cache
 from worker.config import CacheConfig, UpstreamZone
 from worker.main import tune_gc
+from worker.peer import PeerLink
 from worker.resolver import LocalAnswers, Resolver
 from worker.stats import Stats
 from worker.upstream import Forwarder
@@ -93,13 +101,33 @@ def client_queries(misses: int) -> list[bytes]:
             for label in (f"m{i}".encode() for i in range(misses))]
 
 
-async def run(port: int, queries: list[bytes], concurrency: int,
-              tcp: bool = False, capacity: int = 0) -> tuple[float, float, float, dict]:
-    misses = len(queries)
+def one_worker(port: int, tcp: bool, capacity: int) -> tuple[Answerer, Forwarder]:
     forwarder = Forwarder([UpstreamZone(".", (("127.0.0.1", port),), timeout=2.0, force_tcp=tcp)])
-    cache = Cache(capacity or misses + 10)
-    stats = Stats()
-    answerer = Answerer(cache, Resolver(forwarder, cache, CacheConfig(), (), LocalAnswers("x")), stats)
+    cache = Cache(capacity)
+    return Answerer(cache, Resolver(forwarder, cache, CacheConfig(), (), LocalAnswers("x")), Stats()), forwarder
+
+
+def link(answerers: list[Answerer]) -> list[PeerLink]:
+    """The two resolvers linked as worker/service.py links a pair."""
+    ends = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    links = []
+    for sock, slot, answerer in zip(ends, ("A", "B"), answerers):
+        resolver = answerer.resolver
+        resolver.peer = PeerLink(sock, slot, b"micro", resolver.peer_asks, resolver.peer_told,
+                                 lambda _link: None, resolver.peer_counts)
+        resolver.peer.start()
+        links.append(resolver.peer)
+    return links
+
+
+async def run(port: int, queries: list[bytes], concurrency: int,
+              tcp: bool = False, capacity: int = 0, pair: bool = False) -> tuple[float, float, float, dict]:
+    misses = len(queries)
+    workers = [one_worker(port, tcp, capacity or misses + 10) for _ in range(2 if pair else 1)]
+    answerers = [answerer for answerer, _ in workers]
+    links = link(answerers) if pair else []
+    while links and not all(peer.usable for peer in links):
+        await asyncio.sleep(0.01)
     done = asyncio.get_running_loop().create_future()
     state = {"next": 0, "answered": 0}
 
@@ -108,6 +136,7 @@ async def run(port: int, queries: list[bytes], concurrency: int,
         if i >= misses:
             return
         state["next"] = i + 1
+        answerer = answerers[i % len(answerers)]
         reply = answerer.answer(queries[i], True, replied, None, time.monotonic())
         if reply:           # answered at once (a SERVFAIL when overloaded)
             replied(reply, None)
@@ -138,8 +167,15 @@ async def run(port: int, queries: list[bytes], concurrency: int,
     gc.callbacks.remove(gc_timer)
     print(f"garbage collections by generation: {collections}, {gc_seconds[0] / misses * 1e6:.1f} us per miss; "
           f"page faults per miss: {(usage.ru_minflt - usage0.ru_minflt) / misses:.2f}")
-    await forwarder.close()
-    return user, system, wall, stats.snapshot({}, cache, forwarder)
+    upstream = {"queries": 0, "errors": 0, "rejected": 0}
+    for answerer, forwarder in workers:
+        server = answerer.stats.snapshot({}, answerer.cache, forwarder)["upstream"][0]
+        for count in upstream:
+            upstream[count] += server[count]
+        await forwarder.close()
+    for peer in links:
+        peer.close()
+    return user, system, wall, upstream
 
 
 def main() -> None:
@@ -151,6 +187,7 @@ def main() -> None:
     ap.add_argument("--profile-lines", type=int, default=30, help="functions the profile lists")
     ap.add_argument("--default-gc", action="store_true",
                     help="keep CPython's collector settings instead of the worker's (worker.main.tune_gc)")
+    ap.add_argument("--pair", action="store_true", help="two linked workers, queries alternating between them")
     ap.add_argument("--tcp", action="store_true", help="upstream over TCP (force_tcp), one reused connection")
     ap.add_argument("--capacity", type=int, default=0,
                     help="cache entries (default: every miss fits; smaller: puts evict, as a full cache's do)")
@@ -159,19 +196,18 @@ def main() -> None:
         tune_gc()
     responder, port = start_responder(args.tcp)
     try:
-        uvloop.run(run(port, client_queries(500), args.concurrency, args.tcp))     # warm-up
+        uvloop.run(run(port, client_queries(500), args.concurrency, args.tcp, pair=args.pair))     # warm-up
         queries = client_queries(args.misses)
         profiler = cProfile.Profile() if args.profile else None
         if profiler:
             profiler.enable()
-        user, system, wall, snapshot = uvloop.run(run(port, queries, args.concurrency, args.tcp, args.capacity))
+        user, system, wall, up = uvloop.run(run(port, queries, args.concurrency, args.tcp, args.capacity, args.pair))
         if profiler:
             profiler.disable()
             pstats.Stats(profiler).sort_stats(args.profile_sort).print_stats(args.profile_lines)
     finally:
         responder.kill()
         responder.wait()
-    up = snapshot["upstream"][0]
     print(f"{args.misses} misses, {args.concurrency} in flight: {(user + system) / args.misses * 1e6:6.1f} us CPU "
           f"per miss (user {user / args.misses * 1e6:.1f}, system {system / args.misses * 1e6:.1f}), "
           f"{args.misses / wall:7.0f} misses/s; upstream queries {up['queries']} errors {up['errors']} "
