@@ -561,7 +561,34 @@ static PyObject *untrack(PyObject *module, PyObject *obj) {
     Py_RETURN_NONE;
 }
 
+/* valid_key(key) -> bool: worker/peer.py's valid_key (the reference, same
+ * verdict on every input): a name wire of 1-63 byte labels, 255 bytes at
+ * most, ending in the root, then qtype, qclass and flags 0-3. Every frame
+ * from the peer is checked: the loop over labels cost more in Python than
+ * the rest of taking a told answer but the Entry itself. */
+static PyObject *valid_key(PyObject *module, PyObject *arg) {
+    if (!PyBytes_CheckExact(arg)) {
+        PyErr_SetString(PyExc_TypeError, "valid_key(key: bytes)");
+        return NULL;
+    }
+    const uint8_t *k = (const uint8_t *)PyBytes_AS_STRING(arg);
+    Py_ssize_t size = PyBytes_GET_SIZE(arg), name_len = size - 5, i = 0;
+    if (size < 6 || name_len > MAX_NAME || k[size - 1] > 3)
+        Py_RETURN_FALSE;
+    while (i < name_len) {
+        unsigned length = k[i];
+        if (length == 0)
+            return PyBool_FromLong(i == name_len - 1);
+        if (length > MAX_LABEL)
+            Py_RETURN_FALSE;
+        i += length + 1;
+    }
+    Py_RETURN_FALSE;
+}
+
 static PyMethodDef methods[] = {
+    {"valid_key", (PyCFunction)valid_key, METH_O,
+     "valid_key(key) -> bool: a cache key as wire.make_key builds it (worker/peer.py, the reference)"},
     {"untrack", (PyCFunction)untrack, METH_O,
      "untrack(obj) -> None: obj leaves the cyclic collector's lists (it must never be in a cycle)"},
     {"recv_batch", (PyCFunction)(void (*)(void))recv_batch, METH_FASTCALL,

@@ -38,7 +38,7 @@ class Entry:
 
     __slots__ = ("qname_end", "qtype", "ttl_offsets", "ttls", "stored_at", "expires", "rcode",
                  "mirror_rd", "do", "plain", "with_opt", "referenced",
-                 "hits", "render_at", "stale_until", "key", "prefetched")
+                 "hits", "render_at", "shown_age", "stale_until", "key", "prefetched")
 
     def __init__(self, template: bytes, qname_end: int, ttl_offsets: tuple[int, ...], ttls: tuple[int, ...],
                  stored_at: float, lifetime: float, rcode: int, mirror_rd: bool, do: bool,
@@ -79,6 +79,7 @@ class Entry:
 
     def _show(self, plain: bytes, age: int) -> None:
         self.plain = plain
+        self.shown_age = age
         self.with_opt = None
         # time.monotonic() from which the shown TTLs are a second too high, or
         # the entry is expired or gone (see leave()): a hit compares one float.
@@ -97,8 +98,10 @@ class Entry:
 
     @property
     def template(self) -> bytes:
-        """The stored response as first rendered (TTLs not lowered): for handoff and stale copies."""
-        return self._rendered(0)
+        """The stored response as first rendered (TTLs not lowered): for handoff and stale copies.
+        Every answer the pair learns is told to the other worker while it is
+        still shown at age 0: then `plain` is that form already, not re-rendered."""
+        return self.plain if self.shown_age == 0 else self._rendered(0)
 
     def stale_copy(self, now: float) -> "Entry":
         """This expired answer served again (RFC 8767): every TTL 30 seconds,

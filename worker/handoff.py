@@ -57,7 +57,7 @@ def fingerprint(config: WorkerConfig) -> bytes:
 
 def encode_entry(key: bytes, entry: Entry) -> bytes:
     flags = (_MIRROR_RD if entry.mirror_rd else 0) | (_DO if entry.do else 0)
-    template = entry.template       # rendered anew at each access: once per record, not twice
+    template = entry.template       # possibly rendered anew: asked for once per record, not twice
     body = b"".join((_FIXED.pack(len(key), len(template), entry.qname_end, entry.rcode, flags,
                                  len(entry.ttls), entry.stored_at, entry.expires),
                      key, template,
@@ -70,19 +70,23 @@ def decode_entry(body: bytes) -> tuple[bytes, Entry]:
     if len(body) < _FIXED.size:
         raise CacheStreamError("record shorter than its fixed part")
     key_len, tlen, qname_end, rcode, flags, nttl, stored_at, expires = _FIXED.unpack_from(body)
-    if len(body) != _FIXED.size + key_len + tlen + nttl * _TTL.size:
+    key_end = _FIXED.size + key_len
+    ttls_at = key_end + tlen
+    if len(body) != ttls_at + nttl * _TTL.size:
         raise CacheStreamError("record length does not match its fields")
     if not 12 < qname_end <= tlen - 4 or key_len == 0 or not expires >= stored_at:
         raise CacheStreamError("entry fields out of range")
-    at = _FIXED.size
-    key = body[at:at + key_len]
-    template = body[at + key_len:at + key_len + tlen]
-    ttls = [_TTL.unpack_from(body, at + key_len + tlen + i * _TTL.size) for i in range(nttl)]
-    if any(off < qname_end or off + 4 > tlen for off, _ in ttls):
-        raise CacheStreamError("TTL offset outside the template")
-    entry = Entry(template, qname_end, tuple(off for off, _ in ttls), tuple(ttl for _, ttl in ttls),
-                  stored_at, expires - stored_at, rcode, bool(flags & _MIRROR_RD), bool(flags & _DO))
-    return key, entry
+    offsets: tuple[int, ...] = ()
+    ttls: tuple[int, ...] = ()
+    if nttl:
+        # Every peer-told answer and every entry of a restart comes through
+        # here: zip() splits the (offset, ttl) pairs into the two tuples at C speed.
+        offsets, ttls = zip(*_TTL.iter_unpack(body[ttls_at:]))
+        if min(offsets) < qname_end or max(offsets) + 4 > tlen:
+            raise CacheStreamError("TTL offset outside the template")
+    entry = Entry(body[key_end:ttls_at], qname_end, offsets, ttls, stored_at, expires - stored_at, rcode,
+                  bool(flags & _MIRROR_RD), bool(flags & _DO))
+    return body[_FIXED.size:key_end], entry
 
 
 def encode_stream(config_print: bytes, entries: Iterable[tuple[bytes, Entry]]) -> Iterator[bytes]:

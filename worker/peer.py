@@ -65,6 +65,7 @@ from dataclasses import dataclass
 
 from worker.cache import Entry
 from worker.handoff import CacheStreamError, decode_entry, encode_entry
+from worker.wire import ACCEL
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,10 @@ MAX_BACKLOG = 512
 SLOTS = ("A", "B")
 
 
-def valid_key(key: bytes) -> bool:
+def valid_key_reference(key: bytes) -> bool:
     """A cache key as wire.make_key builds it: a name wire (labels of 1-63
-    bytes, 255 bytes at most, ending in the root), qtype, qclass, flags 0-3."""
+    bytes, 255 bytes at most, ending in the root), qtype, qclass, flags 0-3.
+    The reference of the C accelerator's valid_key."""
     name, i = key[:-5], 0
     if len(key) < 6 or len(name) > 255 or key[-1] > 3:
         return False
@@ -105,6 +107,10 @@ def valid_key(key: bytes) -> bool:
             return False
         i += length + 1
     return False
+
+
+# Every frame's key is checked: in C when the accelerator is built.
+valid_key = ACCEL.valid_key if ACCEL is not None else valid_key_reference
 
 
 def owner(key: bytes) -> str:
@@ -129,6 +135,7 @@ class PeerLink:
                  on_close: Callable[["PeerLink"], None], counts: PeerCounts | None = None) -> None:
         self.sock = sock
         self.slot = slot
+        self.slot_bit = SLOTS.index(slot)
         self.config_print = config_print
         self.on_ask, self.on_told, self.on_close = on_ask, on_told, on_close
         self.counts = PeerCounts() if counts is None else counts
@@ -153,7 +160,8 @@ class PeerLink:
 
     def owns_elsewhere(self, key: bytes) -> bool:
         """True when the peer owns `key` and can be asked for it."""
-        return self.usable and not self.quiet and owner(key) != self.slot
+        # owner(key) != self.slot, inline: asked for every miss.
+        return self.agreed and not self.closed and not self.quiet and zlib.crc32(key) & 1 != self.slot_bit
 
     def ask(self, key: bytes, refresh: bool = False) -> bool:
         """False when the link is full or closed: ask upstream yourself."""
@@ -262,15 +270,15 @@ class PeerLink:
         if not self.agreed:
             return
         try:
-            if kind == ASK or kind == REFRESH:
-                if not valid_key(body):
-                    raise CacheStreamError("not a cache key")
-                self.on_ask(body, kind == REFRESH)
-            elif kind == TOLD:
+            if kind == TOLD:            # the most frequent: every answer either worker learns
                 key, entry = decode_entry(body)
                 if not valid_key(key):
                     raise CacheStreamError("not a cache key")
                 self.on_told(key, entry)
+            elif kind == ASK or kind == REFRESH:
+                if not valid_key(body):
+                    raise CacheStreamError("not a cache key")
+                self.on_ask(body, kind == REFRESH)
             else:
                 raise CacheStreamError(f"unknown message type {kind!r}")
         except (CacheStreamError, ValueError, struct.error) as e:

@@ -278,6 +278,25 @@ def test_the_opt_form_agrees_with_the_reference(plain, do, arcount):
     assert got == want
 
 
+def _key_like(labels: list[bytes], tail: bytes) -> bytes:
+    return b"".join(bytes((len(label) & 0xFF,)) + label for label in labels) + b"\x00" + tail
+
+
+@needs_fast
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.binary(max_size=300),
+                 st.builds(_key_like, st.lists(st.binary(min_size=1, max_size=70), max_size=6),
+                           st.binary(min_size=3, max_size=6))))
+@example(_key_like([b"a" * 63] * 3 + [b"a" * 61], b"\x00\x01\x00\x01\x03"))     # 255 bytes: the longest name
+@example(_key_like([b"a" * 63] * 3 + [b"a" * 62], b"\x00\x01\x00\x01\x03"))     # 256 bytes
+@example(_key_like([b"a" * 64], b"\x00\x01\x00\x01\x00"))                      # a 64-byte label
+@example(_key_like([b"ab"], b"\x00\x01\x00\x01\x04"))                          # flags past 3
+@example(b"\x00\x00\x01\x00\x01\x00")                                          # the root
+def test_the_key_check_agrees_with_the_reference(key):
+    from worker.peer import valid_key_reference
+    assert fast.valid_key(key) is valid_key_reference(key)
+
+
 def test_the_worker_says_which_miss_path_it_runs_and_why(monkeypatch):
     from worker import accel
     monkeypatch.setenv("TWINDNS_PURE_PYTHON", "1")

@@ -15,7 +15,7 @@ from worker import wire
 from worker.cache import Cache
 from worker.response import entry_from_response
 from worker.config import CacheConfig, HeaderRule, WorkerConfig
-from worker.handoff import (CacheStreamError, StreamReader, encode_entry, encode_stream, fingerprint,
+from worker.handoff import (CacheStreamError, StreamReader, decode_entry, encode_entry, encode_stream, fingerprint,
                             receive_cache, send_cache)
 
 CONFIG = WorkerConfig(headers=(HeaderRule(zone="test.", set=frozenset({"ra", "aa"})),))
@@ -43,6 +43,20 @@ def test_entries_survive_the_round_trip():
         assert (a.template, a.ttl_offsets, a.ttls, a.stored_at, a.expires, a.rcode, a.mirror_rd, a.do) == \
                (b.template, b.ttl_offsets, b.ttls, b.stored_at, b.expires, b.rcode, b.mirror_rd, b.do)
         assert a.plain == b.plain
+
+
+def test_a_record_carries_the_ttls_as_stored_whatever_age_the_entry_shows():
+    """The sender's entry may show lowered TTLs (a hit re-rendered it): the
+    record still holds the stored ones, with stored_at, and the receiver
+    lowers them by its own clock."""
+    for age in (0, 2, 0):
+        key, entry = cached_entry("aged.test.", ttl=3600, stored_at=time.monotonic() - age)
+        entry.render(age)
+        assert dns.message.from_wire(entry.plain).answer[0].ttl == 3600 - age
+        _, got = decode_entry(encode_entry(key, entry)[4:])
+        assert dns.message.from_wire(got.template).answer[0].ttl == 3600
+        assert got.ttls == (3600,) and got.stored_at == entry.stored_at
+        assert dns.message.from_wire(entry.template).answer[0].ttl == 3600
 
 
 def test_the_fingerprint_ignores_set_order_but_not_content():
