@@ -84,8 +84,11 @@ def decode_entry(body: bytes) -> tuple[bytes, Entry]:
         offsets, ttls = zip(*_TTL.iter_unpack(body[ttls_at:]))
         if min(offsets) < qname_end or max(offsets) + 4 > tlen:
             raise CacheStreamError("TTL offset outside the template")
+    # rendered=True: encode_entry sends the template as shown at age 0, so it
+    # already holds `ttls` (every release has). A sender that lied there could
+    # as well have lied in any other byte of the answer: it is our own sibling.
     entry = Entry(body[key_end:ttls_at], qname_end, offsets, ttls, stored_at, expires - stored_at, rcode,
-                  bool(flags & _MIRROR_RD), bool(flags & _DO))
+                  bool(flags & _MIRROR_RD), bool(flags & _DO), rendered=True)
     return body[_FIXED.size:key_end], entry
 
 
