@@ -35,6 +35,7 @@ _RECORD_LEN = struct.Struct("!I")
 # key length, template length, qname end, rcode, flags, TTL count, stored_at, expires
 _FIXED = struct.Struct("!HHHBBHdd")
 _TTL = struct.Struct("!HI")
+_RECORD_HEAD = struct.Struct("!I" + _FIXED.format[1:])     # a record's length, then its fixed part
 _MIRROR_RD, _DO = 1, 2
 MAX_RECORD = 70000              # a template is one DNS message (64 KiB at most)
 RECORDS_PER_SLICE = 500         # the sender yields to its event loop between slices
@@ -56,13 +57,15 @@ def fingerprint(config: WorkerConfig) -> bytes:
 
 
 def encode_entry(key: bytes, entry: Entry) -> bytes:
+    """One record: its length, then the body decode_entry reads. Every answer
+    the pair learns is encoded once, so it is built in one join."""
     flags = (_MIRROR_RD if entry.mirror_rd else 0) | (_DO if entry.do else 0)
     template = entry.template       # possibly rendered anew: asked for once per record, not twice
-    body = b"".join((_FIXED.pack(len(key), len(template), entry.qname_end, entry.rcode, flags,
-                                 len(entry.ttls), entry.stored_at, entry.expires),
-                     key, template,
-                     b"".join(_TTL.pack(off, ttl) for off, ttl in zip(entry.ttl_offsets, entry.ttls))))
-    return _RECORD_LEN.pack(len(body)) + body
+    ttls = entry.ttls
+    body_len = _FIXED.size + len(key) + len(template) + len(ttls) * _TTL.size
+    return b"".join((_RECORD_HEAD.pack(body_len, len(key), len(template), entry.qname_end, entry.rcode, flags,
+                                       len(ttls), entry.stored_at, entry.expires),
+                     key, template, *map(_TTL.pack, entry.ttl_offsets, ttls)))
 
 
 def decode_entry(body: bytes) -> tuple[bytes, Entry]:

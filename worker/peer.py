@@ -174,7 +174,7 @@ class PeerLink:
         """What we know for `key`: `reply` when the peer asked for it (its
         clients wait: held until the link has room), else a share (dropped
         and counted when the link is full)."""
-        if not self.usable or entry.expires < entry.stored_at:     # not one that left the cache
+        if not self.agreed or self.closed or entry.expires < entry.stored_at:     # not one that left the cache
             return False
         if self.backlog and (not reply or len(self.backlog) >= MAX_BACKLOG):
             self.counts.dropped += 1
