@@ -2,7 +2,9 @@
 "IP:PORT", "[IPv6]:PORT", and for upstream servers a bare IP (port 53)."""
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 DNS_PORT = 53
@@ -58,3 +60,20 @@ def _parse_port(text: str, expected: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise ValueError(expected + " (port 1-65535)")
     return int(text)
+
+
+# connect() to an address that is no longer on this host (a reload removed it).
+ADDRESS_GONE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL})
+
+
+def steer_away(sock: socket.socket) -> None:
+    """connect() a bound UDP listening socket to its own address: the kernel
+    stops choosing it for new datagrams (it leaves the reuseport group) and
+    keeps the queued ones readable. A socket whose address has left the host
+    (a reload that removes a listen address takes it off the interface
+    before the old workers are replaced) gets nothing new anyway: done."""
+    try:
+        sock.connect(sock.getsockname())
+    except OSError as e:
+        if e.errno not in ADDRESS_GONE:
+            raise

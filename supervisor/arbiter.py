@@ -310,10 +310,10 @@ def held_sockets(config: Config, listen_fds: dict, notifier: Notifier) -> HeldSo
     endpoints = config.listen_endpoints()
     inherited = set(listen_fds)
     held = HeldSockets.open(endpoints, listen_fds)
-    for name, sock in held.named(endpoints):
+    for name, sock in held.named():
         if name not in inherited:
             notifier.store_fds(name, [sock.fileno()])
-    for name in inherited - {name for name, _ in held.named(endpoints)}:
+    for name in inherited - {name for name, _ in held.named()}:
         notifier.remove_fds(name)     # an address no longer listened on: out of the group
     logs.event(log, "held_sockets", inherited=len(inherited), endpoints=len(endpoints))
     return held

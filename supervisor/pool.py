@@ -94,7 +94,7 @@ class WorkerPool:
 
     def held_named(self) -> list:
         """(fd store name, socket) of every held socket."""
-        return self.held.named(self.config.listen_endpoints()) if self.held is not None else []
+        return self.held.named() if self.held is not None else []
 
     def snapshot(self) -> tuple[int, dict[str, SlotRecord]]:
         """The last generation spawned and every slot, for a supervisor that takes over."""

@@ -62,8 +62,10 @@ class RestartAndReload:
             old, old_run_as = self.config, self.pool.run_as
             await self._apply_config(new, run_as)
             progress(f"config {new.path} accepted")
+            added = self._hold_new_addresses(new)
             result = await self._replace_both(progress)
             if not result.get("ok"):
+                self._release_held(added)
                 # The reply says the reload failed: nothing may go on using the new config
                 # (a later crash would respawn on it). A slot replaced before the failure
                 # keeps its new worker until the next restart.
@@ -71,12 +73,43 @@ class RestartAndReload:
                 logs.event(log, "reload_rolled_back", logging.WARNING, path=old.path)
                 progress(f"reload failed: back on the previous config {old.path}")
             else:
+                if self.pool.held is not None:
+                    self._release_held(self.pool.held.unlisted(new.listen_endpoints()))
                 if config_arg != self.config_arg:
                     self.config_arg = self.disk.config_arg = config_arg
                     logs.event(log, "config_file_changed", path=resolve_path(config_arg))
                 self.disk.accepted(new)
                 await self._check_config_file()
             return result
+
+    def _hold_new_addresses(self, config: Config) -> list[str]:
+        """Under systemd: held sockets for the listen addresses a reload adds,
+        in the fd store before a worker is spawned with them, so a later
+        `systemctl restart` queues their queries too. Their names."""
+        held = self.pool.held
+        if held is None:
+            return []
+        try:
+            added = held.add(config.listen_endpoints())
+        except OSError as e:        # the new workers' own sockets will say more, or serve without these
+            logs.event(log, "held_sockets_failed", logging.WARNING, error=str(e))
+            return []
+        for name, sock in added:
+            self.notifier.store_fds(name, [sock.fileno()])
+        if added:
+            logs.event(log, "held_sockets_added", names=",".join(name for name, _ in added))
+        return [name for name, _ in added]
+
+    def _release_held(self, names: list[str]) -> None:
+        """Held sockets of addresses no longer listened on (a reload removed
+        them, or failed after adding them): out of the fd store, our copies
+        closed. Workers given one serve it until they are replaced."""
+        if not names:
+            return
+        self.pool.held.drop(names)
+        for name in names:
+            self.notifier.remove_fds(name)
+        logs.event(log, "held_sockets_released", names=",".join(names))
 
     @staticmethod
     def _resolve_user(name: str):

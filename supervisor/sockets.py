@@ -14,7 +14,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 
-from contract.endpoint import Endpoint
+from contract.endpoint import Endpoint, steer_away
 
 # What a worker's socket queues while nobody reads it fast enough: a hung
 # worker until the probes give up on it (~2 s), or a serving one starved of
@@ -125,7 +125,7 @@ class SocketSet:
         """Take the UDP sockets out of reuseport selection; queued datagrams stay."""
         bound = [s for s in self.udp if is_bound(s)]
         for s in bound:
-            s.connect(s.getsockname())
+            steer_away(s)
         # An unbound socket was not steered: if it is bound later it must be steered then.
         self.steered = len(bound) == len(self.udp)
 
@@ -152,9 +152,10 @@ class HeldSockets:
     keeps them open across a `systemctl restart` (or a crash and Restart=),
     so the reuseport group never empties and queries wait in their buffers
     until the next supervisor's workers read them (README, "systemctl
-    restart")."""
-    udp: list[socket.socket] = field(default_factory=list)
-    tcp: list[socket.socket] = field(default_factory=list)
+    restart"). Keyed by fd store name (held_name), so a reload that changes
+    the listen addresses never pairs a socket with another address's name."""
+    udp: dict[str, socket.socket] = field(default_factory=dict)
+    tcp: dict[str, socket.socket] = field(default_factory=dict)
     inherited: bool = False          # came from LISTEN_FDS (a restart), not made by us
 
     @classmethod
@@ -162,14 +163,7 @@ class HeldSockets:
         """Take the inherited ones named for `endpoints`, make the missing ones; close the rest."""
         held = cls(inherited=bool(inherited))
         try:
-            for ep in endpoints:
-                for kind, out in (("udp", held.udp), ("tcp", held.tcp)):
-                    sock = inherited.pop(held_name(kind, ep), None)
-                    if sock is None:
-                        sock = _reuseport_socket(ep, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM,
-                                                 bind=True, rcvbuf=HELD_RCVBUF)
-                    sock.setblocking(False)
-                    out.append(sock)
+            held._take_or_make(endpoints, inherited)
         except OSError:
             held.close()
             raise
@@ -179,19 +173,55 @@ class HeldSockets:
             inherited.clear()
         return held
 
-    def named(self, endpoints: tuple[Endpoint, ...]) -> list[tuple[str, socket.socket]]:
-        return ([(held_name("udp", ep), s) for ep, s in zip(endpoints, self.udp)]
-                + [(held_name("tcp", ep), s) for ep, s in zip(endpoints, self.tcp)])
+    def add(self, endpoints: tuple[Endpoint, ...]) -> list[tuple[str, socket.socket]]:
+        """Make the held sockets of the endpoints that have none (a reload
+        added them): the new ones, for the fd store. All or none on OSError."""
+        before = set(self.udp) | set(self.tcp)
+        try:
+            self._take_or_make(endpoints, {})
+        except OSError:
+            self.drop([name for name, _ in self.named() if name not in before])
+            raise
+        return [(name, sock) for name, sock in self.named() if name not in before]
+
+    def _take_or_make(self, endpoints: tuple[Endpoint, ...], inherited: dict[str, socket.socket]) -> None:
+        for ep in endpoints:
+            for kind, held in (("udp", self.udp), ("tcp", self.tcp)):
+                name = held_name(kind, ep)
+                if name in held:
+                    continue
+                sock = inherited.pop(name, None)
+                if sock is None:
+                    sock = _reuseport_socket(ep, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM,
+                                             bind=True, rcvbuf=HELD_RCVBUF)
+                sock.setblocking(False)
+                held[name] = sock
+
+    def unlisted(self, endpoints: tuple[Endpoint, ...]) -> list[str]:
+        """Names of the held sockets of addresses not among `endpoints`."""
+        wanted = {held_name(kind, ep) for ep in endpoints for kind in ("udp", "tcp")}
+        return [name for name, _ in self.named() if name not in wanted]
+
+    def drop(self, names: list[str]) -> None:
+        """Close our copies of these: a worker that was given one keeps
+        serving it until it exits, and no worker spawned from now on gets it."""
+        for name in names:
+            for held in (self.udp, self.tcp):
+                sock = held.pop(name, None)
+                if sock is not None:
+                    sock.close()
+
+    def named(self) -> list[tuple[str, socket.socket]]:
+        return [*self.udp.items(), *self.tcp.items()]
 
     def udp_fds(self) -> list[int]:
-        return [s.fileno() for s in self.udp if s.fileno() >= 0]
+        return [s.fileno() for s in self.udp.values() if s.fileno() >= 0]
 
     def tcp_fds(self) -> list[int]:
-        return [s.fileno() for s in self.tcp if s.fileno() >= 0]
+        return [s.fileno() for s in self.tcp.values() if s.fileno() >= 0]
 
     def close(self) -> None:
-        for s in self.udp + self.tcp:
-            s.close()
+        self.drop([name for name, _ in self.named()])
 
 
 def kernel_release() -> tuple[int, int]:

@@ -8,6 +8,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from contract.endpoint import steer_away
 from worker import mmsg, wire
 from worker.answer import Answerer
 
@@ -74,9 +75,8 @@ class UdpServer:
             pass
 
     def steer_away(self) -> None:
-        """connect() to our own address: the kernel stops giving this socket
-        new datagrams (it leaves the reuseport group) and keeps the queued ones."""
-        self.sock.connect(self.sock.getsockname())
+        """Out of the reuseport group, the queued datagrams kept (contract.endpoint.steer_away)."""
+        steer_away(self.sock)
 
     def drain_queue(self) -> None:
         """Answer everything already queued (after steer_away nothing new comes)."""

@@ -57,8 +57,8 @@ class Load:
     counting them as lost would measure the load generator."""
 
     def __init__(self, netns, queryfile: Path, seconds: float, qps: int, timeout: float = 2.0,
-                 outstanding: int = 1000, interval: float | None = None) -> None:
-        argv = dnsperf.dnsperf_argv(LISTEN, 53, queryfile, seconds, qps=qps, clients=16, timeout=timeout,
+                 outstanding: int = 1000, interval: float | None = None, address: str = LISTEN) -> None:
+        argv = dnsperf.dnsperf_argv(address, 53, queryfile, seconds, qps=qps, clients=16, timeout=timeout,
                                     buffer_kib=4096, outstanding=outstanding, interval=interval)
         self.started = time.monotonic()
         self.proc = netns.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

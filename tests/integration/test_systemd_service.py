@@ -30,6 +30,7 @@ zone = "."
 servers = ["127.0.0.2:53"]
 """
 RULE_DUMPS = ("iptables-nft-save", "iptables-legacy-save")
+SECOND = "169.254.20.11"        # a listen address a reload adds
 
 
 def status(c) -> dict:
@@ -159,6 +160,41 @@ def test_install_now_restart_reload_stop_uninstall(installed, tmp_path):
     for unit in ("twindns.service", "twindns-net.service"):
         assert not c.path(f"/etc/systemd/system/{unit}").exists()
     assert "could not be found" in c.run(["systemctl", "status", "twindns"], check=False).stderr
+
+
+def test_a_reload_adding_an_address_holds_its_sockets_through_a_restart(installed, tmp_path):
+    """The fd store holds the sockets of an address a reload added, so a
+    later `systemctl restart` queues its queries too instead of refusing
+    them; a reload removing it takes them out again."""
+    c = installed
+    wait_healthy(c)
+    two = CONFIG.replace(f'listen = ["{LISTEN}"]', f'listen = ["{LISTEN}", "{SECOND}"]')
+    assert two != CONFIG
+    c.write("/etc/twindns/twindns.toml", two)
+    p = c.run(["systemctl", "reload", "twindns"], check=False, timeout=60)
+    assert p.returncode == 0, p.stderr + c.journal("twindns")
+    before = wait_healthy(c)
+    assert "NFileDescriptorStore=4" in c.run(["systemctl", "show", "twindns", "-p", "NFileDescriptorStore"]).stdout, \
+        c.journal("twindns")
+
+    queries = dnsperf.mixed_queries(tmp_path / "q.txt")
+    warm(c.net, queries)
+    load = Load(c.net, queries, 10, QPS, timeout=5, outstanding=40000, address=SECOND)
+    load.wait_until(3)
+    p = c.run(["systemctl", "restart", "twindns"], check=False, timeout=60)
+    result = load.result()
+    assert p.returncode == 0, p.stderr + c.journal("twindns")
+    assert result.sent >= QPS * 10 * 0.9, result.raw
+    assert result.lost == 0, result.raw + c.journal("twindns")
+    assert set(result.rcodes) == {"NOERROR"}, result.raw
+    wait_healthy(c, other_than=before["supervisor"]["pid"])
+
+    c.write("/etc/twindns/twindns.toml", CONFIG)
+    p = c.run(["systemctl", "reload", "twindns"], check=False, timeout=60)
+    assert p.returncode == 0, p.stderr + c.journal("twindns")
+    wait_healthy(c)
+    assert "NFileDescriptorStore=2" in c.run(["systemctl", "show", "twindns", "-p", "NFileDescriptorStore"]).stdout, \
+        c.journal("twindns")
 
 
 def worker_pids(c) -> set[int]:
