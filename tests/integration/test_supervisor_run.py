@@ -205,6 +205,28 @@ def test_reload_refuses_an_invalid_config_and_applies_a_valid_one(sup, netns):
     assert "flags: qr rd;" in flags or ("flags: qr" in flags and " ra" not in flags.split("flags:")[1].split(";")[0])
 
 
+def test_reload_adds_and_removes_a_listen_address(sup, netns):
+    """A reload onto a second address serves it; a reload back takes it off
+    the interface and stops answering there, and is not rolled back (it
+    was: steering the old workers' sockets of the removed address failed
+    with 'Network is unreachable')."""
+    second = "169.254.20.11"
+    sup.wait_ready()
+    one = sup.config.read_text()
+    sup.config.write_text(one.replace(f'listen = ["{LISTEN}"]', f'listen = ["{LISTEN}", "{second}"]'))
+    p = sup.cli("reload")
+    assert p.returncode == 0, p.stderr
+    dig = ["dig", "+tries=1", "+time=2", "+short", "a.test", "A"]
+    assert netns.run([*dig, f"@{second}"], check=False).stdout.split() == ["192.0.2.10"]
+    sup.config.write_text(one)
+    p = sup.cli("reload")
+    assert p.returncode == 0, p.stderr + sup.log_path.read_text(errors="replace")[-3000:]
+    assert second not in netns.run(["ip", "addr"]).stdout
+    assert netns.run([*dig, f"@{second}"], check=False).returncode != 0
+    assert query(netns) == (0, ["192.0.2.10"])
+    assert sup.status()["healthy"]
+
+
 def test_sighup_with_invalid_config_keeps_serving(sup, netns):
     gens = [w["generation"] for w in sup.wait_ready()["workers"]]
     sup.config.write_text(sup.config.read_text() + "bogus = 1\n")
