@@ -197,9 +197,9 @@ def latency(ns: Netns, port: int, qfile: Path, seconds: float, rate: int,
     return statistics.fmean(lat) * 1e3, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3, lost, len(lat)
 
 
-def warm(ns: Netns, port: int, qfile: Path) -> None:
+def warm(ns: Netns, port: int, qfile: Path, address: str = "127.0.0.1") -> None:
     """Ask every name once, so the hit workload is all hits."""
-    subprocess.run(ns.cmd(["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile),
+    subprocess.run(ns.cmd(["dnsperf", "-s", address, "-p", str(port), "-d", str(qfile),
                            "-n", "1", "-c", "4", "-q", "200"]), capture_output=True, check=True)
 
 
