@@ -85,6 +85,10 @@ MAX_MESSAGE = 70000              # one handoff record: a DNS message of 64 KiB a
 MAX_BATCH = 16 * 1024            # frames per datagram, in bytes (a larger one goes alone)
 MAX_DATAGRAM = MAX_BATCH + MAX_MESSAGE + FRAME_HEAD
 READS_PER_WAKE = 256             # bounded work per event-loop turn
+# Seconds an answer the peer did not ask for may wait for a datagram to ride
+# in: meanwhile a query for it at the peer is asked of us (a hit here), so
+# no upstream query is added; below the 0.1 s of a client's first retry.
+SHARE_DELAY = 0.02
 # Datagrams held while the link is full (up to MAX_BATCH each: ~8 MiB, ~40
 # times what the link's own buffer holds): a peer that far behind is stuck,
 # and its clients have waited out the fallback (or its replacement) anyway.
@@ -146,6 +150,8 @@ class PeerLink:
         self.quiet = False           # it left our asks unanswered (PeerMisses._peer_silent): not asked until heard
         self.outgoing: list[bytes] = []          # frames queued in this turn of the event loop
         self.flushing = False                    # a _flush() is scheduled
+        self.shares: list[bytes] = []            # answers the peer did not ask for, not yet sent
+        self.share_timer: asyncio.TimerHandle | None = None
         self.backlog: deque[bytes] = deque()     # datagrams that met a full link, in order
         self.loop = asyncio.get_running_loop()
 
@@ -179,8 +185,20 @@ class PeerLink:
         if self.backlog and (not reply or len(self.backlog) >= MAX_BACKLOG):
             self.counts.dropped += 1
             return False
-        self._queue(TOLD + encode_entry(key, entry))     # a handoff record is a frame's length and body
+        frame = TOLD + encode_entry(key, entry)     # a handoff record is a frame's length and body
+        if reply:
+            self._queue(frame)
+        else:
+            self._queue_share(frame)
         return True
+
+    def _queue_share(self, frame: bytes) -> None:
+        """A share goes with the next datagram sent anyway, or SHARE_DELAY
+        later: at a few misses a second each share was a datagram, and a
+        wake-up of the other worker, of its own."""
+        self.shares.append(frame)
+        if self.share_timer is None and not self.flushing:
+            self.share_timer = self.loop.call_later(SHARE_DELAY, self._flush)
 
     def _queue(self, frame: bytes) -> None:
         self.outgoing.append(frame)
@@ -193,7 +211,13 @@ class PeerLink:
         (and one wake-up of the peer) for many messages."""
         self.flushing = False
         frames, self.outgoing = self.outgoing, []
-        if self.closed:
+        if self.shares:
+            frames += self.shares
+            self.shares = []
+        if self.share_timer is not None:
+            self.share_timer.cancel()
+            self.share_timer = None
+        if self.closed or not frames:
             return
         batch: list[bytes] = []
         size = 0
@@ -288,8 +312,16 @@ class PeerLink:
     def close(self) -> None:
         if self.closed:
             return
+        if (self.outgoing or self.shares) and not self.backlog:
+            self._flush()       # best effort: replies and shares not sent yet (a drain closes the link)
+            if self.closed:     # the send found the link broken and closed it
+                return
         self.closed = True
         self.outgoing.clear()
+        self.shares.clear()
+        if self.share_timer is not None:
+            self.share_timer.cancel()
+            self.share_timer = None
         self.backlog.clear()         # the asker re-asks upstream when it sees the link close
         try:
             self.loop.remove_reader(self.sock.fileno())

@@ -8,7 +8,7 @@ import time
 
 from worker import wire
 from worker.cache import Entry
-from worker.peer import FRAME_LEN, HELLO, PeerLink, owner, valid_key
+from worker.peer import FRAME_LEN, HELLO, SHARE_DELAY, PeerLink, owner, valid_key
 
 KEY = wire.make_key(b"\x03www\x07example\x03com\x00", b"\x00\x01\x00\x01", False, False)
 
@@ -143,3 +143,32 @@ def test_replies_wait_out_a_full_link_in_order_and_shares_are_dropped_and_counte
     assert [k for k in told if k in set(replies)] == replies
     assert counts.dropped == accepted[1::2].count(False) > 0
     assert len(told) == len(replies) + accepted[1::2].count(True)
+
+
+def test_shares_ride_together_and_what_is_queued_is_sent_at_close():
+    """Answers the peer did not ask for wait up to SHARE_DELAY for a datagram
+    (at a few misses a second each was a datagram and a wake-up of the peer
+    of its own); a reply queued when the link closes (a drain) is still sent."""
+    keys = [wire.make_key(f"\x05s{i:04d}\x00".encode(), b"\x00\x01\x00\x01", False, False) for i in range(5)]
+    told = []
+
+    async def scenario():
+        sa, sb = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        a = PeerLink(sa, "A", b"x" * 32, lambda k, r: None, lambda k, e: None, lambda link: None)
+        b = PeerLink(sb, "B", b"x" * 32, lambda k, r: None, lambda k, e: told.append(k), lambda link: None)
+        a.start()
+        b.start()
+        await asyncio.sleep(0.05)
+        before = b.received
+        for k in keys:
+            assert a.tell(k, entry(), reply=False)
+            await asyncio.sleep(0)                  # a turn of the loop each
+        assert told == []                           # waiting for company
+        await asyncio.sleep(SHARE_DELAY + 0.05)
+        assert told == keys and b.received - before == 1
+        a.tell(KEY, entry(), reply=True)
+        a.close()                                   # in the same turn: sent, not dropped
+        await asyncio.sleep(0.05)
+        assert told[-1] == KEY
+        b.close()
+    asyncio.run(scenario())
