@@ -20,7 +20,8 @@ worker able to serve alone when the other is replaced.
 
 The link is an AF_UNIX SOCK_SEQPACKET socketpair the supervisor hands to
 both workers (control op `peer`). Messages are frames (FRAME_LEN below),
-batched per turn of the event loop into datagrams:
+batched per turn of the event loop into datagrams (an answer the peer did
+not ask for waits up to SHARE_DELAY for one):
 
     b"H" + protocol + fingerprint    first, both ways: a link between workers
                                      of different configs (mid-reload) or
