@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -124,10 +123,7 @@ def main() -> int:
         for proc in procs.values():
             proc.terminate()
             proc.wait(timeout=20)
-        if pair is not None:
-            sharing.stop_pair(ns, pair)
-        ns.close()
-        shutil.rmtree(work, ignore_errors=True)
+        sharing.clean_up(ns, pair, work)
     return 0
 
 

@@ -91,10 +91,7 @@ def main() -> int:
             med = sorted(values)[len(values) // 2]
             print(f"  {name:8} {med:6.1f} us  {med / ub:4.2f}x")
     finally:
-        if pair is not None:
-            sharing.stop_pair(ns, pair)
-        ns.close()
-        shutil.rmtree(work, ignore_errors=True)
+        sharing.clean_up(ns, pair, work)
     return 0
 
 

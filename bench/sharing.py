@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,6 +55,14 @@ def stop_pair(ns, proc: subprocess.Popen) -> None:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def clean_up(ns, pair: subprocess.Popen | None, work: Path) -> None:
+    """A bench's end: its pair stopped (if it got that far), its namespace and work directory gone."""
+    if pair is not None:
+        stop_pair(ns, pair)
+    ns.close()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def pair_workers(ns, work: Path) -> list[dict]:

@@ -17,7 +17,6 @@ every answer (dnsperf -v).
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import time
@@ -48,10 +47,7 @@ def one_round(tree: Path, entries: int) -> list[float]:
         probe = dnsperf.write_queries(work / "probe.txt", names[:20000])
         return bc.latencies(ns, 53, probe, 10, 2000, [], sharing.PAIR_LISTEN)[0]
     finally:
-        if pair is not None:
-            sharing.stop_pair(ns, pair)
-        ns.close()
-        shutil.rmtree(work, ignore_errors=True)
+        sharing.clean_up(ns, pair, work)
 
 
 def main() -> int:
