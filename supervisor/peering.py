@@ -4,15 +4,18 @@
 Each tick the pool asks `link_if_due()`: when both slots' current workers
 are ready and are not the pair linked last, they get the two ends of a new
 AF_UNIX SOCK_SEQPACKET socketpair over their control channels (op `peer`,
-SCM_RIGHTS). A worker drops its older link when it gets a new one, so after
+SCM_RIGHTS), with a new claim table both map (worker/claims.py: which of
+them asks upstream for a key). A worker drops its older link when it gets a new one, so after
 a replacement the new worker and its sibling are linked within a tick.
 Best effort: unlinked, each worker resolves every key itself.
 """
 from __future__ import annotations
 
 import logging
+import os
 import socket
 
+from contract.claimtable import make_table_fd
 from supervisor import logs
 from supervisor.channel import hand_fds
 from supervisor.states import SlotState
@@ -52,12 +55,14 @@ def link_if_due(pool) -> None:
 
 async def link(a, b) -> None:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    table = make_table_fd()
     try:
-        error = await hand_fds([(a.runtime.channel, "peer", ours.fileno()), (b.runtime.channel, "peer", theirs.fileno())],
-                               LINK_REPLY_WITHIN)
+        error = await hand_fds([(a.runtime.channel, "peer", (ours.fileno(), table)),
+                                (b.runtime.channel, "peer", (theirs.fileno(), table))], LINK_REPLY_WITHIN)
     finally:
         ours.close()
         theirs.close()
+        os.close(table)
     if error is None:
         logs.event(log, "peers_linked", a=a.pid, b=b.pid)
     else:

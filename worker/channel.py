@@ -12,6 +12,7 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 65536
+MAX_FDS = 2                     # `peer`: the link's socket and the pair's claim table
 # Well below a SOCK_SEQPACKET socket's default send buffer (~208 KiB).
 MAX_REPLY = 65536
 DEFAULT_DRAIN_TIMEOUT = 5.0
@@ -29,7 +30,7 @@ class ControlChannel:
                  request_drain: Callable[[float], None],
                  cache_pipe: Callable[[str, int], None] = lambda direction, fd: os.close(fd),
                  on_lost: Callable[[], None] | None = None,
-                 link_peer: Callable[[int], None] = os.close) -> None:
+                 link_peer: Callable[[int, int | None], None] | None = None) -> None:
         self.sock = sock
         # The supervisor is gone (the channel closed): by default drain; a supervised
         # worker instead serves on as an orphan (worker/orphan.py).
@@ -37,7 +38,7 @@ class ControlChannel:
         self.stats = stats
         self.request_drain = request_drain
         self.cache_pipe = cache_pipe
-        self.link_peer = link_peer
+        self.link_peer = link_peer or _close_both
         self.loop = asyncio.get_running_loop()
 
     def start(self) -> None:
@@ -46,7 +47,7 @@ class ControlChannel:
 
     def _readable(self) -> None:
         try:
-            msg, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_MESSAGE, 1)
+            msg, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_MESSAGE, MAX_FDS)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -60,40 +61,43 @@ class ControlChannel:
 
     def _handle(self, msg: bytes, fds: list[int]) -> dict:
         """The reply; every fd that came with msg is taken over or closed."""
-        reply, taken = self._reply(msg, fds[0] if fds else None)
-        for fd in fds[1:] if taken else fds:
+        reply, taken = self._reply(msg, fds)
+        for fd in fds[taken:]:
             os.close(fd)
         return reply
 
-    def _reply(self, msg: bytes, fd: int | None) -> tuple[dict, bool]:
-        """(the reply, whether the request's fd was handed on)."""
+    def _reply(self, msg: bytes, fds: list[int]) -> tuple[dict, int]:
+        """(the reply, how many of the request's fds were handed on, from the first)."""
+        fd = fds[0] if fds else None
         try:
             req = json.loads(msg)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            return {"id": None, "ok": False, "error": f"not a JSON object: {e}"}, False
+            return {"id": None, "ok": False, "error": f"not a JSON object: {e}"}, 0
         if not isinstance(req, dict):
-            return {"id": None, "ok": False, "error": "not a JSON object"}, False
+            return {"id": None, "ok": False, "error": "not a JSON object"}, 0
         rid, op = req.get("id"), req.get("op")
         if op == "stats":
-            return {"id": rid, "ok": True, "stats": self.stats()}, False
+            return {"id": rid, "ok": True, "stats": self.stats()}, 0
         if op == "drain":
             timeout = req.get("timeout", DEFAULT_DRAIN_TIMEOUT)
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-                return {"id": rid, "ok": False, "error": f"drain timeout {timeout!r}: expected seconds >= 0"}, False
+                return {"id": rid, "ok": False, "error": f"drain timeout {timeout!r}: expected seconds >= 0"}, 0
             self.request_drain(float(timeout))
-            return {"id": rid, "ok": True}, False
+            return {"id": rid, "ok": True}, 0
         if op in CACHE_OPS:
             if fd is None:
-                return {"id": rid, "ok": False, "error": f"{op}: expected a pipe end passed with the message"}, False
+                return {"id": rid, "ok": False, "error": f"{op}: expected a pipe end passed with the message"}, 0
             self.cache_pipe(CACHE_OPS[op], fd)
-            return {"id": rid, "ok": True}, True
+            return {"id": rid, "ok": True}, 1
         if op == "peer":
             if fd is None:
-                return {"id": rid, "ok": False, "error": "peer: expected a socket passed with the message"}, False
-            self.link_peer(fd)
-            return {"id": rid, "ok": True}, True
+                return {"id": rid, "ok": False, "error": "peer: expected a socket passed with the message"}, 0
+            # The pair's claim table (worker/claims.py) comes second, from a supervisor that makes one.
+            table = fds[1] if len(fds) > 1 else None
+            self.link_peer(fd, table)
+            return {"id": rid, "ok": True}, len(fds[:2])
         return {"id": rid, "ok": False, "error": f"unknown op {op!r}: expected 'stats', 'drain', "
-                                                 f"'cache_send', 'cache_receive' or 'peer'"}, False
+                                                 f"'cache_send', 'cache_receive' or 'peer'"}, 0
 
     def _send(self, obj: dict) -> None:
         data = json.dumps(obj).encode()
@@ -113,3 +117,10 @@ class ControlChannel:
         self.loop.remove_reader(self.sock.fileno())
         self.sock.settimeout(1.0)
         self._send({"event": "stats", "stats": self.stats()})
+
+
+def _close_both(link: int, table: int | None) -> None:
+    """A worker that keeps no peer link (tests, tools) closes what it was handed."""
+    os.close(link)
+    if table is not None:
+        os.close(table)

@@ -7,16 +7,21 @@ queries per name) and each hold half the hits. Over this link:
 * every answer a worker stores from upstream (positive, negative, SERVFAIL
   within servfail_ttl, prefetch refreshes) is told to the other, which
   stores it too, so a name fetched once is a hit at both workers;
-* a miss is asked upstream only by the key's owner (crc32(key) & 1 picks
-  slot A or B): the other worker asks the owner over the link and answers
-  its clients when the owner tells it the result, so identical misses
-  arriving at both workers at once go upstream once.
+* a miss is asked upstream only by the worker that claimed its key first
+  in the pair's claim table (worker/claims.py: shared memory, one
+  compare-and-swap); the other worker asks that one over the link and
+  answers its clients when it tells the result, so identical misses
+  arriving at both workers at once go upstream once. Without the table
+  the key's owner by crc32(key) & 1 (slot A or B) asks, and the other
+  worker asks it.
 
-Why this and not a shared-memory table: the hit path stays exactly what it
-is (a dict lookup in the worker's own memory, no locks, no cross-process
-pointers), and the cost lands on misses only (two small messages on a
-socketpair). Memory is spent twice for the pair, which is what makes either
-worker able to serve alone when the other is replaced.
+Why the cache itself is not a shared-memory table: the hit path stays
+exactly what it is (a dict lookup in the worker's own memory, no locks, no
+cross-process pointers), and the cost lands on misses only (a share per
+answer, a small message on a socketpair). Memory is spent twice for the
+pair, which is what makes either worker able to serve alone when the other
+is replaced. Only the misses in flight are shared: a word per key, and no
+pointers.
 
 The link is an AF_UNIX SOCK_SEQPACKET socketpair the supervisor hands to
 both workers (control op `peer`). Messages are frames (FRAME_LEN below),
@@ -26,7 +31,7 @@ not ask for waits up to SHARE_DELAY for one):
     b"H" + protocol + fingerprint    first, both ways: a link between workers
                                      of different configs (mid-reload) or
                                      framings (mid-upgrade) is unused
-    b"?" + key                       "you own this key: resolve it, tell me"
+    b"?" + key                       "you are resolving this key (or own it): tell me"
     b"R" + key                       the same for a prefetch: not from your cache
     b"!" + handoff record body       "this is what I learned for key"
 
@@ -65,6 +70,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from worker.cache import Entry
+from worker.claims import ClaimTable, Held
 from worker.handoff import CacheStreamError, decode_entry, encode_entry
 from worker.wire import ACCEL
 
@@ -90,11 +96,16 @@ READS_PER_WAKE = 256             # bounded work per event-loop turn
 # in: meanwhile a query for it at the peer is asked of us (a hit here), so
 # no upstream query is added; below the 0.1 s of a client's first retry.
 SHARE_DELAY = 0.02
+# Seconds a claim outlives its miss (worker/claims.py): the answer reaches
+# the peer within SHARE_DELAY and a turn of its loop; meanwhile the peer's
+# misses for it are asked of us, a hit here, not upstream.
+SHARE_HOLD = SHARE_DELAY + 0.03
 # Datagrams held while the link is full (up to MAX_BATCH each: ~8 MiB, ~40
 # times what the link's own buffer holds): a peer that far behind is stuck,
 # and its clients have waited out the fallback (or its replacement) anyway.
 MAX_BACKLOG = 512
 SLOTS = ("A", "B")
+PEER, FULL = int(Held.PEER), int(Held.FULL)     # plain ints: compared on every miss
 
 
 def valid_key_reference(key: bytes) -> bool:
@@ -137,8 +148,10 @@ class PeerLink:
 
     def __init__(self, sock: socket.socket, slot: str, config_print: bytes,
                  on_ask: Callable[[bytes, bool], None], on_told: Callable[[bytes, Entry], None],
-                 on_close: Callable[["PeerLink"], None], counts: PeerCounts | None = None) -> None:
+                 on_close: Callable[["PeerLink"], None], counts: PeerCounts | None = None,
+                 claims: ClaimTable | None = None) -> None:
         self.sock = sock
+        self.claims = claims         # the pair's misses in flight (worker/claims.py), if shared
         self.slot = slot
         self.slot_bit = SLOTS.index(slot)
         self.config_print = config_print
@@ -165,10 +178,27 @@ class PeerLink:
     def usable(self) -> bool:
         return self.agreed and not self.closed
 
-    def owns_elsewhere(self, key: bytes) -> bool:
-        """True when the peer owns `key` and can be asked for it."""
-        # owner(key) != self.slot, inline: asked for every miss.
-        return self.agreed and not self.closed and not self.quiet and zlib.crc32(key) & 1 != self.slot_bit
+    def held_elsewhere(self, key: bytes, ahead: float) -> bool:
+        """True when the peer is resolving `key` (its live claim, worker/claims.py),
+        or owns it by the crc32 rule when there is no claim table or the
+        key's slots are full: ask the peer. False: resolve it ourselves;
+        with the table the key is then claimed for us for `ahead` seconds
+        (or until settle()), so a miss for it at the peer is asked of us."""
+        if not self.agreed or self.closed or self.quiet:
+            return False
+        claims = self.claims
+        if claims is not None:
+            held = claims.claim(key, ahead)
+            if held != FULL:
+                return held == PEER
+        # owner(key) != self.slot, inline: asked for every miss without a claim.
+        return zlib.crc32(key) & 1 != self.slot_bit
+
+    def settle(self, key: bytes) -> None:
+        """Our miss of key is done: its claim lasts SHARE_HOLD more, while the
+        answer is on its way to the peer."""
+        if self.claims is not None and not self.closed:
+            self.claims.settle(key, SHARE_HOLD)
 
     def ask(self, key: bytes, refresh: bool = False) -> bool:
         """False when the link is full or closed: ask upstream yourself."""
@@ -330,4 +360,6 @@ class PeerLink:
         except (ValueError, OSError):
             pass
         self.sock.close()
+        if self.claims is not None:
+            self.claims.close()
         self.on_close(self)

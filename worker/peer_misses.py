@@ -10,6 +10,7 @@ import time
 
 from worker import wire
 from worker.cache import Entry
+from worker.peer import PeerCounts
 
 # A miss asked of the peer is asked upstream by us after the zone's timeout
 # and this: the owner answers within its timeout, even if only SERVFAIL.
@@ -27,12 +28,26 @@ PEER_STALL = 0.5
 
 
 class PeerMisses:
+    def _init_peer_state(self, forwarder) -> None:
+        # The other worker of the pair (worker/peer.py), when linked.
+        self.peer = None
+        self.asked_peer: dict[bytes, tuple[float, float]] = {}   # keys the peer resolves for us -> (asked, give up)
+        self.silence_sweep: asyncio.TimerHandle | None = None     # _peer_silent, while asks wait
+        self.peer_asked: set[bytes] = set()                       # keys we resolve for the peer
+        self.peer_counts = PeerCounts()                           # over every link we have had
+        # How long our claim of a key holds while its miss is upstream (worker/claims.py): past
+        # the peer's own fallback on an ask (the zone's timeout + PEER_SLACK) it is stale anyway.
+        self.claim_ahead = getattr(forwarder, "longest_timeout", 2.0) + PEER_SLACK
+
     def _forward(self, q: wire.Question, refresh: bool = False) -> None:
-        """Upstream, or to the peer when it owns the key (one upstream query
-        for the pair); `refresh`: a prefetch, which the peer must not answer
-        from its cache (its copy is as old as ours)."""
+        """Upstream, or to the peer when it is resolving the key already (one
+        upstream query for the pair: worker/claims.py); `refresh`: a
+        prefetch, which the peer must not answer from its cache (its copy is
+        as old as ours). What the peer asked of us goes upstream: never
+        asked back."""
         peer = self.peer
-        if peer is not None and peer.owns_elsewhere(q.key) and peer.ask(q.key, refresh):
+        if peer is not None and q.key not in self.peer_asked and peer.held_elsewhere(q.key, self.claim_ahead) \
+                and peer.ask(q.key, refresh):
             now = time.monotonic()
             self.asked_peer[q.key] = (now, now + self.forwarder.zone_for(wire.key_qname(q.key)).timeout + PEER_SLACK)
             if self.silence_sweep is None:
@@ -63,7 +78,7 @@ class PeerMisses:
             self.silence_sweep = asyncio.get_running_loop().call_later(SILENCE_SWEEP, self._peer_silent)
 
     def peer_asks(self, key: bytes, refresh: bool) -> None:
-        """The peer has a miss (or a prefetch: `refresh`) for a key we own:
+        """The peer has a miss (or a prefetch: `refresh`) for a key we claimed (or own):
         resolve it (sharing a query already waiting or in flight) and tell it the outcome."""
         entry = None if refresh else self.cache.get(key, time.monotonic())
         if entry is not None:

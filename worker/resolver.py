@@ -24,7 +24,6 @@ import dns.rrset
 from contract import stats as stats_keys
 from worker import scrub, wire
 from worker.cache import Cache, Entry
-from worker.peer import PeerCounts
 from worker.peer_misses import PeerMisses
 from worker.response import entry_from_response
 from worker.config import CacheConfig, HeaderRule, zone_labels
@@ -102,12 +101,7 @@ class Resolver(PeerMisses):
         # With zone "." alone every answer is in its zone: nothing to scrub (see _scrubbed).
         self.scrubbing = not getattr(forwarder, "root_only", False)
         self.sending = False                            # a _send_queued turn is scheduled
-        # The other worker of the pair (worker/peer.py), when linked: it owns half the keys.
-        self.peer = None
-        self.asked_peer: dict[bytes, tuple[float, float]] = {}   # keys the peer resolves for us -> (asked, give up)
-        self.silence_sweep: asyncio.TimerHandle | None = None     # PeerMisses._peer_silent, while asks wait
-        self.peer_asked: set[bytes] = set()                       # keys we resolve for the peer
-        self.peer_counts = PeerCounts()                           # over every link we have had
+        self._init_peer_state(forwarder)               # PeerMisses: the other worker of the pair
         self.upstream_failures = 0
         # Misses refused at max_pending, ours and the peer's (each answered SERVFAIL at once):
         # the one count behind STATS misses_overloaded.
@@ -240,6 +234,7 @@ class Resolver(PeerMisses):
             self.loop.call_soon(self._send_queued)
         self._finish(q.key, entry)
         if self.peer is not None:
+            self.peer.settle(q.key)
             asked = q.key in self.peer_asked
             self.peer_asked.discard(q.key)
             if asked or entry.expires > entry.stored_at:

@@ -15,10 +15,11 @@ from worker import logfmt
 from worker.answer import Answerer
 from worker.cache import Cache
 from worker.channel import DEFAULT_DRAIN_TIMEOUT, ControlChannel
+from worker.claims import CLAIMS, WHY as CLAIMS_WHY, ClaimTable
 from worker.config import WorkerConfig
 from worker.handoff import ConfigMismatch, CacheStreamError, fingerprint, receive_cache, send_cache
 from worker.orphan import Orphanage
-from worker.peer import PeerLink
+from worker.peer import SLOTS, PeerLink
 from worker.resolver import LocalAnswers, Resolver
 from worker.server import ProbeServer, TcpLimits, TcpServer, UdpServer, udp_server
 from worker.states import WorkerState
@@ -171,21 +172,24 @@ class Service:
         self.orphanage = Orphanage(self._control_on, lambda: self.request_drain(DEFAULT_DRAIN_TIMEOUT),
                                    listen_ips(self.sockets.udp + self.sockets.shared_udp))
 
-    def link_peer(self, fd: int) -> None:
+    def link_peer(self, fd: int, table_fd: int | None = None) -> None:
         """Called from the control channel with our end of a socketpair to
-        the other serving worker (worker/peer.py); replaces any older link."""
+        the other serving worker (worker/peer.py) and the pair's claim table
+        (worker/claims.py); replaces any older link."""
         sock = socket.socket(fileno=fd)
+        claims = ClaimTable.open(table_fd, SLOTS.index(self.identity.slot))
         if self.resolver is None or self.state is not WorkerState.SERVING:
             sock.close()
-            return
+            return          # (claims: unmapped when dropped)
         if self.peer is not None:
             self.peer.close()
         resolver = self.resolver
         self.peer = PeerLink(sock, self.identity.slot, self.config_print, resolver.peer_asks, resolver.peer_told,
-                             self._peer_closed, resolver.peer_counts)
+                             self._peer_closed, resolver.peer_counts, claims)
         resolver.peer = self.peer
         self.peer.start()
-        log.info("peer link to the other worker up")
+        log.info("peer link to the other worker up (misses split by %s)", "the claim table" if claims else
+                 f"the crc32 owner rule: {CLAIMS_WHY if CLAIMS is None else 'no usable claim table came with it'}")
 
     def _peer_closed(self, link: PeerLink) -> None:
         if self.peer is link:

@@ -287,6 +287,7 @@ class Forwarder:
         self._zones = {zone_labels(z.zone): (z, tuple(self._servers[a] for a in z.servers)) for z in zones}
         self._zone_depth = max(map(len, self._zones), default=0)
         self.root_only = self._zone_depth == 1      # only zone ".": every name is in it
+        self.longest_timeout = max((z.timeout for z in zones), default=0.0)
 
     def zone_for(self, name: bytes) -> UpstreamZone:
         """The zone with the longest suffix match of `name` (a lower-case name wire)."""

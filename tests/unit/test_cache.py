@@ -232,8 +232,11 @@ def test_refused_misses_of_the_peer_count_in_misses_overloaded_and_refused_prefe
         def __init__(self):
             self.told = []
 
-        def owns_elsewhere(self, key):
+        def held_elsewhere(self, key, ahead):
             return False    # we own every key: all of them go upstream from here
+
+        def settle(self, key):
+            pass
 
         def tell(self, key, entry, reply):
             self.told.append((key, entry.rcode, reply))
@@ -328,8 +331,11 @@ class _AskedPeer:
     def __init__(self, heard: bool):
         self.heard, self.asks, self.last_heard, self.quiet = heard, [], time.monotonic(), False
 
-    def owns_elsewhere(self, key):
+    def held_elsewhere(self, key, ahead):
         return not self.quiet
+
+    def settle(self, key):
+        pass
 
     def poll(self):
         pass
