@@ -13,7 +13,7 @@ for hits and misses, and bench/bench_cache.py measures the whole thing.
 
 With --pair, two workers' resolvers and caches run in the one process,
 linked as the supervisor links a pair (worker/peer.py, over a real
-socketpair), and the queries alternate between them as the kernel spreads
+socketpair, with a claim table), and the queries alternate between them as the kernel spreads
 clients: the CPU per miss is then the pair's, peer messages included
 (bench/pair_misses.py measures the real pair, with its client side).
 """
@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import os
 import pstats
 import resource
 import socket
@@ -33,9 +34,11 @@ import time
 import dns.message
 import uvloop
 
+from contract.claimtable import make_table_fd
 from worker.answer import Answerer
 from worker.cache import Cache
 from worker.config import CacheConfig, UpstreamZone
+from worker.claims import ClaimTable
 from worker.main import tune_gc
 from worker.peer import PeerLink
 from worker.resolver import LocalAnswers, Resolver
@@ -108,15 +111,19 @@ def one_worker(port: int, tcp: bool, capacity: int) -> tuple[Answerer, Forwarder
 
 
 def link(answerers: list[Answerer]) -> list[PeerLink]:
-    """The two resolvers linked as worker/service.py links a pair."""
+    """The two resolvers linked as worker/service.py links a pair, with a
+    claim table (worker/claims.py) when the C extension is built."""
     ends = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    table = make_table_fd()
     links = []
-    for sock, slot, answerer in zip(ends, ("A", "B"), answerers):
+    for me, (sock, slot, answerer) in enumerate(zip(ends, ("A", "B"), answerers)):
         resolver = answerer.resolver
+        claims = ClaimTable.open(os.dup(table), me)
         resolver.peer = PeerLink(sock, slot, b"micro", resolver.peer_asks, resolver.peer_told,
-                                 lambda _link: None, resolver.peer_counts)
+                                 lambda _link: None, resolver.peer_counts, claims)
         resolver.peer.start()
         links.append(resolver.peer)
+    os.close(table)
     return links
 
 
