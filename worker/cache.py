@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
+from collections.abc import Callable
 
 from worker import wire
 
@@ -169,13 +170,44 @@ class Cache:
         self.expiry_slots: list[int] = []
         self.expiry_items = 0
         self.evictions = 0
+        # Answers the other worker of the pair told us (worker/peer.py), as their
+        # record bytes until first asked for here (get, stale): most names are
+        # asked at one worker only, and building an Entry cost that worker more
+        # than anything else a share does. `unfold` (set with the first) makes
+        # the Entry, or None for a record that does not hold together.
+        self.told: dict[bytes, bytes] = {}
+        self.unfold: Callable[[bytes], Entry | None] | None = None
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.entries) + len(self.told)
+
+    def hold(self, key: bytes, record: bytes, unfold: Callable[[bytes], Entry | None]) -> None:
+        """Keep `record` for key, made into an Entry when first asked for;
+        at most `capacity` of them, the oldest dropped first."""
+        if self.capacity <= 0:
+            return
+        self.unfold = unfold
+        told = self.told
+        told.pop(key, None)
+        if len(told) >= self.capacity:
+            del told[next(iter(told))]
+        told[key] = record
+
+    def unfold_told(self) -> None:
+        """Every held record into the cache (before a handoff streams it)."""
+        for key in list(self.told):
+            self._unfolded(key)
+
+    def _unfolded(self, key: bytes) -> Entry | None:
+        record = self.told.pop(key, None)
+        entry = None if record is None else self.unfold(record)
+        if entry is not None:
+            self.put(key, entry)
+        return entry
 
     def get(self, key: bytes, now: float) -> Entry | None:
         entry = self.entries.get(key)
-        if entry is None:
+        if entry is None and (not self.told or (entry := self._unfolded(key)) is None):
             return None
         if now >= entry.expires:
             if now >= entry.stale_until:
@@ -189,6 +221,8 @@ class Cache:
         """For a miss whose upstreams failed: a copy of the expired answer
         still within serve_stale, now cached for STALE_TTL seconds."""
         entry = self.entries.get(key)
+        if entry is None and self.told:
+            entry = self._unfolded(key)
         if entry is None or not entry.expires <= now < entry.stale_until:
             return None
         copy = entry.stale_copy(now)
@@ -198,6 +232,8 @@ class Cache:
 
     def put(self, key: bytes, entry: Entry) -> None:
         entry.key = key
+        if self.told:
+            self.told.pop(key, None)        # what we store now is newer
         if entry.stale_until is None:
             entry.stale_until = entry.expires + self.serve_stale
         if self.capacity <= 0:

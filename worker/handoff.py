@@ -95,6 +95,17 @@ def decode_entry(body: bytes) -> tuple[bytes, Entry]:
     return body[_FIXED.size:key_end], entry
 
 
+def record_key(body: bytes) -> bytes:
+    """The key of a record's body, without decoding the rest (decode_entry
+    checks that when the entry is made); CacheStreamError when too short."""
+    if len(body) < _FIXED.size:
+        raise CacheStreamError("record shorter than its fixed part")
+    key_end = _FIXED.size + (body[0] << 8 | body[1])
+    if key_end > len(body):
+        raise CacheStreamError("key runs past the record")
+    return body[_FIXED.size:key_end]
+
+
 def encode_stream(config_print: bytes, entries: Iterable[tuple[bytes, Entry]]) -> Iterator[bytes]:
     """Header, then one chunk per RECORDS_PER_SLICE entries. An entry that
     left the cache since `entries` was listed (Entry.leave() sets its expiry
@@ -161,6 +172,7 @@ async def send_cache(cache: Cache, fd: int, config_print: bytes) -> int:
     try:
         # A snapshot, oldest first (the receiver keeps the order): the cache
         # changes while we yield.
+        cache.unfold_told()             # answers the peer told us, kept as records until now
         now = time.monotonic()
         live = [(key, entry) for key, entry in cache.entries.items() if now < entry.expires]
         for chunk in encode_stream(config_print, live):

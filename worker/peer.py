@@ -71,7 +71,7 @@ from dataclasses import dataclass
 
 from worker.cache import Entry
 from worker.claims import ClaimTable, Held
-from worker.handoff import CacheStreamError, decode_entry, encode_entry
+from worker.handoff import CacheStreamError, encode_entry, record_key
 from worker.wire import ACCEL
 
 log = logging.getLogger(__name__)
@@ -143,11 +143,11 @@ class PeerCounts:
 
 
 class PeerLink:
-    """One end of the link. `on_ask(key, refresh)` and `on_told(key, entry)` are the
-    resolver's; the link only moves bytes."""
+    """One end of the link. `on_ask(key, refresh)` and `on_told(key, record)` (a
+    handoff record's body, worker/handoff.py) are the resolver's; the link only moves bytes."""
 
     def __init__(self, sock: socket.socket, slot: str, config_print: bytes,
-                 on_ask: Callable[[bytes, bool], None], on_told: Callable[[bytes, Entry], None],
+                 on_ask: Callable[[bytes, bool], None], on_told: Callable[[bytes, bytes], None],
                  on_close: Callable[["PeerLink"], None], counts: PeerCounts | None = None,
                  claims: ClaimTable | None = None) -> None:
         self.sock = sock
@@ -326,10 +326,10 @@ class PeerLink:
             return
         try:
             if kind == TOLD:            # the most frequent: every answer either worker learns
-                key, entry = decode_entry(body)
+                key = record_key(body)  # the rest is decoded when the entry is needed (worker/cache.py)
                 if not valid_key(key):
                     raise CacheStreamError("not a cache key")
-                self.on_told(key, entry)
+                self.on_told(key, body)
             elif kind == ASK or kind == REFRESH:
                 if not valid_key(body):
                     raise CacheStreamError("not a cache key")

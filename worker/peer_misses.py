@@ -6,11 +6,16 @@ reads in one sitting."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import struct
 import time
 
 from worker import wire
 from worker.cache import Entry
+from worker.handoff import CacheStreamError, decode_entry
 from worker.peer import PeerCounts
+
+log = logging.getLogger(__name__)
 
 # A miss asked of the peer is asked upstream by us after the zone's timeout
 # and this: the owner answers within its timeout, even if only SERVFAIL.
@@ -92,13 +97,23 @@ class PeerMisses:
             self.peer_asked.discard(key)
             self.peer.tell(key, self._servfail(q), reply=True)
 
-    def peer_told(self, key: bytes, entry: Entry) -> None:
-        """What the peer learned from upstream for `key`: store it; clients
-        waiting for `key` get it now, also when we had given up on the peer
-        and asked upstream ourselves (its answer is as good, and here first)."""
-        if entry.expires > time.monotonic():
-            self.cache.put(key, entry)
+    def peer_told(self, key: bytes, record: bytes) -> None:
+        """What the peer learned from upstream for `key` (a handoff record):
+        clients waiting for `key` get it now, also when we had given up on
+        the peer and asked upstream ourselves (its answer is as good, and
+        here first); it replaces what we hold for key; otherwise the cache
+        keeps the record and makes it an entry when key is first asked for
+        here (worker/cache.py: most names never are)."""
         self.asked_peer.pop(key, None)
+        cache = self.cache
+        if key not in self.pending and key not in cache.entries:
+            cache.hold(key, record, unfold_record)
+            return
+        entry = unfold_record(record)
+        if entry is None:
+            return
+        if entry.expires > time.monotonic():
+            cache.put(key, entry)
         if key in self.pending:
             self._finish(key, entry)
 
@@ -110,3 +125,13 @@ class PeerMisses:
         for key in asked:
             if key in self.pending:
                 self._upstream(wire.question_from_key(key))
+
+
+def unfold_record(record: bytes) -> Entry | None:
+    """The Entry of a record the peer told us, or None (logged) when it does
+    not hold together: the peer is our own sibling, so only a bug sends one."""
+    try:
+        return decode_entry(record)[1]
+    except (CacheStreamError, ValueError, struct.error) as e:
+        log.warning("peer link: bad answer record dropped: %s", e)
+        return None

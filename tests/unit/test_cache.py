@@ -348,6 +348,13 @@ class _AskedPeer:
         return True
 
 
+def record(name: str, resolver) -> bytes:
+    """The record the peer tells for `name`: its SERVFAIL (worker/handoff.py's body, no length)."""
+    from worker.handoff import encode_entry
+    q = wire.parse_query(dns.message.make_query(name, "A").to_wire())
+    return encode_entry(q.key, resolver._servfail(q))[4:]
+
+
 def _silent_owner_scenario(peer: _AskedPeer, late_miss_after: float, wait: float):
     """Misses `silent.test` and `answered.test` (told after 50 ms), then `late.test`
     `late_miss_after` s in; at the end the peer tells `silent.test` after all.
@@ -379,7 +386,7 @@ def _silent_owner_scenario(peer: _AskedPeer, late_miss_after: float, wait: float
         resolver.miss(question("silent.test"), lambda entry: got.append("silent"))
         resolver.miss(question("answered.test"), lambda entry: got.append("answered"))
         await asyncio.sleep(0.05)
-        resolver.peer_told(question("answered.test").key, resolver._servfail(question("answered.test")))
+        resolver.peer_told(question("answered.test").key, record("answered.test", resolver))
         while time.monotonic() - started < wait:
             if peer.heard:
                 peer.last_heard = time.monotonic()
@@ -387,7 +394,7 @@ def _silent_owner_scenario(peer: _AskedPeer, late_miss_after: float, wait: float
                 resolver.miss(question("late.test"), lambda entry: None)
                 late_at = 0
             await asyncio.sleep(0.01)
-        resolver.peer_told(question("silent.test").key, resolver._servfail(question("silent.test")))
+        resolver.peer_told(question("silent.test").key, record("silent.test", resolver))
         return started, upstream.asked, Stats().snapshot({}, resolver.cache, upstream, resolver.counts()), got
 
     got: list[str] = []

@@ -8,6 +8,7 @@ import time
 
 from worker import wire
 from worker.cache import Entry
+from worker.handoff import decode_entry
 from worker.peer import FRAME_LEN, HELLO, SHARE_DELAY, PeerLink, owner, valid_key
 
 KEY = wire.make_key(b"\x03www\x07example\x03com\x00", b"\x00\x01\x00\x01", False, False)
@@ -41,9 +42,9 @@ def run_pair(print_a: bytes, print_b: bytes, extra=lambda a, b, sa: None):
     async def scenario():
         sa, sb = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         a = PeerLink(sa, "A", print_a, lambda k, r: got["A"].append(("ask", k, r)),
-                     lambda k, e: got["A"].append(("told", k, e.ttls)), lambda link: None)
+                     lambda k, r: got["A"].append(("told", k, decode_entry(r)[1].ttls)), lambda link: None)
         b = PeerLink(sb, "B", print_b, lambda k, r: got["B"].append(("ask", k, r)),
-                     lambda k, e: got["B"].append(("told", k, e.ttls)), lambda link: None)
+                     lambda k, r: got["B"].append(("told", k, decode_entry(r)[1].ttls)), lambda link: None)
         a.start()
         b.start()
         await asyncio.sleep(0.05)
