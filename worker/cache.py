@@ -182,14 +182,21 @@ class Cache:
         return len(self.entries) + len(self.told)
 
     def hold(self, key: bytes, record: bytes, unfold: Callable[[bytes], Entry | None]) -> None:
-        """Keep `record` for key, made into an Entry when first asked for;
-        at most `capacity` of them, the oldest dropped first."""
+        """Keep `record` for key, made into an Entry when first asked for.
+        Entries and records together stay within `capacity`: the oldest
+        record goes first; with none held, the record is made an entry
+        now and evicts as any new entry does."""
         if self.capacity <= 0:
             return
         self.unfold = unfold
         told = self.told
         told.pop(key, None)
-        if len(told) >= self.capacity:
+        if len(self.entries) + len(told) >= self.capacity:
+            if not told:
+                entry = unfold(record)
+                if entry is not None:
+                    self.put(key, entry)
+                return
             del told[next(iter(told))]
         told[key] = record
 
@@ -232,8 +239,11 @@ class Cache:
 
     def put(self, key: bytes, entry: Entry) -> None:
         entry.key = key
-        if self.told:
-            self.told.pop(key, None)        # what we store now is newer
+        told = self.told
+        if told:
+            told.pop(key, None)             # what we store now is newer
+            if len(self.entries) + len(told) >= self.capacity > 0:
+                del told[next(iter(told))]  # held records leave before entries do
         if entry.stale_until is None:
             entry.stale_until = entry.expires + self.serve_stale
         if self.capacity <= 0:

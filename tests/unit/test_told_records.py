@@ -38,18 +38,25 @@ def test_a_held_record_is_counted_and_becomes_the_entry_it_holds_when_asked_for(
     assert cache.entries[key] is entry and not cache.told and len(cache) == 1
 
 
-def test_what_we_store_ourselves_replaces_a_held_record_and_the_oldest_go_past_capacity():
+def test_what_we_store_ourselves_replaces_a_held_record_and_entries_and_records_stay_within_capacity():
     cache, now = Cache(3), time.monotonic()
     keys = []
     for i in range(5):
         key, record = told(f"n{i}.test", now)
         cache.hold(key, record, unfold_record)
         keys.append(key)
-    assert list(cache.told) == keys[2:]                          # the two oldest dropped
+    assert list(cache.told) == keys[2:] and len(cache) == 3      # the two oldest dropped
     mine, record = told("n4.test", now, address="192.0.2.99")
     cache.put(mine, unfold_record(record))
-    assert keys[4] not in cache.told
+    assert keys[4] not in cache.told and len(cache) == 3
     assert b"\xc0\x00\x02\x63" in cache.get(mine, now).plain     # ours, not the held one
+    for i in range(5, 8):                                        # our own entries push records out
+        key, record = told(f"n{i}.test", now)
+        cache.put(key, unfold_record(record))
+    assert not cache.told and len(cache) == 3
+    key, record = told("n9.test", now)                           # full of entries: made one, evicting
+    cache.hold(key, record, unfold_record)
+    assert key in cache.entries and len(cache) == 3
 
 
 def test_serve_stale_finds_a_held_record_that_expired():
