@@ -6,7 +6,8 @@ queries per name) and each hold half the hits. Over this link:
 
 * every answer a worker stores from upstream (positive, negative, SERVFAIL
   within servfail_ttl, prefetch refreshes) is told to the other, which
-  stores it too, so a name fetched once is a hit at both workers;
+  keeps it too (as the record, made an entry when first asked for there:
+  worker/cache.py hold()), so a name fetched once is a hit at both workers;
 * a miss is asked upstream only by the worker that claimed its key first
   in the pair's claim table (worker/claims.py: shared memory, one
   compare-and-swap); the other worker asks that one over the link and
