@@ -23,8 +23,9 @@ MISSES_OVERLOADED = "misses_overloaded"   # misses answered SERVFAIL at once: ma
 MISSES_QUEUED = "misses_queued"           # misses that waited their turn: max_in_flight upstream
 PEER_DROPPED = "peer_dropped"             # answers not passed to the other worker: the link was full
 PEER_FALLBACKS = "peer_fallbacks"         # misses asked upstream after the owning worker stayed silent
+PEER_ASKS = "peer_asks"                   # misses asked of the other worker: it was resolving them already
 COUNTERS = (CACHE_HITS, CACHE_MISSES, CACHE_EVICTIONS, CACHE_PREFETCHES, CACHE_STALE_SERVED, MALFORMED, FORMERR,
-            UNWANTED_REPLY_ACTIONS, MISSES_OVERLOADED, MISSES_QUEUED, PEER_DROPPED, PEER_FALLBACKS)
+            UNWANTED_REPLY_ACTIONS, MISSES_OVERLOADED, MISSES_QUEUED, PEER_DROPPED, PEER_FALLBACKS, PEER_ASKS)
 
 UP_SERVER = "server"
 UP_QUERIES = "queries"

@@ -57,6 +57,9 @@ _SCALARS = (
     (keys.PEER_FALLBACKS, "peer_fallbacks",
      "Misses a worker asked upstream itself because the worker that owns the name did not answer within "
      "the zone's timeout (+0.5 s), or sent nothing at all for 0.5 s (hung)."),
+    (keys.PEER_ASKS, "peer_asks",
+     "Misses a worker asked of the other worker instead of upstream, because that one was resolving the "
+     "same name already (both missed it at once), so the pair asked upstream once."),
 )
 # The classic text format generate_latest() writes, which every Prometheus
 # version scrapes (newer clients announce it as 1.0.0, unknown to older scrapers).

@@ -138,9 +138,10 @@ def owner(key: bytes) -> str:
 @dataclass
 class PeerCounts:
     """A worker's totals over every link it has had (it is relinked after each
-    replacement of its sibling): STATS peer_dropped and peer_fallbacks."""
+    replacement of its sibling): STATS peer_dropped, peer_fallbacks and peer_asks."""
     dropped: int = 0            # shares dropped on a full link, and replies past MAX_BACKLOG
     fallbacks: int = 0          # misses asked upstream by us after the owner stayed silent
+    asks: int = 0               # misses asked of the peer (it had claimed them, or owns them)
 
 
 class PeerLink:

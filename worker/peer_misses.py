@@ -53,6 +53,7 @@ class PeerMisses:
         peer = self.peer
         if peer is not None and q.key not in self.peer_asked and peer.held_elsewhere(q.key, self.claim_ahead) \
                 and peer.ask(q.key, refresh):
+            self.peer_counts.asks += 1
             now = time.monotonic()
             self.asked_peer[q.key] = (now, now + self.forwarder.zone_for(wire.key_qname(q.key)).timeout + PEER_SLACK)
             if self.silence_sweep is None:

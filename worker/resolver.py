@@ -116,7 +116,7 @@ class Resolver(PeerMisses):
         peer = self.peer_counts
         return {stats_keys.MISSES_OVERLOADED: self.overloaded, stats_keys.MISSES_QUEUED: self.waited,
                 stats_keys.PEER_DROPPED: peer.dropped,
-                stats_keys.PEER_FALLBACKS: peer.fallbacks}
+                stats_keys.PEER_FALLBACKS: peer.fallbacks, stats_keys.PEER_ASKS: peer.asks}
 
     def miss(self, q: wire.Question, waiter: Waiter, refresh: bool = False) -> bool:
         """Call waiter(entry) once an answer for q is known (it always is:

@@ -95,6 +95,7 @@ class Stats:
             keys.MALFORMED: self.malformed, keys.FORMERR: self.formerr,
             keys.UNWANTED_REPLY_ACTIONS: forwarder.unwanted.actions,
             keys.MISSES_OVERLOADED: 0, keys.MISSES_QUEUED: 0, keys.PEER_DROPPED: 0, keys.PEER_FALLBACKS: 0,
+            keys.PEER_ASKS: 0,
             **(resolver_counts or {}),
             keys.UPSTREAM: forwarder.stats(),
         }

@@ -5,6 +5,7 @@ source ports, so the kernel spreads them over both workers."""
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import time
@@ -70,12 +71,30 @@ def test_one_upstream_query_per_name_across_the_pair(sup, netns, upstream):
     sup.wait(lambda st: all(w["cache_entries"] >= len(names) for w in st["workers"]), 5, "every name in both")
 
 
+def counter(netns, name: str) -> float:
+    """A twindns_<name>_total counter, summed over the workers (the supervisor's /metrics)."""
+    body = netns.run(["curl", "-sS", "--max-time", "5", f"http://{LISTEN}:9253/metrics"]).stdout
+    found = re.search(rf"^twindns_{name}_total (\S+)$", body, re.M)
+    assert found, f"no twindns_{name}_total in /metrics"
+    return float(found.group(1))
+
+
+def counted(netns, name: str, at_least: float, timeout: float = 5.0) -> float:
+    """The counter once it reaches `at_least` (the workers' STATS are polled every probe)."""
+    deadline = time.monotonic() + timeout
+    while (value := counter(netns, name)) < at_least and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return value
+
+
 def test_identical_misses_at_both_workers_go_upstream_once(sup, netns, upstream):
     names = [f"burst{i}.hit.test" for i in range(60)]
-    before = upstream.queries()
+    before, asks = upstream.queries(), counter(netns, "peer_asks")
     for name in names:
         burst(netns, name, 16)
     assert upstream.queries() - before == len(names)
+    # The second worker to miss a name asked the first (twindns_peer_asks_total), not upstream.
+    assert counted(netns, "peer_asks", asks + 1) > asks
 
 
 def test_a_lone_miss_goes_upstream_from_the_worker_it_reached(sup, netns, upstream):
@@ -85,6 +104,7 @@ def test_a_lone_miss_goes_upstream_from_the_worker_it_reached(sup, netns, upstre
     B for half of them and answered those after its 0.5 s fallback.) The
     names queued at B are answered once it runs again."""
     names = [f"lone{i}.hit.test" for i in range(40)]
+    asks, misses = counter(netns, "peer_asks"), counter(netns, "cache_misses")
     pid_b = sup.workers()["B"]["pid"]
     socks = [ns_socket(netns) for _ in names]
     arrived: dict[int, float] = {}
@@ -112,6 +132,9 @@ def test_a_lone_miss_goes_upstream_from_the_worker_it_reached(sup, netns, upstre
     finally:
         for s in socks:
             s.close()
+    # Once both workers' counts are in (every miss of this test), no worker asked the other.
+    counted(netns, "cache_misses", misses + len(names))
+    assert counter(netns, "peer_asks") == asks
 
 
 def test_a_lone_worker_resolves_everything_and_the_respawn_links_again(sup, netns, upstream):

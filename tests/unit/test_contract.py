@@ -81,7 +81,7 @@ def test_every_stats_counter_a_worker_reports_is_exported_by_the_supervisor():
     m.update_worker("A", 1, {**report, **{k: 7 for k in keys.COUNTERS}})
     body = m.render()[0].decode()
     for name in ("cache_hits", "cache_misses", "cache_evictions", "cache_prefetches", "cache_stale_served",
-                 "malformed_queries", "formerr_responses"):
+                 "malformed_queries", "formerr_responses", "peer_asks"):
         assert f"twindns_{name}_total 7.0" in body, name
 
 
