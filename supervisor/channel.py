@@ -82,15 +82,15 @@ class ControlChannel:
                 fut.set_exception(ChannelClosed("worker closed the control channel"))
 
 
-async def hand_fds(requests: list[tuple["ControlChannel", str, int | tuple[int, ...]]],
+async def hand_fds(requests: list[tuple["ControlChannel", str, tuple[int, ...]]],
                    reply_within: float = 1.0) -> str | None:
-    """Send each (channel, op, fd or fds) in turn (SCM_RIGHTS; the caller
-    closes its fds afterwards); None when every worker took its fds, else
-    what went wrong (e.g. a worker older than the op). Used for the cache
+    """Send each (channel, op, fds) in turn (SCM_RIGHTS; the caller closes
+    its fds afterwards); None when every worker took its fds, else what
+    went wrong (e.g. a worker older than the op). Used for the cache
     handoff and the peer link."""
     try:
         for channel, op, fds in requests:
-            reply = await channel.request(op, reply_within, fds=fds if isinstance(fds, tuple) else (fds,))
+            reply = await channel.request(op, reply_within, fds=fds)
             if not reply.get("ok"):
                 return f"{op}: {reply.get('error')}"
     except TimeoutError:

@@ -86,7 +86,8 @@ async def hand_over_cache(old: Worker, new: Worker) -> None:
         return
     read_end, write_end = os.pipe()
     try:
-        error = await hand_fds([(new_rt.channel, "cache_receive", read_end), (old_rt.channel, "cache_send", write_end)])
+        error = await hand_fds([(new_rt.channel, "cache_receive", (read_end,)),
+                                (old_rt.channel, "cache_send", (write_end,))])
     finally:
         os.close(read_end)
         os.close(write_end)

@@ -191,14 +191,13 @@ class Cache:
         self.unfold = unfold
         told = self.told
         told.pop(key, None)
-        if len(self.entries) + len(told) >= self.capacity:
-            if not told:
-                entry = unfold(record)
-                if entry is not None:
-                    self.put(key, entry)
-                return
+        full = len(self.entries) + len(told) >= self.capacity
+        unfold_now = full and not told      # a cache full of entries: this one evicts as any new entry
+        if full and told:
             del told[next(iter(told))]
         told[key] = record
+        if unfold_now:
+            self._unfolded(key)
 
     def unfold_told(self) -> None:
         """Every held record into the cache (before a handoff streams it)."""

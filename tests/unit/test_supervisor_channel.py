@@ -20,7 +20,7 @@ def outcome(close_worker_end: bool) -> str | None:
         try:
             if close_worker_end:
                 asyncio.get_running_loop().call_later(0.05, worker.close)
-            return await hand_fds([(channel, "peer", r)], reply_within=0.3)
+            return await hand_fds([(channel, "peer", (r,))], reply_within=0.3)
         finally:
             channel.close()
             for fd in (r, w):
