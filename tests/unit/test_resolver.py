@@ -96,3 +96,44 @@ def test_class_ch_is_answered_locally_never_upstream():
     assert probe.answer[0][0].strings == (b"slot=A",)
     got, _, _, _ = resolve(forwarder, ["version.bind."], rdclass="CH", rdtype="TXT")
     assert got[0][1].rcode == dns.rcode.REFUSED and not forwarder.asked
+
+
+def test_the_readiness_probe_is_answered_right_every_time_and_only_its_reply_is_kept():
+    """The probe's reply is built once per form (worker/resolver.py LocalAnswers.reply):
+    every later probe still gets its own ID, its question as asked, an OPT
+    record exactly when it sent one; other CH names stay REFUSED, and are not kept."""
+    from worker.answer import Answerer
+    from worker.stats import Stats
+
+    async def scenario():
+        local = LocalAnswers("slot=A gen=1")
+        cache = Cache(100)
+        resolver = Resolver(FakeForwarder(), cache, CacheConfig(), (), local)
+        answerer = Answerer(cache, resolver, Stats())
+        sent: list[tuple[bytes, bytes]] = []
+        queries = []
+        for i in range(6):
+            name = "ready.twindns." if i % 2 else "READY.TwinDNS."
+            edns = ({"use_edns": False}, {"use_edns": 0}, {"want_dnssec": True})[i % 3]
+            query = dns.message.make_query(name, "TXT", "CH", **edns)
+            query.id = 1000 + i
+            queries.append(query)
+            data = query.to_wire()
+            assert answerer.answer(data, True, lambda reply, d, data=data: sent.append((data, reply)), None, 0.0) is not None
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        for i in range(50):
+            data = dns.message.make_query(f"n{i}.bind.", "TXT", "CH").to_wire()
+            answerer.answer(data, True, lambda reply, d, data=data: sent.append((data, reply)), None, 0.0)
+        await asyncio.sleep(0.01)
+        return local, queries, sent
+
+    local, queries, sent = uvloop.run(scenario())
+    assert len(sent) == 56
+    for query, (_, reply) in zip(queries, sent):
+        got = dns.message.from_wire(reply)
+        assert got.id == query.id and got.question[0].name.to_text() == query.question[0].name.to_text()
+        assert got.rcode() == dns.rcode.NOERROR and got.answer[0][0].strings == (b"slot=A gen=1",)
+        assert (got.edns >= 0) == (query.edns >= 0) and got.ednsflags == query.ednsflags
+    assert all(dns.message.from_wire(reply).rcode() == dns.rcode.REFUSED for _, reply in sent[6:])
+    assert len(local.probe_replies) == 2        # the probe with and without DO; no other name
