@@ -11,7 +11,7 @@ The arbiter drives it:
 
     m = MetricsAggregator(version="0.1.0")
     m.update_worker("A", 3, stats)          # after each {"op": "stats"} reply
-    m.set_dropped("A", 3, drops)            # health.udp_drops() summed over the worker's sockets
+    m.set_dropped("A", 3, drops)            # health.socket_drops() summed over the worker's sockets
     m.worker_exited("A", 3, final_stats)    # final {"event": "stats"}, or None after a crash
     m.inc_worker_restart("crash")           # cause: a RestartCause value (rolling | crash | hang | boot)
     m.inc_rolling_restart(); m.inc_netsetup_repair(); m.set_workers_ready(2)

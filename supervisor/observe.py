@@ -12,7 +12,7 @@ import os
 import time
 
 from supervisor import logs, version, watch
-from supervisor.health import socket_inode, udp_drops
+from supervisor.health import socket_drops
 from supervisor.http import text_response
 from supervisor.pool import SLOT_NAMES
 from supervisor.snapshot import HeldRecord, ListenerRecord, SupervisorRecord, SupervisorSnapshot
@@ -51,8 +51,7 @@ class Observation:
                 w = slot.current
                 if w is None or w.handles is None:
                     continue
-                inodes = [socket_inode(s) for s in w.handles.sockets.udp if s.fileno() >= 0]
-                total = sum(udp_drops(inodes).values())
+                total = sum(d for s in w.handles.sockets.udp if s.fileno() >= 0 and (d := socket_drops(s)) is not None)
                 drops[f"{slot.name}{w.generation}"] = total
                 self.metrics.set_dropped(slot.name, w.generation, total)
         ready = self.pool.ready_count() if self.pool is not None else 0
