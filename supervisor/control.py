@@ -94,7 +94,19 @@ class ControlServer:
     async def start(self, path: str) -> None:
         sock = bind_control_socket(path)
         self._path = path
-        self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_REQUEST)
+        self._server = await asyncio.start_unix_server(self._accepted, sock=sock, limit=MAX_REQUEST)
+
+    def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A connection's task is known from the moment it exists, so close() ends
+        every one: a client accepted just before close() (its connection_made runs
+        a turn or two later) was served by a task that outlived the loop and
+        failed against it when collected."""
+        if self._server is None:        # close() began: not served
+            writer.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -113,8 +125,6 @@ class ControlServer:
         def send(obj: dict) -> None:
             writer.write(json.dumps(obj).encode() + b"\n")
 
-        task = asyncio.current_task()
-        self._connections.add(task)
         try:
             uid = peer_uid(writer.get_extra_info("socket"))
             try:
@@ -131,7 +141,6 @@ class ControlServer:
         except (asyncio.TimeoutError, ConnectionError, asyncio.LimitOverrunError, ValueError) as e:
             log.debug("control connection dropped: %s", e)
         finally:
-            self._connections.discard(task)
             writer.close()
 
     @staticmethod

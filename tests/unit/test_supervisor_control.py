@@ -141,3 +141,30 @@ def test_a_broken_config_on_disk_does_not_hide_the_running_supervisor(tmp_path, 
     assert client.socket_path(Args()) == "/run/twindns/control.sock"
     err = capsys.readouterr().err
     assert "port" in err and "trying the default control socket" in err
+
+
+@pytest.mark.parametrize("turns", range(6))
+def test_close_leaves_no_connection_behind_whenever_a_client_came_in(tmp_path, turns):
+    """A client that connects just before the supervisor stops (at any turn
+    of the loop before close()) is not left served by a task that outlives
+    the loop: one would end against a closed loop (an unraisable
+    RuntimeError at garbage collection, seen in CI)."""
+    async def scenario():
+        server = ControlServer({})
+        await server.start(str(tmp_path / f"ctl{turns}.sock"))
+        client_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client_sock.connect(str(tmp_path / f"ctl{turns}.sock"))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await server.close()
+        for _ in range(6):          # what close() let through would have started by now
+            await asyncio.sleep(0)
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+        client_sock.close()
+        return left
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(scenario()) == []
+    finally:
+        loop.close()
