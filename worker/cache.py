@@ -116,9 +116,13 @@ class Entry:
         """Whether a hit at `now` should refresh this entry from upstream:
         once, in the last PREFETCH_FRACTION of a lifetime of at least
         PREFETCH_MIN_LIFETIME (a 1-second TTL is not worth a second query)."""
-        lifetime = self.expires - self.stored_at
-        return (not self.prefetched and lifetime >= PREFETCH_MIN_LIFETIME
-                and self.expires - now <= lifetime * PREFETCH_FRACTION)
+        return (not self.prefetched and self.expires - self.stored_at >= PREFETCH_MIN_LIFETIME
+                and self.in_refresh_window(now))
+
+    def in_refresh_window(self, now: float) -> bool:
+        """In the last PREFETCH_FRACTION of its lifetime: a copy that a
+        prefetch (ours, or the peer's asking us) would replace."""
+        return self.expires - now <= (self.expires - self.stored_at) * PREFETCH_FRACTION
 
     def leave(self) -> None:
         """It is no longer the cache's: holders of a direct reference (the

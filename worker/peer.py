@@ -33,7 +33,8 @@ not ask for waits up to SHARE_DELAY for one):
                                      of different configs (mid-reload) or
                                      framings (mid-upgrade) is unused
     b"?" + key                       "you are resolving this key (or own it): tell me"
-    b"R" + key                       the same for a prefetch: not from your cache
+    b"R" + key                       the same for a prefetch: not from a copy
+                                     in its own prefetch window
     b"!" + handoff record body       "this is what I learned for key"
 
 Nothing here is needed for correctness, but clients wait on a reply: a

@@ -85,9 +85,13 @@ class PeerMisses:
 
     def peer_asks(self, key: bytes, refresh: bool) -> None:
         """The peer has a miss (or a prefetch: `refresh`) for a key we claimed (or own):
-        resolve it (sharing a query already waiting or in flight) and tell it the outcome."""
-        entry = None if refresh else self.cache.get(key, time.monotonic())
-        if entry is not None:
+        resolve it (sharing a query already waiting or in flight) and tell it the outcome.
+        A prefetch gets our copy when that is out of its refresh window: one we
+        refreshed a moment ago, which the peer asked for before our telling it
+        reached it (up to SHARE_DELAY); a copy as old as the peer's goes upstream."""
+        now = time.monotonic()
+        entry = self.cache.get(key, now)
+        if entry is not None and not (refresh and entry.in_refresh_window(now)):
             self.peer.tell(key, entry, reply=True)
             return
         q = wire.question_from_key(key)

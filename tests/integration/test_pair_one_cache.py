@@ -238,3 +238,39 @@ def test_a_worker_busy_for_a_moment_still_gets_the_answers_it_asked_its_peer_for
             s.close()
         held.close()
         sup.terminate()
+
+
+def test_a_popular_name_is_refreshed_once_for_the_pair_and_stays_a_hit_at_both(netns, upstream, tmp_path):
+    """prefetch with max_ttl = 10: a hit in the last second of the answer's
+    life refreshes it from upstream; hits at the other worker a moment later,
+    before the refreshed answer has reached it (it rides the next datagram,
+    up to 20 ms), ask the first worker for its fresh copy instead of
+    upstream. So the pair refreshes the name once, and every ask after the
+    old expiry is a hit at either worker."""
+    sup = Supervisor(netns, write_config(tmp_path / "twindns.toml", top="[cache]\nmax_ttl = 10\nprefetch = true\n"))
+    socks = [ns_socket(netns) for _ in range(16)]
+    try:
+        sup.wait_ready()
+        linked(sup)
+        name = "popular.hit.test"
+        before = upstream.queries()
+        stored = time.monotonic()
+        ask_each(netns, [name], 1)                      # fetched by one worker, told to the other
+        time.sleep(max(0.0, stored + 9.3 - time.monotonic()))
+        first = ns_query(netns, (LISTEN, 53), dns.message.make_query(name, "A"))
+        assert first.answer[0].ttl <= 1, "a hit in the last second: its worker refreshes the name"
+        time.sleep(0.005)                               # refreshed there, not yet told to the other
+        for s in socks:
+            s.settimeout(5)
+            s.sendto(dns.message.make_query(name, "A").to_wire(), (LISTEN, 53))
+        ttls = [dns.message.from_wire(s.recv(4096)).answer[0].ttl for s in socks]
+        assert all(t <= 1 or t >= 9 for t in ttls), ttls
+        time.sleep(max(0.0, stored + 10.6 - time.monotonic()))      # the first answer has expired
+        after = [ns_query(netns, (LISTEN, 53), dns.message.make_query(name, "A")) for _ in range(16)]
+        assert all(r.answer and r.answer[0][0].address == "192.0.2.1" for r in after)
+        assert upstream.queries() - before == 2, "the first fetch and one refresh, for both workers"
+        assert all(8 <= r.answer[0].ttl <= 10 for r in after), "from the refreshed entry, at both workers"
+    finally:
+        for s in socks:
+            s.close()
+        sup.terminate()
