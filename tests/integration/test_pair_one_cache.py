@@ -274,3 +274,41 @@ def test_a_popular_name_is_refreshed_once_for_the_pair_and_stays_a_hit_at_both(n
         for s in socks:
             s.close()
         sup.terminate()
+
+
+def test_expired_names_are_served_stale_at_both_workers_while_the_upstream_is_silent(netns, upstream, tmp_path):
+    """max_ttl = 2, upstream silent (SIGSTOP) after the names are cached at
+    both workers: each name, asked from 16 sockets at once (so at both
+    workers, one asking the other, which claimed it), is answered with its
+    old address as a stale answer (TTL 30) after stale_client_timeout (1 s),
+    not after the zone's 2 s timeout, by both workers."""
+    sup = Supervisor(netns, write_config(tmp_path / "twindns.toml", top="[cache]\nmax_ttl = 2\n"))
+    names = [f"stale{i}.hit.test" for i in range(4)]
+    stopped = False
+    try:
+        sup.wait_ready()
+        linked(sup)
+        ask_each(netns, names, 1)
+        sup.wait(lambda st: all(w["cache_entries"] >= len(names) for w in st["workers"]), 5, "every name in both")
+        os.kill(upstream.proc.pid, signal.SIGSTOP)
+        stopped = True
+        time.sleep(2.2)                                  # every name has expired at both workers
+        for name in names:
+            socks = [ns_socket(netns) for _ in range(16)]
+            try:
+                started = time.monotonic()
+                for s in socks:
+                    s.settimeout(5)
+                    s.sendto(dns.message.make_query(name, "A").to_wire(), (LISTEN, 53))
+                replies = [dns.message.from_wire(s.recv(4096)) for s in socks]
+                waited = time.monotonic() - started
+            finally:
+                for s in socks:
+                    s.close()
+            assert all(r.answer and r.answer[0][0].address == "192.0.2.1" and r.answer[0].ttl <= 30
+                       for r in replies), [r.to_text() for r in replies if not r.answer]
+            assert 0.9 <= waited < 1.6, f"{name}: answered after {waited:.2f} s"
+    finally:
+        if stopped:
+            os.kill(upstream.proc.pid, signal.SIGCONT)
+        sup.terminate()
