@@ -71,6 +71,21 @@ def test_one_upstream_query_per_name_across_the_pair(sup, netns, upstream):
     sup.wait(lambda st: all(w["cache_entries"] >= len(names) for w in st["workers"]), 5, "every name in both")
 
 
+def test_negative_answers_are_one_upstream_query_per_name_across_the_pair(sup, netns, upstream):
+    """NXDOMAIN and NODATA (cached for the SOA minimum, 30 s) reach the other worker too."""
+    import dns.rcode
+    names = [(f"nx{i}.test", "A", dns.rcode.NXDOMAIN) for i in range(40)] + \
+            [("a.test", rdtype, dns.rcode.NOERROR) for rdtype in ("MX", "TXT", "SRV", "CAA", "NS", "PTR")]
+    before = upstream.queries()
+    for times in (1, 5):        # apart by more than a claim outlives its miss: told, not asked for
+        for name, rdtype, rcode in names:
+            for _ in range(times):
+                reply = ns_query(netns, (LISTEN, 53), dns.message.make_query(name, rdtype))
+                assert reply.rcode() == rcode and not reply.answer and reply.authority, reply
+        time.sleep(0.2)
+    assert upstream.queries() - before == len(names)
+
+
 def counter(netns, name: str) -> float:
     """A twindns_<name>_total counter, summed over the workers (the supervisor's /metrics)."""
     body = netns.run(["curl", "-sS", "--max-time", "5", f"http://{LISTEN}:9253/metrics"]).stdout
