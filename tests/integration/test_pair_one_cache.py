@@ -327,3 +327,19 @@ def test_expired_names_are_served_stale_at_both_workers_while_the_upstream_is_si
         if stopped:
             os.kill(upstream.proc.pid, signal.SIGCONT)
         sup.terminate()
+
+
+def test_a_rolling_restart_hands_on_what_each_worker_was_told_too(sup, netns, upstream):
+    """Names asked once each are an entry at the worker that fetched them and
+    a told record at the other; `twindns restart` streams both kinds to the
+    successors, so afterwards every name is a hit at either worker."""
+    names = [f"told{i}.hit.test" for i in range(60)]
+    ask_each(netns, names, 1)
+    sup.wait(lambda st: all(w["cache_entries"] >= len(names) for w in st["workers"]), 5, "every name in both")
+    seen = sup.output().count("cache handoff: stored")
+    p = sup.cli("restart")
+    assert p.returncode == 0, p.stderr
+    sup.wait(lambda st: sup.output().count("cache handoff: stored") >= seen + 2, 10, "both caches handed on")
+    before = upstream.queries()
+    ask_each(netns, names, 4)
+    assert upstream.queries() - before == 0, "every name a hit after the restart"
