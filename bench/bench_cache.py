@@ -183,7 +183,13 @@ def latencies(ns: Netns, port: int, qfile: Path, seconds: float, rate: int,
               pin: list[str], address: str = "127.0.0.1") -> tuple[list[float], int]:
     """Every answer's own latency in seconds, sorted (dnsperf -v at `rate`), and the lost count."""
     argv = dnsperf.dnsperf_argv(address, port, qfile, seconds, qps=rate, clients=4, timeout=2.0)
-    out = subprocess.run(ns.cmd([*pin, *argv, "-v"]), capture_output=True, timeout=seconds + 60).stdout
+    # To a file, read afterwards: a pipe read while dnsperf runs woke this
+    # process per burst of lines (-v prints one per answer), 4-5 ms at a time
+    # on dnsperf's own CPU (perf sched), delaying the answers being timed.
+    with tempfile.TemporaryFile() as sink:
+        subprocess.run(ns.cmd([*pin, *argv, "-v"]), stdout=sink, stderr=subprocess.DEVNULL, timeout=seconds + 60)
+        sink.seek(0)
+        out = sink.read()
     lat = sorted(float(m) for m in LATENCY_LINE.findall(out))
     if not lat:
         raise RuntimeError(f"no answers: {out[-2000:]!r}")
