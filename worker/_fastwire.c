@@ -561,34 +561,162 @@ static PyObject *untrack(PyObject *module, PyObject *obj) {
     Py_RETURN_NONE;
 }
 
-/* valid_key(key) -> bool: worker/peer.py's valid_key (the reference, same
- * verdict on every input): a name wire of 1-63 byte labels, 255 bytes at
- * most, ending in the root, then qtype, qclass and flags 0-3. Every frame
- * from the peer is checked: the loop over labels cost more in Python than
- * the rest of taking a told answer but the Entry itself. */
+/* key_ok: worker/peer.py's valid_key (the reference, same verdict on every
+ * input): a name wire of 1-63 byte labels, 255 bytes at most, ending in the
+ * root, then qtype, qclass and flags 0-3. */
+static int key_ok(const uint8_t *k, Py_ssize_t size) {
+    Py_ssize_t name_len = size - 5, i = 0;
+    if (size < 6 || name_len > MAX_NAME || k[size - 1] > 3)
+        return 0;
+    while (i < name_len) {
+        unsigned length = k[i];
+        if (length == 0)
+            return i == name_len - 1;
+        if (length > MAX_LABEL)
+            return 0;
+        i += length + 1;
+    }
+    return 0;
+}
+
+/* valid_key(key) -> bool. Every frame from the peer is checked: the loop
+ * over labels cost more in Python than the rest of taking a told answer
+ * but the Entry itself. */
 static PyObject *valid_key(PyObject *module, PyObject *arg) {
     if (!PyBytes_CheckExact(arg)) {
         PyErr_SetString(PyExc_TypeError, "valid_key(key: bytes)");
         return NULL;
     }
-    const uint8_t *k = (const uint8_t *)PyBytes_AS_STRING(arg);
-    Py_ssize_t size = PyBytes_GET_SIZE(arg), name_len = size - 5, i = 0;
-    if (size < 6 || name_len > MAX_NAME || k[size - 1] > 3)
-        Py_RETURN_FALSE;
-    while (i < name_len) {
-        unsigned length = k[i];
-        if (length == 0)
-            return PyBool_FromLong(i == name_len - 1);
-        if (length > MAX_LABEL)
-            Py_RETURN_FALSE;
-        i += length + 1;
+    return PyBool_FromLong(key_ok((const uint8_t *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg)));
+}
+
+/* told_frames(datagram, fixed) -> [(key, body), ...] | None: worker/peer.py's
+ * frame loop for a datagram of told answers only, what the link carries
+ * most: frames b"!" + 4-byte length + body, each body a cache-stream record
+ * (worker/handoff.py) whose key (length in its first 2 bytes, after the
+ * `fixed`-byte fixed part) is a valid cache key. None for anything else (a
+ * frame of another kind, one running past the end, a bad key, no frame):
+ * the Python loop then takes the datagram and says what is wrong. */
+static PyObject *told_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_CheckExact(args[0]) || !PyLong_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "told_frames(datagram: bytes, fixed: int)");
+        return NULL;
     }
-    Py_RETURN_FALSE;
+    Py_ssize_t fixed = PyLong_AsSsize_t(args[1]);
+    if (fixed < 2) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "told_frames: fixed part of at least 2 bytes");
+        return NULL;
+    }
+    const uint8_t *d = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]), at = 0, count = 0;
+    while (at < size) {         /* check every frame before making anything */
+        if (size - at < 5 || d[at] != '!')
+            Py_RETURN_NONE;
+        Py_ssize_t body = at + 5, len = (Py_ssize_t)get32(d + at + 1);
+        if (len > size - body || len < fixed)
+            Py_RETURN_NONE;
+        Py_ssize_t key_len = get16(d + body);
+        if (key_len > len - fixed || !key_ok(d + body + fixed, key_len))
+            Py_RETURN_NONE;
+        count++;
+        at = body + len;
+    }
+    if (count == 0)
+        Py_RETURN_NONE;
+    PyObject *frames = PyList_New(count);
+    if (frames == NULL)
+        return NULL;
+    at = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t body = at + 5, len = (Py_ssize_t)get32(d + at + 1);
+        PyObject *key = PyBytes_FromStringAndSize((const char *)d + body + fixed, get16(d + body));
+        PyObject *record = key ? PyBytes_FromStringAndSize((const char *)d + body, len) : NULL;
+        PyObject *pair = record ? PyTuple_Pack(2, key, record) : NULL;
+        Py_XDECREF(key);
+        Py_XDECREF(record);
+        if (pair == NULL) {
+            Py_DECREF(frames);
+            return NULL;
+        }
+        PyList_SET_ITEM(frames, i, pair);
+        at = body + len;
+    }
+    return frames;
+}
+
+/* record(prefix, key, template, qname_end, rcode, flags, stored_at, expires,
+ * ttl_offsets, ttls) -> bytes | None: worker/handoff.py's encode_entry (the
+ * reference) after `prefix` (a frame's type byte, or b""), in one
+ * allocation: every answer the pair learns is encoded once. None for a field
+ * out of the format's range: encode_entry then raises struct.error. */
+static PyObject *record(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 10 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])
+            || !PyBytes_CheckExact(args[2]) || !PyTuple_CheckExact(args[8]) || !PyTuple_CheckExact(args[9])) {
+        PyErr_SetString(PyExc_TypeError, "record(prefix, key, template, qname_end, rcode, flags, stored_at, "
+                                         "expires, ttl_offsets: tuple, ttls: tuple)");
+        return NULL;
+    }
+    long qname_end = PyLong_AsLong(args[3]), rcode = PyLong_AsLong(args[4]), flags = PyLong_AsLong(args[5]);
+    double stored_at = PyFloat_AsDouble(args[6]), expires = PyFloat_AsDouble(args[7]);
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return NULL;
+        PyErr_Clear();          /* out of range: encode_entry says so */
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t plen = PyBytes_GET_SIZE(args[0]), klen = PyBytes_GET_SIZE(args[1]);
+    Py_ssize_t tlen = PyBytes_GET_SIZE(args[2]), nttl = PyTuple_GET_SIZE(args[9]);
+    if (PyTuple_GET_SIZE(args[8]) != nttl || klen > 0xFFFF || tlen > 0xFFFF || nttl > 0xFFFF
+            || qname_end < 0 || qname_end > 0xFFFF || rcode < 0 || rcode > 0xFF || flags < 0 || flags > 0xFF)
+        Py_RETURN_NONE;
+    const Py_ssize_t fixed = 2 + 2 + 2 + 1 + 1 + 2 + 8 + 8;     /* handoff._FIXED: "!HHHBBHdd" */
+    Py_ssize_t body_len = fixed + klen + tlen + nttl * 6;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, plen + 4 + body_len);
+    if (out == NULL)
+        return NULL;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    memcpy(o, PyBytes_AS_STRING(args[0]), plen);
+    o += plen;
+    put32(o, (uint32_t)body_len);
+    put16(o + 4, (unsigned)klen);
+    put16(o + 6, (unsigned)tlen);
+    put16(o + 8, (unsigned)qname_end);
+    o[10] = (uint8_t)rcode;
+    o[11] = (uint8_t)flags;
+    put16(o + 12, (unsigned)nttl);
+    if (PyFloat_Pack8(stored_at, (char *)o + 14, 0) < 0 || PyFloat_Pack8(expires, (char *)o + 22, 0) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    o += 30;
+    memcpy(o, PyBytes_AS_STRING(args[1]), klen);
+    o += klen;
+    memcpy(o, PyBytes_AS_STRING(args[2]), tlen);
+    o += tlen;
+    for (Py_ssize_t i = 0; i < nttl; i++, o += 6) {
+        PyObject *off = PyTuple_GET_ITEM(args[8], i), *ttl = PyTuple_GET_ITEM(args[9], i);
+        long offset = PyLong_Check(off) ? PyLong_AsLong(off) : -1;
+        long long value = PyLong_Check(ttl) ? PyLong_AsLongLong(ttl) : -1;
+        if (offset < 0 || offset > 0xFFFF || value < 0 || value > 0xFFFFFFFFLL) {
+            PyErr_Clear();      /* an overflow: out of range like any other */
+            Py_DECREF(out);
+            Py_RETURN_NONE;
+        }
+        put16(o, (unsigned)offset);
+        put32(o + 2, (uint32_t)value);
+    }
+    return out;
 }
 
 static PyMethodDef methods[] = {
     {"valid_key", (PyCFunction)valid_key, METH_O,
      "valid_key(key) -> bool: a cache key as wire.make_key builds it (worker/peer.py, the reference)"},
+    {"told_frames", (PyCFunction)(void (*)(void))told_frames, METH_FASTCALL,
+     "told_frames(datagram, fixed) -> [(key, record body), ...] | None (None: let worker/peer.py's loop say why)"},
+    {"record", (PyCFunction)(void (*)(void))record, METH_FASTCALL,
+     "record(prefix, key, template, qname_end, rcode, flags, stored_at, expires, ttl_offsets, ttls)"
+     " -> prefix + a cache-stream record | None (None: let handoff.encode_entry raise)"},
     {"untrack", (PyCFunction)untrack, METH_O,
      "untrack(obj) -> None: obj leaves the cyclic collector's lists (it must never be in a cycle)"},
     {"recv_batch", (PyCFunction)(void (*)(void))recv_batch, METH_FASTCALL,

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 
 from worker.cache import Cache, Entry
 from worker.config import WorkerConfig
+from worker.wire import ACCEL
 
 MAGIC = b"TWC1"
 _HEADER = struct.Struct("!4s32s")
@@ -36,6 +37,7 @@ _RECORD_LEN = struct.Struct("!I")
 _FIXED = struct.Struct("!HHHBBHdd")
 _TTL = struct.Struct("!HI")
 _RECORD_HEAD = struct.Struct("!I" + _FIXED.format[1:])     # a record's length, then its fixed part
+FIXED_SIZE = _FIXED.size        # what worker/peer.py's told_frames skips to reach a record's key
 _MIRROR_RD, _DO = 1, 2
 MAX_RECORD = 70000              # a template is one DNS message (64 KiB at most)
 RECORDS_PER_SLICE = 500         # the sender yields to its event loop between slices
@@ -56,15 +58,25 @@ def fingerprint(config: WorkerConfig) -> bytes:
     return hashlib.sha256(text.encode()).digest()
 
 
-def encode_entry(key: bytes, entry: Entry) -> bytes:
-    """One record: its length, then the body decode_entry reads. Every answer
-    the pair learns is encoded once, so it is built in one join."""
+# The C accelerator's record() (worker/_fastwire.c), or None: encode_entry in one allocation.
+_record = ACCEL.record if ACCEL is not None else None
+
+
+def encode_entry(key: bytes, entry: Entry, prefix: bytes = b"") -> bytes:
+    """One record after `prefix` (a peer-link frame's type byte, or none):
+    its length, then the body decode_entry reads. Every answer the pair
+    learns is encoded once, so it is built in one join (in C when built)."""
     flags = (_MIRROR_RD if entry.mirror_rd else 0) | (_DO if entry.do else 0)
     template = entry.template       # possibly rendered anew: asked for once per record, not twice
     ttls = entry.ttls
+    if _record is not None:
+        encoded = _record(prefix, key, template, entry.qname_end, entry.rcode, flags, entry.stored_at,
+                          entry.expires, entry.ttl_offsets, ttls)
+        if encoded is not None:
+            return encoded
     body_len = _FIXED.size + len(key) + len(template) + len(ttls) * _TTL.size
-    return b"".join((_RECORD_HEAD.pack(body_len, len(key), len(template), entry.qname_end, entry.rcode, flags,
-                                       len(ttls), entry.stored_at, entry.expires),
+    return b"".join((prefix, _RECORD_HEAD.pack(body_len, len(key), len(template), entry.qname_end, entry.rcode,
+                                               flags, len(ttls), entry.stored_at, entry.expires),
                      key, template, *map(_TTL.pack, entry.ttl_offsets, ttls)))
 
 
