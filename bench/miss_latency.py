@@ -6,7 +6,7 @@ contender per round; on this shared machine unbound's own p99 moved from
 0.23 to 0.84 ms between such runs, more than the gap being measured.
 
     sudo python3 bench/miss_latency.py [--slices 16] [--seconds 1.5] [--rate 2000]
-                                       [--hit] [--only twindns unbound pair other --tree DIR]
+                                       [--hit] [--only twindns unbound pair other --tree DIR] [--pair-free]
 
 Every slice asks new names at --rate (with --hit: 10,000 cached names at
 --rate, 20,000 by default then), pinned as bench_cache.py pins them
@@ -15,8 +15,8 @@ medians of the slices: mean, p50, p90, p99, p99.9 and the server's CPU per
 answer; and the p99 over every answer of every slice.
 
 `pair` is the supervised pair (`twindns run`, bench/sharing.py), both
-workers on CPU 1, its CPU summed over them: what a node runs, where half
-the misses are asked of the other worker over the peer link.
+workers on CPU 1 (with --pair-free on any CPU, as a node runs them), its
+CPU summed over them: what a node runs.
 """
 from __future__ import annotations
 
@@ -67,6 +67,8 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", default=["twindns", "unbound"],
                     choices=["twindns", "unbound", "pair", "other"])
     ap.add_argument("--tree", type=Path, help="the checkout whose worker the `other` contender runs")
+    ap.add_argument("--pair-free", action="store_true",
+                    help="leave the pair's workers free on every CPU (as a node runs them), not both on CPU 1")
     args = ap.parse_args()
     rate = args.rate or (20000 if args.hit else 2000)
     bc.check_tree(ap, args.only, args.tree)
@@ -88,7 +90,7 @@ def main() -> int:
             if name == "pair":
                 pair = sharing.start_pair(ns, work, bc.UPSTREAM)
                 pids = [w["pid"] for w in sharing.pair_workers(ns, work)]
-                for pid in pids:
+                for pid in pids if not args.pair_free else ():
                     os.sched_setaffinity(pid, {1})
                 targets[name] = ((sharing.PAIR_LISTEN, 53), [psutil.Process(pid) for pid in pids])
                 continue
