@@ -90,6 +90,7 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
         self._path: str | None = None
         self._connections: set[asyncio.Task] = set()
+        self._closing = False
 
     async def start(self, path: str) -> None:
         sock = bind_control_socket(path)
@@ -101,7 +102,7 @@ class ControlServer:
         every one: a client accepted just before close() (its connection_made runs
         a turn or two later) was served by a task that outlived the loop and
         failed against it when collected."""
-        if self._server is None:        # close() began: not served
+        if self._closing:               # close() began: not served
             writer.close()
             return
         task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
@@ -109,6 +110,7 @@ class ControlServer:
         task.add_done_callback(self._connections.discard)
 
     async def close(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
             self._server = None

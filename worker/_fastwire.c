@@ -657,14 +657,22 @@ static PyObject *record(PyObject *module, PyObject *const *args, Py_ssize_t narg
                                          "expires, ttl_offsets: tuple, ttls: tuple)");
         return NULL;
     }
-    long qname_end = PyLong_AsLong(args[3]), rcode = PyLong_AsLong(args[4]), flags = PyLong_AsLong(args[5]);
-    double stored_at = PyFloat_AsDouble(args[6]), expires = PyFloat_AsDouble(args[7]);
-    if (PyErr_Occurred()) {
-        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
-            return NULL;
-        PyErr_Clear();          /* out of range: encode_entry says so */
-        Py_RETURN_NONE;
+    long fields[3];
+    double times[2];
+    for (int i = 0; i < 5; i++) {      /* each checked before the next conversion */
+        if (i < 3)
+            fields[i] = PyLong_AsLong(args[3 + i]);
+        else
+            times[i - 3] = PyFloat_AsDouble(args[3 + i]);
+        if (PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                return NULL;
+            PyErr_Clear();      /* out of range: encode_entry says so */
+            Py_RETURN_NONE;
+        }
     }
+    long qname_end = fields[0], rcode = fields[1], flags = fields[2];
+    double stored_at = times[0], expires = times[1];
     Py_ssize_t plen = PyBytes_GET_SIZE(args[0]), klen = PyBytes_GET_SIZE(args[1]);
     Py_ssize_t tlen = PyBytes_GET_SIZE(args[2]), nttl = PyTuple_GET_SIZE(args[9]);
     if (PyTuple_GET_SIZE(args[8]) != nttl || klen > 0xFFFF || tlen > 0xFFFF || nttl > 0xFFFF
@@ -697,7 +705,9 @@ static PyObject *record(PyObject *module, PyObject *const *args, Py_ssize_t narg
     for (Py_ssize_t i = 0; i < nttl; i++, o += 6) {
         PyObject *off = PyTuple_GET_ITEM(args[8], i), *ttl = PyTuple_GET_ITEM(args[9], i);
         long offset = PyLong_Check(off) ? PyLong_AsLong(off) : -1;
-        long long value = PyLong_Check(ttl) ? PyLong_AsLongLong(ttl) : -1;
+        long long value = -1;
+        if (!PyErr_Occurred() && PyLong_Check(ttl))     /* one conversion at a time */
+            value = PyLong_AsLongLong(ttl);
         if (offset < 0 || offset > 0xFFFF || value < 0 || value > 0xFFFFFFFFLL) {
             PyErr_Clear();      /* an overflow: out of range like any other */
             Py_DECREF(out);

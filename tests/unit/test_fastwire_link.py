@@ -114,3 +114,20 @@ def test_told_frames_takes_what_a_link_sends():
     got = fast.told_frames(b"".join(told), FIXED_SIZE)
     assert got == [(q.key, frame[5:]) for frame in told]
     assert fast.told_frames(b"".join(told) + b"?" + struct.pack("!I", len(q.key)) + q.key, FIXED_SIZE) is None
+
+
+@pytest.mark.parametrize("field", ["qname_end", "offset", "ttl"])
+def test_record_declines_numbers_past_a_machine_word_as_struct_refuses_them(field):
+    entry = types.SimpleNamespace(template=b"T" * 20, qname_end=15, rcode=0, mirror_rd=False, do=False,
+                                  stored_at=1.0, expires=2.0, ttl_offsets=(16,), ttls=(1,))
+    huge = 2**70
+    if field == "qname_end":
+        entry.qname_end = huge
+    elif field == "offset":
+        entry.ttl_offsets = (huge,)
+    else:
+        entry.ttls = (huge,)
+    assert fast.record(b"", b"k", entry.template, entry.qname_end, 0, 0, 1.0, 2.0, entry.ttl_offsets,
+                       entry.ttls) is None
+    with pytest.raises(struct.error):
+        encode_entry(b"k", entry)
