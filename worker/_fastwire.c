@@ -590,24 +590,25 @@ static PyObject *valid_key(PyObject *module, PyObject *arg) {
     return PyBool_FromLong(key_ok((const uint8_t *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg)));
 }
 
-/* told_frames(datagram, fixed) -> [(key, body), ...] | None: worker/peer.py's
+/* A cache-stream record's fixed part (worker/handoff.py _FIXED, "!HHHBBHdd"):
+ * key length, template length, qname end, rcode, flags, TTL count, stored_at,
+ * expires. Exported as RECORD_FIXED: handoff.py uses record() and
+ * told_frames() only when it equals its own. */
+#define RECORD_FIXED 26
+
+/* told_frames(datagram) -> [(key, body), ...] | None: worker/peer.py's
  * frame loop for a datagram of told answers only, what the link carries
  * most: frames b"!" + 4-byte length + body, each body a cache-stream record
- * (worker/handoff.py) whose key (length in its first 2 bytes, after the
- * `fixed`-byte fixed part) is a valid cache key. None for anything else (a
+ * whose key (length in its first 2 bytes, after the fixed part) is a valid
+ * cache key. None for anything else (a
  * frame of another kind, one running past the end, a bad key, no frame):
  * the Python loop then takes the datagram and says what is wrong. */
 static PyObject *told_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyBytes_CheckExact(args[0]) || !PyLong_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "told_frames(datagram: bytes, fixed: int)");
+    if (nargs != 1 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "told_frames(datagram: bytes)");
         return NULL;
     }
-    Py_ssize_t fixed = PyLong_AsSsize_t(args[1]);
-    if (fixed < 2) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "told_frames: fixed part of at least 2 bytes");
-        return NULL;
-    }
+    const Py_ssize_t fixed = RECORD_FIXED;
     const uint8_t *d = (const uint8_t *)PyBytes_AS_STRING(args[0]);
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]), at = 0, count = 0;
     while (at < size) {         /* check every frame before making anything */
@@ -678,8 +679,7 @@ static PyObject *record(PyObject *module, PyObject *const *args, Py_ssize_t narg
     if (PyTuple_GET_SIZE(args[8]) != nttl || klen > 0xFFFF || tlen > 0xFFFF || nttl > 0xFFFF
             || qname_end < 0 || qname_end > 0xFFFF || rcode < 0 || rcode > 0xFF || flags < 0 || flags > 0xFF)
         Py_RETURN_NONE;
-    const Py_ssize_t fixed = 2 + 2 + 2 + 1 + 1 + 2 + 8 + 8;     /* handoff._FIXED: "!HHHBBHdd" */
-    Py_ssize_t body_len = fixed + klen + tlen + nttl * 6;
+    Py_ssize_t body_len = RECORD_FIXED + klen + tlen + nttl * 6;
     PyObject *out = PyBytes_FromStringAndSize(NULL, plen + 4 + body_len);
     if (out == NULL)
         return NULL;
@@ -723,7 +723,7 @@ static PyMethodDef methods[] = {
     {"valid_key", (PyCFunction)valid_key, METH_O,
      "valid_key(key) -> bool: a cache key as wire.make_key builds it (worker/peer.py, the reference)"},
     {"told_frames", (PyCFunction)(void (*)(void))told_frames, METH_FASTCALL,
-     "told_frames(datagram, fixed) -> [(key, record body), ...] | None (None: let worker/peer.py's loop say why)"},
+     "told_frames(datagram) -> [(key, record body), ...] | None (None: let worker/peer.py's loop say why)"},
     {"record", (PyCFunction)(void (*)(void))record, METH_FASTCALL,
      "record(prefix, key, template, qname_end, rcode, flags, stored_at, expires, ttl_offsets, ttls)"
      " -> prefix + a cache-stream record | None (None: let handoff.encode_entry raise)"},
@@ -773,6 +773,8 @@ static struct PyModuleDef module_def = {
 
 static int exec_module(PyObject *module) {
     /* worker/accel.py compares it with the source beside it: a stale build is not used. */
+    if (PyModule_AddIntConstant(module, "RECORD_FIXED", RECORD_FIXED) < 0)
+        return -1;
     return PyModule_AddStringConstant(module, "SOURCE_SHA256", SOURCE_SHA256);
 }
 

@@ -37,7 +37,6 @@ _RECORD_LEN = struct.Struct("!I")
 _FIXED = struct.Struct("!HHHBBHdd")
 _TTL = struct.Struct("!HI")
 _RECORD_HEAD = struct.Struct("!I" + _FIXED.format[1:])     # a record's length, then its fixed part
-FIXED_SIZE = _FIXED.size        # what worker/peer.py's told_frames skips to reach a record's key
 _MIRROR_RD, _DO = 1, 2
 MAX_RECORD = 70000              # a template is one DNS message (64 KiB at most)
 RECORDS_PER_SLICE = 500         # the sender yields to its event loop between slices
@@ -58,8 +57,12 @@ def fingerprint(config: WorkerConfig) -> bytes:
     return hashlib.sha256(text.encode()).digest()
 
 
-# The C accelerator's record() (worker/_fastwire.c), or None: encode_entry in one allocation.
-_record = ACCEL.record if ACCEL is not None else None
+# The C accelerator (worker/_fastwire.c), when built for this record layout: record()
+# is encode_entry in one allocation, told_frames() splits a datagram of told records
+# (worker/peer.py). Else None, and the Python here and in peer.py does it.
+_FAST = ACCEL if ACCEL is not None and ACCEL.RECORD_FIXED == _FIXED.size else None
+_record = _FAST.record if _FAST is not None else None
+told_frames = _FAST.told_frames if _FAST is not None else None
 
 
 def encode_entry(key: bytes, entry: Entry, prefix: bytes = b"") -> bytes:

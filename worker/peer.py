@@ -73,7 +73,7 @@ from dataclasses import dataclass
 
 from worker.cache import Entry
 from worker.claims import ClaimTable, Held
-from worker.handoff import FIXED_SIZE, CacheStreamError, encode_entry, record_key
+from worker.handoff import CacheStreamError, encode_entry, record_key, told_frames
 from worker.wire import ACCEL
 
 log = logging.getLogger(__name__)
@@ -129,8 +129,6 @@ def valid_key_reference(key: bytes) -> bool:
 
 # Every frame's key is checked: in C when the accelerator is built.
 valid_key = ACCEL.valid_key if ACCEL is not None else valid_key_reference
-# A datagram of told answers only (the most frequent) split into (key, record) in C, or None.
-told_frames = ACCEL.told_frames if ACCEL is not None else None
 
 
 def owner(key: bytes) -> str:
@@ -313,7 +311,7 @@ class PeerLink:
             self.last_heard = time.monotonic()
             self.quiet = False
             if self.agreed and told_frames is not None:
-                frames = told_frames(data, FIXED_SIZE)      # None: other frames among them, or bad ones
+                frames = told_frames(data)      # None: other frames among them, or bad ones
                 if frames is not None:
                     on_told = self.on_told
                     for key, record in frames:

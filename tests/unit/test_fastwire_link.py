@@ -11,9 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from worker import handoff, wire
-from worker.handoff import FIXED_SIZE, CacheStreamError, encode_entry, record_key
+from worker.handoff import _FIXED, CacheStreamError, encode_entry, record_key
 from worker.peer import TOLD, valid_key_reference
 
+FIXED_SIZE = _FIXED.size
 fast = wire.ACCEL
 pytestmark = pytest.mark.skipif(fast is None, reason="worker._fastwire is not built")
 
@@ -102,7 +103,7 @@ def frames(draw) -> bytes:
 def test_told_frames_agree_with_the_frame_loop(parts, cut):
     data = b"".join(parts)
     data = data[:len(data) - cut] if cut and data else data
-    assert fast.told_frames(data, FIXED_SIZE) == told_frames_reference(data)
+    assert fast.told_frames(data) == told_frames_reference(data)
 
 
 def test_told_frames_takes_what_a_link_sends():
@@ -111,9 +112,9 @@ def test_told_frames_takes_what_a_link_sends():
     entry = types.SimpleNamespace(template=b"T" * 40, qname_end=20, rcode=0, mirror_rd=False, do=False,
                                   stored_at=1.5, expires=61.5, ttl_offsets=(24,), ttls=(60,))
     told = [encode_entry(q.key, entry, TOLD) for _ in range(3)]
-    got = fast.told_frames(b"".join(told), FIXED_SIZE)
+    got = fast.told_frames(b"".join(told))
     assert got == [(q.key, frame[5:]) for frame in told]
-    assert fast.told_frames(b"".join(told) + b"?" + struct.pack("!I", len(q.key)) + q.key, FIXED_SIZE) is None
+    assert fast.told_frames(b"".join(told) + b"?" + struct.pack("!I", len(q.key)) + q.key) is None
 
 
 @pytest.mark.parametrize("field", ["qname_end", "offset", "ttl"])
@@ -131,3 +132,12 @@ def test_record_declines_numbers_past_a_machine_word_as_struct_refuses_them(fiel
                        entry.ttls) is None
     with pytest.raises(struct.error):
         encode_entry(b"k", entry)
+
+
+def test_the_c_knows_the_record_layout_handoff_writes():
+    """handoff.py uses record() and told_frames() only when the C's fixed part
+    is its own: a layout changed on one side alone would silently fall back
+    to the Python, so it fails here instead."""
+    from worker import handoff
+    assert fast.RECORD_FIXED == _FIXED.size
+    assert handoff._record is fast.record and handoff.told_frames is fast.told_frames
