@@ -1,6 +1,7 @@
 """The rolling replacement of one slot's worker (`twindns restart`, reload,
 upgrade): start a new worker beside the old one, wait until it is ready, let
-it copy the old one's cache, then retire (drain) the old one. Also the drain
+it copy the old one's cache and take its open TCP connections as they
+come, then retire (drain) the old one. Also the drain
 itself, which a shutdown uses too, and the cache hand-over a respawned
 worker gets from its sibling.
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from typing import Callable
 
 from supervisor import logs
@@ -72,6 +74,7 @@ async def replace(pool, name: str, progress: Callable[[str], None]) -> None:
         slot.retiring.append(old)   # serving still while it hands its cache over; drained next
         if not pool.plain_close:
             await hand_over_cache(old, new)
+            await hand_over_tcp(old, new)
         progress(f"slot {name}: draining pid {old.pid} generation {old.generation}")
         await retire(pool, old)
     progress(f"slot {name}: done, pid {new.pid} generation {new.generation} serving")
@@ -95,6 +98,26 @@ async def hand_over_cache(old: Worker, new: Worker) -> None:
         logs.event(log, "cache_handoff", slot=new.slot, from_pid=old.pid, to_pid=new.pid)
     else:
         logs.event(log, "cache_handoff_failed", logging.WARNING, slot=new.slot, from_pid=old.pid,
+                   to_pid=new.pid, error=error)
+
+
+async def hand_over_tcp(old: Worker, new: Worker) -> None:
+    """Give `old` and `new` the two ends of a socketpair: when `old` drains,
+    its open TCP connections go to `new` (worker/tcp_handoff.py) instead of
+    being closed, so their clients lose nothing. Best effort: without it
+    `old` closes them with a FIN, as a worker that knows no `tcp_send` does."""
+    old_rt, new_rt = old.runtime, new.runtime
+    if old_rt is None or new_rt is None:
+        return
+    send_end, receive_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        error = await hand_fds([(new_rt.channel, "tcp_receive", (receive_end.fileno(),)),
+                                (old_rt.channel, "tcp_send", (send_end.fileno(),))])
+    finally:
+        send_end.close()
+        receive_end.close()
+    if error is not None:
+        logs.event(log, "tcp_handoff_failed", logging.WARNING, slot=new.slot, from_pid=old.pid,
                    to_pid=new.pid, error=error)
 
 

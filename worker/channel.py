@@ -19,18 +19,21 @@ DEFAULT_DRAIN_TIMEOUT = 5.0
 
 
 CACHE_OPS = {"cache_send": "send", "cache_receive": "receive"}
+TCP_OPS = {"tcp_send": "send", "tcp_receive": "receive"}
 
 
 class ControlChannel:
-    """Answers `stats`, `drain`, `cache_send`, `cache_receive` and `peer` requests.
-    The handlers only record what was asked (`request_drain`, `cache_pipe`,
-    `link_peer`); the service does the work."""
+    """Answers `stats`, `drain`, `cache_send`, `cache_receive`, `tcp_send`,
+    `tcp_receive` and `peer` requests. The handlers only record what was
+    asked (`request_drain`, `cache_pipe`, `tcp_pipe`, `link_peer`); the
+    service does the work."""
 
     def __init__(self, sock: socket.socket, stats: Callable[[], dict],
                  request_drain: Callable[[float], None],
                  cache_pipe: Callable[[str, int], None] = lambda direction, fd: os.close(fd),
                  on_lost: Callable[[], None] | None = None,
-                 link_peer: Callable[[int, int | None], None] | None = None) -> None:
+                 link_peer: Callable[[int, int | None], None] | None = None,
+                 tcp_pipe: Callable[[str, int], None] = lambda direction, fd: os.close(fd)) -> None:
         self.sock = sock
         # The supervisor is gone (the channel closed): by default drain; a supervised
         # worker instead serves on as an orphan (worker/orphan.py).
@@ -39,6 +42,7 @@ class ControlChannel:
         self.request_drain = request_drain
         self.cache_pipe = cache_pipe
         self.link_peer = link_peer or _close_both
+        self.tcp_pipe = tcp_pipe
         self.loop = asyncio.get_running_loop()
 
     def start(self) -> None:
@@ -89,6 +93,11 @@ class ControlChannel:
                 return {"id": rid, "ok": False, "error": f"{op}: expected a pipe end passed with the message"}, 0
             self.cache_pipe(CACHE_OPS[op], fd)
             return {"id": rid, "ok": True}, 1
+        if op in TCP_OPS:
+            if fd is None:
+                return {"id": rid, "ok": False, "error": f"{op}: expected a socket passed with the message"}, 0
+            self.tcp_pipe(TCP_OPS[op], fd)
+            return {"id": rid, "ok": True}, 1
         if op == "peer":
             if fd is None:
                 return {"id": rid, "ok": False, "error": "peer: expected a socket passed with the message"}, 0
@@ -96,8 +105,8 @@ class ControlChannel:
             table = fds[1] if len(fds) > 1 else None
             self.link_peer(fd, table)
             return {"id": rid, "ok": True}, len(fds[:2])
-        return {"id": rid, "ok": False, "error": f"unknown op {op!r}: expected 'stats', 'drain', "
-                                                 f"'cache_send', 'cache_receive' or 'peer'"}, 0
+        return {"id": rid, "ok": False, "error": f"unknown op {op!r}: expected 'stats', 'drain', 'cache_send', "
+                                                 f"'cache_receive', 'tcp_send', 'tcp_receive' or 'peer'"}, 0
 
     def _send(self, obj: dict) -> None:
         data = json.dumps(obj).encode()

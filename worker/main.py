@@ -19,7 +19,7 @@ from contract.exits import EX_BOOT
 from worker import logfmt, version, wire
 from worker.config import EX_CONFIG, ConfigError, WorkerConfig, check_config_main, \
     default_config, load_bytes, load_file, parse_server
-from worker.server import TcpLimits
+from worker.tcp_server import TcpLimits
 from worker.service import Identity, Options, Service, Sockets
 
 PR_SET_DUMPABLE = 4

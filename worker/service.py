@@ -21,8 +21,10 @@ from worker.handoff import ConfigMismatch, CacheStreamError, fingerprint, receiv
 from worker.orphan import Orphanage
 from worker.peer import SLOTS, PeerLink
 from worker.resolver import LocalAnswers, Resolver
-from worker.server import ProbeServer, TcpLimits, TcpServer, UdpServer, udp_server
+from worker.server import ProbeServer, UdpServer, udp_server
+from worker.tcp_server import TcpLimits, TcpServer
 from worker.states import WorkerState
+from worker.tcp_handoff import TcpHandoff
 from worker.stats import Stats
 from worker.upstream import Forwarder
 
@@ -106,6 +108,7 @@ class Service:
         self.control: ControlChannel | None = None
         self.orphanage: Orphanage | None = None        # while our supervisor is gone
         self.handoffs: set[asyncio.Task] = set()       # cache streams to or from a sibling worker
+        self.tcp_handoff = TcpHandoff(lambda: self.tcp + self.shared_tcp, lambda: self.state is WorkerState.SERVING)
         self.resolver: Resolver | None = None
         self.peer: PeerLink | None = None             # the other worker of the pair, when linked
         self.config_print = fingerprint(config)        # what a handed-over cache must have been made under
@@ -153,7 +156,7 @@ class Service:
 
     def _control_on(self, sock: socket.socket) -> None:
         self.control = ControlChannel(sock, self.stats, self.request_drain, self.cache_pipe, self._supervisor_lost,
-                                      self.link_peer)
+                                      self.link_peer, self.tcp_handoff.pipe)
         self.control.start()
 
     def _supervisor_lost(self) -> None:
@@ -273,6 +276,7 @@ class Service:
             server.stop_accepting()
         await asyncio.gather(*(server.finish(deadline) for server in self.shared_tcp),
                              self._wait_answered(self.shared_udp, deadline))
+        self.tcp_handoff.close()        # our replacement's receiver sees the end of what we hand over
         if self.handoffs:
             # Our cache is still on its way to our successor.
             _done, late = await asyncio.wait(self.handoffs, timeout=max(0.0, deadline - time.monotonic()))

@@ -181,12 +181,12 @@ class SupervisedWorker:
                 pass
         raise RuntimeError(f"worker did not answer its probe: {self.log_path.read_text()}")
 
-    def request(self, op: str, timeout: float = 5.0, **fields) -> dict:
-        """Send one control request and return the reply with the same id
-        (events arriving meanwhile are skipped)."""
+    def request(self, op: str, timeout: float = 5.0, fds: tuple[int, ...] = (), **fields) -> dict:
+        """Send one control request (with `fds` attached, SCM_RIGHTS) and
+        return the reply with the same id (events arriving meanwhile are skipped)."""
         self._next_id += 1
         self.control.settimeout(timeout)
-        self.control.send(json.dumps({"id": self._next_id, "op": op, **fields}).encode())
+        socket.send_fds(self.control, [json.dumps({"id": self._next_id, "op": op, **fields}).encode()], list(fds))
         while True:
             reply = json.loads(self.control.recv(65536))
             if reply.get("id") == self._next_id:
