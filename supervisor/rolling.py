@@ -16,7 +16,7 @@ import socket
 from typing import Callable
 
 from supervisor import logs
-from supervisor.channel import ChannelClosed, hand_fds
+from supervisor.channel import ChannelClosed, ControlChannel, hand_fds
 from supervisor.slot import Worker
 from supervisor.states import RestartCause, SlotPhase, SlotState
 
@@ -109,16 +109,22 @@ async def hand_over_tcp(old: Worker, new: Worker) -> None:
     old_rt, new_rt = old.runtime, new.runtime
     if old_rt is None or new_rt is None:
         return
-    send_end, receive_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        error = await hand_fds([(new_rt.channel, "tcp_receive", (receive_end.fileno(),)),
-                                (old_rt.channel, "tcp_send", (send_end.fileno(),))])
-    finally:
-        send_end.close()
-        receive_end.close()
+    error = await link_tcp(old_rt.channel, new_rt.channel)
     if error is not None:
         logs.event(log, "tcp_handoff_failed", logging.WARNING, slot=new.slot, from_pid=old.pid,
                    to_pid=new.pid, error=error)
+
+
+async def link_tcp(sender: ControlChannel, receiver: ControlChannel) -> str | None:
+    """Give the workers on these channels the two ends of one socketpair
+    (`tcp_receive` first); None when both took theirs, else what went wrong."""
+    send_end, receive_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        return await hand_fds([(receiver, "tcp_receive", (receive_end.fileno(),)),
+                               (sender, "tcp_send", (send_end.fileno(),))])
+    finally:
+        send_end.close()
+        receive_end.close()
 
 
 async def retire(pool, worker: Worker) -> None:

@@ -9,12 +9,15 @@ Two predecessors:
   connects back to the abstract AF_UNIX SOCK_SEQPACKET address the request
   names (checked: the same pid as the requester) and sends one pipe read
   end per slot, whose write end its own worker of that slot fills with its
-  cache (`cache_send`); then it steers and drains its workers and exits 0,
-  leaving the address and rules to the successor.
+  cache (`cache_send`), and, when the request says `"tcp": true`, one end
+  of a socketpair whose other end that worker hands its open TCP
+  connections into when it drains (`tcp_send`); then it steers and drains
+  its workers and exits 0, leaving the address and rules to the successor.
 * orphaned workers of a supervisor that died (worker/orphan.py): each
   listens on `@twindns-orphan.<pid>` in this network namespace; the
   successor connects (checked: SO_PEERCRED pid, and that the process is a
   supervised worker), streams its cache into the new worker of its slot,
+  links the two for its open TCP connections (`tcp_send` / `tcp_receive`),
   drains it and waits for it to exit.
 
 Network state is not touched by either: `ensure()` finds it in place.
@@ -31,7 +34,8 @@ import struct
 from pathlib import Path
 
 from supervisor import logs
-from supervisor.channel import ChannelClosed, ControlChannel
+from supervisor.channel import ChannelClosed, ControlChannel, hand_fds
+from supervisor.rolling import link_tcp
 from supervisor.states import SlotState
 
 log = logging.getLogger("twindns.successor")
@@ -96,11 +100,13 @@ def _serving(pool, slot: str):
     return next((w for w in ready if w.slot == slot), ready[0] if ready else None)
 
 
-async def _give_cache(worker, fd: int) -> None:
+async def _give(worker, op: str, fd: int) -> None:
+    """`fd` to `worker` with `op` (cache_receive, tcp_receive); a failure is logged."""
     try:
-        await worker.runtime.channel.request("cache_receive", 2.0, fds=(fd,))
+        await worker.runtime.channel.request(op, 2.0, fds=(fd,))
     except (ChannelClosed, TimeoutError, AttributeError) as e:
-        logs.event(log, "cache_handoff_failed", logging.WARNING, to_pid=worker.pid, error=str(e) or "timeout")
+        logs.event(log, "cache_handoff_failed" if op == "cache_receive" else "tcp_handoff_failed", logging.WARNING,
+                   to_pid=worker.pid, error=str(e) or "timeout")
 
 
 # -- orphaned workers ---------------------------------------------------------------
@@ -130,11 +136,13 @@ async def adopt_orphans(pool, pids: list[int], drain_timeout: float) -> int:
             if target is not None:
                 read_end, write_end = os.pipe()
                 try:
-                    await _give_cache(target, read_end)
+                    await _give(target, "cache_receive", read_end)
                     await channel.request("cache_send", 2.0, fds=(write_end,))
                 finally:
                     os.close(read_end)
                     os.close(write_end)
+                # Its open TCP connections go to our worker when it drains (an older orphan refuses: FIN).
+                await link_tcp(channel, target.runtime.channel)
             await channel.request("drain", 2.0, timeout=drain_timeout)
         except (ChannelClosed, TimeoutError) as e:
             logs.event(log, "orphan_drain_failed", logging.WARNING, pid=pid, error=str(e) or "timeout")
@@ -180,7 +188,8 @@ async def request_step_down(control_path: str, pool, old_pid: int, drain_timeout
     listener.listen(1)
     try:
         reader, writer = await asyncio.open_unix_connection(control_path)
-        writer.write(json.dumps({"op": "step_down", "channel": name}).encode() + b"\n")
+        # "tcp": send us, per slot, a socketpair end its worker hands its open TCP connections into.
+        writer.write(json.dumps({"op": "step_down", "channel": name, "tcp": True}).encode() + b"\n")
         await writer.drain()
         try:
             conn, _ = await asyncio.wait_for(loop.sock_accept(listener), STEP_DOWN_TIMEOUT)
@@ -200,7 +209,7 @@ async def request_step_down(control_path: str, pool, old_pid: int, drain_timeout
                 target = _serving(pool, str(note.get("slot", "")))
                 for fd in fds:
                     if target is not None:
-                        await _give_cache(target, fd)
+                        await _give(target, "tcp_receive" if note.get("tcp") else "cache_receive", fd)
                     os.close(fd)
         finally:
             conn.close()
@@ -234,9 +243,10 @@ async def _recv_fds(loop, sock: socket.socket) -> tuple[bytes, list[int]]:
 
 
 # -- a live supervisor: the one stepping down ---------------------------------------
-async def hand_over(pool, requester_pid: int, channel_name: str) -> None:
+async def hand_over(pool, requester_pid: int, channel_name: str, tcp: bool = False) -> None:
     """Connect to the successor's handover channel and send it, per slot, a pipe our
-    worker of that slot fills with its cache. Raises OSError/TakeoverFailed."""
+    worker of that slot fills with its cache, and with `tcp` a socketpair end that
+    worker hands its open TCP connections into when it drains. Raises OSError/TakeoverFailed."""
     loop = asyncio.get_running_loop()
     if not channel_name.startswith("twindns-takeover.") or "\0" in channel_name:
         raise TakeoverFailed(f"channel {channel_name!r} is not a takeover channel")
@@ -261,9 +271,26 @@ async def hand_over(pool, requester_pid: int, channel_name: str) -> None:
             finally:
                 os.close(read_end)
                 os.close(write_end)
+            if tcp:
+                await _hand_tcp_end(sock, slot.name, worker)
         sock.send(json.dumps({"done": True}).encode())
     finally:
         sock.close()
+
+
+async def _hand_tcp_end(sock: socket.socket, slot: str, worker) -> None:
+    """Our worker of `slot` gets one end of a socketpair (`tcp_send`), the successor the other."""
+    send_end, receive_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        error = await hand_fds([(worker.runtime.channel, "tcp_send", (send_end.fileno(),))])
+        if error is None:
+            sock.sendmsg([json.dumps({"slot": slot, "tcp": True}).encode()],
+                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [receive_end.fileno()]))])
+        else:
+            logs.event(log, "tcp_handoff_failed", logging.WARNING, from_pid=worker.pid, error=error)
+    finally:
+        send_end.close()
+        receive_end.close()
 
 
 # -- orchestration, on the arbiter's loop -----------------------------------------------
@@ -319,7 +346,7 @@ async def step_down(arbiter, request: dict, progress) -> dict:
     conn = getattr(progress, "connection", None)
     requester = peer_pid(conn) if conn is not None else -1
     try:
-        await hand_over(arbiter.pool, requester, str(request.get("channel", "")))
+        await hand_over(arbiter.pool, requester, str(request.get("channel", "")), request.get("tcp") is True)
     except (OSError, TakeoverFailed) as e:
         return {"ok": False, "error": f"step down refused: {e}"}
     arbiter.network.keep = True             # the successor owns the address and rules now

@@ -5,6 +5,7 @@ sending on it loses nothing and never sees a close. Without a replacement
 the drain closes with FIN as before (test_hardening_drain.py)."""
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -102,51 +103,121 @@ def test_drain_closes_with_fin_when_the_replacement_is_gone(linked):
     assert "tcp drained: 1 connections (0 handed to our replacement)" in old.log_path.read_text()
 
 
-def test_rolling_restart_keeps_tcp_connections_open(netns, upstream, tmp_path):
-    """`twindns restart` under steady TCP load: 8 connections opened before
-    it each send a query every 10 ms throughout; every query is answered on
-    its own connection, none is closed."""
-    sup = Supervisor(netns, write_config(tmp_path / "twindns.toml"))
-    try:
-        sup.wait_ready()
-        conns = []
-        for _ in range(8):
+class SteadyClients:
+    """`n` TCP connections to LISTEN:53, each asking a cached name every 10 ms
+    on its own thread until stop(); what failed, and when each last had an answer."""
+
+    def __init__(self, netns, n: int = 8) -> None:
+        self.conns = []
+        for _ in range(n):
             c = ns_socket(netns, socket.AF_INET, socket.SOCK_STREAM)
             c.settimeout(5)
             c.connect((LISTEN, 53))
-            conns.append(c)
-        stop = threading.Event()
-        counts = [0] * len(conns)
-        last_answer = [0.0] * len(conns)
-        errors: list[str] = []
-
-        def client(i: int) -> None:
-            try:
-                while not stop.is_set():
-                    assert ask(conns[i]).answer
-                    counts[i] += 1
-                    last_answer[i] = time.monotonic()
-                    time.sleep(0.01)
-            except Exception as e:  # noqa: BLE001 - a closed connection shows as a short read
-                errors.append(f"connection {i} after {counts[i]} answers: {e!r}")
-
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(conns))]
-        for t in threads:
+            self.conns.append(c)
+        self.halt = threading.Event()
+        self.counts = [0] * n
+        self.last_answer = [0.0] * n
+        self.errors: list[str] = []
+        self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(n)]
+        for t in self.threads:
             t.start()
+
+    def _client(self, i: int) -> None:
+        try:
+            while not self.halt.is_set():
+                assert ask(self.conns[i]).answer
+                self.counts[i] += 1
+                self.last_answer[i] = time.monotonic()
+                time.sleep(0.01)
+        except Exception as e:  # noqa: BLE001 - a closed connection shows as a short read
+            self.errors.append(f"connection {i} after {self.counts[i]} answers: {e!r}")
+
+    def stop(self) -> None:
+        self.halt.set()
+        for t in self.threads:
+            t.join(10)
+        for c in self.conns:
+            c.close()
+
+    def check_answered_since(self, since: float) -> None:
+        """No connection closed or failed, and each was answered after `since`."""
+        assert self.errors == [], self.errors
+        assert all(t > since for t in self.last_answer), "every connection is answered after the switch"
+
+
+def handed_total(output: str) -> list[int]:
+    return [int(n) for n in re.findall(r"\((\d+) handed to our replacement\)", output)]
+
+
+def test_rolling_restart_keeps_tcp_connections_open(netns, upstream, tmp_path):
+    """`twindns restart` under steady TCP load: every query on 8 connections
+    opened before it is answered on its own connection, none is closed."""
+    sup = Supervisor(netns, write_config(tmp_path / "twindns.toml"))
+    try:
+        sup.wait_ready()
+        clients = SteadyClients(netns)
         time.sleep(0.5)
         p = sup.cli("restart")
         restarted = time.monotonic()
         time.sleep(0.5)
-        stop.set()
-        for t in threads:
-            t.join(10)
-        for c in conns:
-            c.close()
+        clients.stop()
         assert p.returncode == 0, p.stderr
-        assert errors == [], errors
-        assert all(t > restarted for t in last_answer), "every connection is answered after the restart"
-        handed = re.findall(r"\((\d+) handed to our replacement\)", sup.output())
-        assert len(handed) == 2 and sum(map(int, handed)) == len(conns), handed
+        clients.check_answered_since(restarted)
+        handed = handed_total(sup.output())
+        assert len(handed) == 2 and sum(handed) == len(clients.conns), handed
     finally:
         if sup.proc.poll() is None:
             sup.terminate()
+
+
+def test_takeover_keeps_tcp_connections_open(netns, upstream, tmp_path):
+    """`twindns run --takeover`: the old supervisor's workers hand their
+    connections to the new supervisor's workers as they drain."""
+    config = write_config(tmp_path / "twindns.toml")
+    old = Supervisor(netns, config)
+    new = None
+    try:
+        old.wait_ready()
+        clients = SteadyClients(netns)
+        time.sleep(0.5)
+        new = Supervisor(netns, config, args=("--takeover",), log_name="takeover.log")
+        assert old.proc.wait(timeout=40) == 0, old.output()[-3000:]
+        switched = time.monotonic()
+        time.sleep(0.5)
+        clients.stop()
+        clients.check_answered_since(switched)
+        handed = handed_total(old.output())
+        assert len(handed) == 2 and sum(handed) == len(clients.conns), handed
+    finally:
+        for sup in (old, new):
+            if sup is not None and sup.proc.poll() is None:
+                sup.terminate()
+
+
+def test_next_run_takes_tcp_connections_from_orphaned_workers(netns, upstream, tmp_path):
+    """The supervisor SIGKILLed, its workers serve on as orphans; the next
+    `twindns run` takes their connections over with them."""
+    config = write_config(tmp_path / "twindns.toml")
+    old = Supervisor(netns, config)
+    new = None
+    try:
+        orphans = [w["pid"] for w in old.wait_ready()["workers"]]
+        clients = SteadyClients(netns)
+        time.sleep(0.5)
+        os.kill(old.proc.pid, signal.SIGKILL)
+        old.proc.wait()
+        time.sleep(0.5)
+        new = Supervisor(netns, config, log_name="successor.log")
+        new.wait_ready(20)
+        deadline = time.monotonic() + 20
+        while any(os.path.exists(f"/proc/{pid}") for pid in orphans) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(os.path.exists(f"/proc/{pid}") for pid in orphans), "the orphans drained and exited"
+        switched = time.monotonic()
+        time.sleep(0.5)
+        clients.stop()
+        clients.check_answered_since(switched)
+        assert "orphan_taken_over" in new.output()
+    finally:
+        if new is not None and new.proc.poll() is None:
+            new.terminate()
