@@ -67,7 +67,7 @@ def linked(netns, upstream, tmp_path):
 
 
 def test_drain_hands_open_connections_to_the_replacement(netns, linked):
-    old, _new, conn = linked
+    old, new, conn = linked
     silent = ns_socket(netns)
     silent.bind(("127.0.0.9", 53))          # the slow zone's upstream never answers
     slow = dns.message.make_query("x.slow.test", "A", use_edns=0)
@@ -88,6 +88,12 @@ def test_drain_hands_open_connections_to_the_replacement(netns, linked):
     for _ in range(5):                  # the old worker has exited: the replacement answers
         assert ask(conn).answer
     assert "tcp drained: 1 connections (1 handed to our replacement)" in old.log_path.read_text()
+    assert new.request("drain", timeout=3.0)["ok"]        # nobody to hand it to now: FIN, not RST
+    try:
+        assert conn.recv(1) == b"", "closed by FIN"
+    except ConnectionResetError:
+        pytest.fail("the adopted connection was reset")
+    assert new.wait() == 0
 
 
 def test_drain_closes_with_fin_when_the_replacement_is_gone(linked):
