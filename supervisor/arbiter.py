@@ -21,7 +21,7 @@ import sys
 import time
 from functools import partial
 
-from supervisor import accepted, logs, restartcache, successor, upgrade, version
+from supervisor import accepted, logs, restartcache, restartconns, successor, upgrade, version
 from supervisor.config import Config, ConfigError, EX_CONFIG, check_with_worker, parse
 from supervisor.control import ControlServer, ControlSocketBusy
 from supervisor.health import HealthJudge
@@ -67,6 +67,7 @@ class Arbiter(RestartAndReload, Observation):
         self.predecessor: int | None = None   # pid of the supervisor we are taking over from
         self.listen_fds = dict(listen_fds or {})   # FDNAME -> socket, from systemd's fd store
         self.cache_fd = self.listen_fds.pop(CACHE_FDNAME, None)   # the previous workers' cache
+        self.kept_connections = restartconns.take_connections(self.listen_fds)     # and their TCP clients
         self.metrics = MetricsAggregator(version())
         self.metrics.set_names(config.metrics_names, config.listen, config.port)
         self.notifier = Notifier.from_environ()
@@ -205,6 +206,9 @@ class Arbiter(RestartAndReload, Observation):
         if self.cache_fd is not None:
             restartcache.handed_out(self.notifier, self.cache_fd)
             self.pool.warm_cache = self.cache_fd = None
+        if self.kept_connections:
+            self._spawn_task(restartconns.hand_out(self.pool, self.notifier, self.kept_connections))
+        self.kept_connections = []
         return True
 
     async def _start_http(self) -> None:
@@ -278,13 +282,9 @@ class Arbiter(RestartAndReload, Observation):
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
-        # Under systemd the next supervisor may be a `systemctl restart` away: leave it our cache.
-        cache = await restartcache.save(self.pool) if self.pool.held is not None and self.notifier.enabled else None
         try:
-            await self.pool.stop_all()
+            await restartcache.stop_all_leaving_state(self.pool, self.notifier)
         finally:
-            if cache is not None:
-                restartcache.store(self.notifier, cache)
             self.change_state(SupervisorState.STOPPED)
 
     async def _stop_now(self) -> None:

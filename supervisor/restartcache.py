@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 
-from supervisor import logs
+from supervisor import logs, restartconns
 from supervisor.channel import ChannelClosed
 from supervisor.listenfds import CACHE_FDNAME
 from supervisor.states import SlotState
@@ -41,6 +41,24 @@ async def save(pool) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+async def stop_all_leaving_state(pool, notifier) -> None:
+    """pool.stop_all(); under systemd the next supervisor may be a `systemctl
+    restart` away, so first leave it our cache and our workers' TCP
+    connections (supervisor/restartconns.py) in the fd store."""
+    kept = pool.held is not None and notifier.enabled
+    cache = await save(pool) if kept else None
+    connections = restartconns.ConnectionStore(notifier) if kept else None
+    if connections is not None:
+        await connections.attach(pool)
+    try:
+        await pool.stop_all()
+    finally:
+        if cache is not None:
+            store(notifier, cache)
+        if connections is not None:
+            await connections.finish()
 
 
 def store(notifier, fd: int) -> None:

@@ -160,6 +160,10 @@ class Notifier:
             for fd in fds:
                 os.close(fd)
 
+    def held_fd_count(self) -> int:
+        """FDSTORE= messages not yet delivered (systemd's queue was full)."""
+        return len(self._held_fds)
+
     def remove_fds(self, name: str) -> bool:
         """Close what the fd store holds under FDNAME=name."""
         return self.notify("FDSTOREREMOVE=1", f"FDNAME={name}")

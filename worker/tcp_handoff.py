@@ -1,39 +1,39 @@
 """Open TCP connections handed from a draining worker to its replacement
-in a rolling restart, so a client's connection outlives the worker that
-accepted it (docs/internals.md, `tcp_send` / `tcp_receive`).
+(a rolling restart, a takeover, an orphan taken over) or to the supervisor
+(a `systemctl restart`: supervisor/restartconns.py), so a client's
+connection outlives the worker that accepted it (docs/internals.md,
+`tcp_send` / `tcp_receive`).
 
 Without it a draining worker shuts its side (FIN) at a message boundary,
 and every query a client sends before it has seen that FIN is lost: a
 client cannot tell a close from a lost query. With it the draining worker
 answers what it has read, and at a message boundary with nothing pending
 and nothing left to write stops reading and sends the connection's socket
-(SCM_RIGHTS) over a SOCK_SEQPACKET socketpair the supervisor gave both
-workers. What the client sent meanwhile waits in the socket's own receive
+(SCM_RIGHTS) over a SOCK_SEQPACKET socketpair the supervisor gave it. What the client sent meanwhile waits in the socket's own receive
 queue, which moves with it; the replacement reads on from there. Closing
 the drainer's fd after the send shuts nothing: the socket lives on in the
 message and then in the replacement (close() only drops a reference; we
 never call shutdown() on a handed socket).
 
-One message per connection: a flags byte (FLAG_KEEPALIVE: the client
-asked for edns-tcp-keepalive) and the socket. Anything the receiver
-cannot take (a full table, a bad message) is closed, which the client
-sees as a FIN, as it would have without the handoff.
+One message per connection (contract/tcphandoff.py): a flags byte (the
+client asked for edns-tcp-keepalive) and the socket. Anything the receiver
+cannot take (a full table, a bad message) is closed, which the client sees
+as the close it would have seen without the handoff.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from contract.tcphandoff import receive_ready, send_connection
 
 if TYPE_CHECKING:
     from worker.tcp_server import TcpServer
 
 log = logging.getLogger(__name__)
-
-FLAG_KEEPALIVE = 0x01
 
 
 class ConnectionSender:
@@ -52,7 +52,7 @@ class ConnectionSender:
         if not self.usable:
             return False
         try:
-            socket.send_fds(self.sock, [bytes((FLAG_KEEPALIVE if keepalive else 0,))], [conn.fileno()])
+            send_connection(self.sock, conn.fileno(), keepalive)
         except (BlockingIOError, InterruptedError):
             return False        # this one closes with FIN; later ones may still fit
         except OSError as e:
@@ -71,8 +71,6 @@ class ConnectionReceiver:
     """The replacement's end: every connection that arrives is given to
     `adopt(sock, keepalive)`, until the drainer closes its end."""
 
-    MAX_FDS = 1
-
     def __init__(self, sock: socket.socket, adopt: Callable[[socket.socket, bool], None]) -> None:
         sock.setblocking(False)
         self.sock = sock
@@ -82,31 +80,17 @@ class ConnectionReceiver:
         self.loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
-        while True:
-            try:
-                msg, fds, _flags, _addr = socket.recv_fds(self.sock, 16, self.MAX_FDS)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                msg, fds = b"", []
-            if not msg and not fds:
-                log.info("tcp handoff: received %d connection(s)", self.received)
-                self.close()
-                return
-            if len(msg) != 1 or len(fds) != 1:
-                for fd in fds:
-                    os.close(fd)
-                continue
-            conn = socket.socket(fileno=fds[0])
-            if conn.type != socket.SOCK_STREAM:
-                conn.close()
-                continue
-            self.received += 1
-            try:
-                self.adopt(conn, bool(msg[0] & FLAG_KEEPALIVE))
-            except Exception:  # noqa: BLE001 - one connection must not end the handoff
-                log.exception("tcp handoff: adopting a connection failed")
-                conn.close()
+        if receive_ready(self.sock, self._take):
+            log.info("tcp handoff: received %d connection(s)", self.received)
+            self.close()
+
+    def _take(self, conn: socket.socket, keepalive: bool) -> None:
+        self.received += 1
+        try:
+            self.adopt(conn, keepalive)
+        except Exception:  # noqa: BLE001 - one connection must not end the handoff
+            log.exception("tcp handoff: adopting a connection failed")
+            conn.close()
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:

@@ -35,8 +35,14 @@ def _setns(fd: int) -> None:
 
 def ns_socket(ns, family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM) -> socket.socket:
     """A socket created inside namespace `ns` (it stays there once made)."""
+    return socket_in(f"/var/run/netns/{ns.name}", family, kind)
+
+
+def socket_in(netns_path: str, family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM) -> socket.socket:
+    """A socket created inside the network namespace at `netns_path` (a
+    /var/run/netns name, or /proc/PID/ns/net)."""
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/var/run/netns/{ns.name}", os.O_RDONLY)
+    target = os.open(netns_path, os.O_RDONLY)
     try:
         _setns(target)
         try:

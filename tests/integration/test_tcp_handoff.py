@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import socket
-import threading
 import time
 
 import dns.edns
@@ -17,6 +16,7 @@ import dns.message
 import dns.rcode
 import pytest
 
+from helpers.tcpclients import SteadyClients, ask_tcp as ask
 from helpers.twindns import LISTEN, Supervisor, write_config
 from helpers.worker import SupervisedWorker, listen_sockets, ns_socket
 from test_hardening_drain import CONFIG, KEEPALIVE, SERVER, frame, keepalive_timeout, read_reply
@@ -33,14 +33,6 @@ def handoff_pair(old: SupervisedWorker, new: SupervisedWorker) -> None:
     finally:
         send_end.close()
         receive_end.close()
-
-
-def ask(conn: socket.socket, name: str = "a.test", **kw) -> dns.message.Message:
-    q = dns.message.make_query(name, "A", use_edns=0, **kw)
-    conn.sendall(frame(q))
-    reply = read_reply(conn)
-    assert reply.id == q.id
-    return reply
 
 
 @pytest.fixture
@@ -109,48 +101,6 @@ def test_drain_closes_with_fin_when_the_replacement_is_gone(linked):
     assert "tcp drained: 1 connections (0 handed to our replacement)" in old.log_path.read_text()
 
 
-class SteadyClients:
-    """`n` TCP connections to LISTEN:53, each asking a cached name every 10 ms
-    on its own thread until stop(); what failed, and when each last had an answer."""
-
-    def __init__(self, netns, n: int = 8) -> None:
-        self.conns = []
-        for _ in range(n):
-            c = ns_socket(netns, socket.AF_INET, socket.SOCK_STREAM)
-            c.settimeout(5)
-            c.connect((LISTEN, 53))
-            self.conns.append(c)
-        self.halt = threading.Event()
-        self.counts = [0] * n
-        self.last_answer = [0.0] * n
-        self.errors: list[str] = []
-        self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(n)]
-        for t in self.threads:
-            t.start()
-
-    def _client(self, i: int) -> None:
-        try:
-            while not self.halt.is_set():
-                assert ask(self.conns[i]).answer
-                self.counts[i] += 1
-                self.last_answer[i] = time.monotonic()
-                time.sleep(0.01)
-        except Exception as e:  # noqa: BLE001 - a closed connection shows as a short read
-            self.errors.append(f"connection {i} after {self.counts[i]} answers: {e!r}")
-
-    def stop(self) -> None:
-        self.halt.set()
-        for t in self.threads:
-            t.join(10)
-        for c in self.conns:
-            c.close()
-
-    def check_answered_since(self, since: float) -> None:
-        """No connection closed or failed, and each was answered after `since`."""
-        assert self.errors == [], self.errors
-        assert all(t > since for t in self.last_answer), "every connection is answered after the switch"
-
-
 def handed_total(output: str) -> list[int]:
     return [int(n) for n in re.findall(r"\((\d+) handed to our replacement\)", output)]
 
@@ -161,7 +111,7 @@ def test_rolling_restart_keeps_tcp_connections_open(netns, upstream, tmp_path):
     sup = Supervisor(netns, write_config(tmp_path / "twindns.toml"))
     try:
         sup.wait_ready()
-        clients = SteadyClients(netns)
+        clients = SteadyClients(lambda: ns_socket(netns, socket.AF_INET, socket.SOCK_STREAM), (LISTEN, 53))
         time.sleep(0.5)
         p = sup.cli("restart")
         restarted = time.monotonic()
@@ -184,7 +134,7 @@ def test_takeover_keeps_tcp_connections_open(netns, upstream, tmp_path):
     new = None
     try:
         old.wait_ready()
-        clients = SteadyClients(netns)
+        clients = SteadyClients(lambda: ns_socket(netns, socket.AF_INET, socket.SOCK_STREAM), (LISTEN, 53))
         time.sleep(0.5)
         new = Supervisor(netns, config, args=("--takeover",), log_name="takeover.log")
         assert old.proc.wait(timeout=40) == 0, old.output()[-3000:]
@@ -208,7 +158,7 @@ def test_next_run_takes_tcp_connections_from_orphaned_workers(netns, upstream, t
     new = None
     try:
         orphans = [w["pid"] for w in old.wait_ready()["workers"]]
-        clients = SteadyClients(netns)
+        clients = SteadyClients(lambda: ns_socket(netns, socket.AF_INET, socket.SOCK_STREAM), (LISTEN, 53))
         time.sleep(0.5)
         os.kill(old.proc.pid, signal.SIGKILL)
         old.proc.wait()
