@@ -175,6 +175,11 @@ class PeerLink:
     def start(self) -> None:
         self.sock.setblocking(False)
         self.loop.add_reader(self.sock.fileno(), self._readable)
+        self.hello()
+
+    def hello(self) -> None:
+        """Our protocol and config fingerprint: the first frame, and later a sign
+        of life (any datagram is one; a HELLO changes nothing at the peer)."""
         self._queue(HELLO + FRAME_LEN.pack(len(PROTOCOL) + len(self.config_print)) + PROTOCOL + self.config_print)
 
     @property

@@ -27,9 +27,13 @@ SILENCE_SWEEP = 0.1
 # An ask this old with nothing at all heard from the peer since it was made:
 # the peer has stopped (hung, until its probes fail and it is replaced, ~3 s
 # by default), so we ask upstream ourselves now rather than after the zone's
-# timeout, and stop asking it until it is heard from again. A peer that is
-# only waiting on a slow upstream costs a duplicate query for that name.
+# timeout, and stop asking it until it is heard from again.
 PEER_STALL = 0.5
+# While we resolve keys the peer asked of us we are heard from at least this
+# often (a HELLO, if nothing else is sent): waiting on a slow or silent
+# upstream is not being hung, and a peer that took it for that would send
+# the same query upstream a second time, to an upstream already failing.
+HEARTBEAT = PEER_STALL / 3
 
 
 class PeerMisses:
@@ -39,6 +43,7 @@ class PeerMisses:
         self.asked_peer: dict[bytes, tuple[float, float]] = {}   # keys the peer resolves for us -> (asked, give up)
         self.silence_sweep: asyncio.TimerHandle | None = None     # _peer_silent, while asks wait
         self.peer_asked: set[bytes] = set()                       # keys we resolve for the peer
+        self.heartbeat: asyncio.TimerHandle | None = None         # _heartbeat, while peer_asked holds keys
         self.peer_counts = PeerCounts()                           # over every link we have had
         # How long our claim of a key holds while its miss is upstream (worker/claims.py): past
         # the peer's own fallback on an ask (the zone's timeout + PEER_SLACK) it is stale anyway.
@@ -96,11 +101,19 @@ class PeerMisses:
             return
         q = wire.question_from_key(key)
         self.peer_asked.add(key)
+        if self.heartbeat is None:
+            self.heartbeat = asyncio.get_running_loop().call_later(HEARTBEAT, self._heartbeat)
         if key in self.pending:
             return
         if not self.miss(q, lambda entry: None, refresh):   # the peer's prefetch stays a prefetch here
             self.peer_asked.discard(key)
             self.peer.tell(key, self._servfail(q), reply=True)
+
+    def _heartbeat(self) -> None:
+        self.heartbeat = None
+        if self.peer is not None and self.peer_asked:
+            self.peer.hello()
+            self.heartbeat = asyncio.get_running_loop().call_later(HEARTBEAT, self._heartbeat)
 
     def peer_told(self, key: bytes, record: bytes) -> None:
         """What the peer learned from upstream for `key` (a handoff record):

@@ -343,3 +343,38 @@ def test_a_rolling_restart_hands_on_what_each_worker_was_told_too(sup, netns, up
     before = upstream.queries()
     ask_each(netns, names, 4)
     assert upstream.queries() - before == 0, "every name a hit after the restart"
+
+
+def test_a_silent_upstream_is_asked_only_by_the_worker_that_claimed_the_name(netns, upstream, tmp_path):
+    """Zone slow.test's server never answers. A new name of it asked from 16
+    sockets at once reaches both workers; the one that claimed it is heard
+    from while it waits (worker/peer_misses.py HEARTBEAT), so the other does
+    not take it for hung after PEER_STALL (0.5 s) and send the silent server
+    the same query itself: every query the server gets comes from one worker."""
+    silent = ns_socket(netns)
+    silent.bind(("127.0.0.9", 53))
+    silent.settimeout(0.05)
+    slow_zone = '[[upstream]]\nzone = "slow.test"\nservers = ["127.0.0.9"]\ntimeout = 2.0\n'
+    sup = Supervisor(netns, write_config(tmp_path / "twindns.toml", extra=slow_zone))
+    socks = [ns_socket(netns) for _ in range(16)]
+    try:
+        pids = [w["pid"] for w in sup.wait_ready()["workers"]]
+        linked(sup)
+        for s in socks:
+            s.sendto(dns.message.make_query("x.slow.test", "A").to_wire(), (LISTEN, 53))
+        sources: list[int] = []
+        ports: dict[int, set[int]] = {pid: set() for pid in pids}
+        deadline = time.monotonic() + 1.8           # past PEER_STALL, within the zone's timeout
+        while time.monotonic() < deadline:
+            try:
+                sources.append(silent.recvfrom(4096)[1][1])
+            except TimeoutError:
+                pass
+            for pid in pids:
+                ports[pid] |= upstream_ports(netns, pid)
+        askers = {pid for pid in pids for port in sources if port in ports[pid]}
+        assert sources and len(askers) == 1, (sources, ports)
+    finally:
+        for s in socks + [silent]:
+            s.close()
+        sup.terminate()
