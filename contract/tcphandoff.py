@@ -46,7 +46,11 @@ def receive_connection(channel: socket.socket) -> tuple[socket.socket, bool] | N
         for fd in fds:
             os.close(fd)
         raise ValueError("not a connection")
-    conn = socket.socket(fileno=fds[0])
+    try:
+        conn = socket.socket(fileno=fds[0])
+    except OSError:             # not a socket at all
+        os.close(fds[0])
+        raise ValueError("not a socket") from None
     if conn.type != socket.SOCK_STREAM:
         conn.close()
         raise ValueError("not a stream socket")
