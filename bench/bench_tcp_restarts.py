@@ -1,9 +1,10 @@
 """TCP through restarts, twindns beside unbound: `dnsperf -m tcp -Q 2000 -c 8`
 for 16 s with 3 restarts at 3, 7 and 11 s. twindns: `twindns restart`
-(rolling, both workers each time); unbound (cache on, the same local data):
-`unbound-control reload`, its nearest equivalent.
+(rolling, both workers each time), or with --takeover a new `twindns run
+--takeover` replacing the whole service each time; unbound (cache on, the
+same local data): `unbound-control reload`, its nearest equivalent.
 
-    sudo python3 bench/bench_tcp_restarts.py [--qps 2000] [--seconds 16] [--rounds 1]
+    sudo python3 bench/bench_tcp_restarts.py [--qps 2000] [--seconds 16] [--rounds 1] [--takeover]
 
 Needs root (a throwaway network namespace), unbound and dnsperf. Prints
 queries sent and lost per server and round.
@@ -54,20 +55,27 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=16.0)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--verbose", action="store_true", help="print each drain's TCP summary line")
+    p.add_argument("--takeover", action="store_true", help="replace the whole service (`twindns run --takeover`)")
     args = p.parse_args()
     for rnd in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="twtcp") as tmp, Netns(prefix="twt") as ns:
             work = Path(tmp)
             queries = hit_queries(work / "hits.txt")
             upstream = Unbound(work / "upstream", netns=ns)
-            sup = Supervisor(ns, write_config(work / "twindns.toml"))
+            config = write_config(work / "twindns.toml")
+            sups = [Supervisor(ns, config)]
             cache = Unbound(work / "unbound-cache", addr="127.0.0.5", netns=ns, cache=True)
             try:
-                sup.wait_ready()
+                sups[0].wait_ready()
 
                 def twindns_restart():
-                    if sup.cli("restart").returncode != 0:
-                        raise RuntimeError(sup.output()[-2000:])
+                    if args.takeover:
+                        old = sups[-1]
+                        sups.append(Supervisor(ns, config, args=("--takeover",), log_name=f"takeover{len(sups)}.log"))
+                        if old.proc.wait(timeout=40) != 0:
+                            raise RuntimeError(old.output()[-2000:])
+                    elif sups[-1].cli("restart").returncode != 0:
+                        raise RuntimeError(sups[-1].output()[-2000:])
 
                 def unbound_reload():
                     cache._control("reload")
@@ -76,10 +84,12 @@ def main() -> None:
                     r = measure(ns, server, queries, args.seconds, args.qps, restart)
                     print(f"round {rnd + 1} {name:8} sent {r.sent:6d} lost {r.lost:4d}", flush=True)
                     if args.verbose and name == "twindns":
-                        print("\n".join(l for l in sup.output().splitlines() if "tcp drained" in l))
+                        print("\n".join(l for s in sups for l in s.output().splitlines() if "tcp drained" in l))
             finally:
                 cache.stop()
-                sup.terminate()
+                for sup in sups:
+                    if sup.proc.poll() is None:
+                        sup.terminate()
                 upstream.stop()
 
 
