@@ -128,7 +128,7 @@ async def _give(worker, conns: list[tuple[str, socket.socket, bool]]) -> int:
     try:
         try:
             reply = await worker.runtime.channel.request("tcp_receive", 2.0, fds=(theirs.fileno(),))
-        except (ChannelClosed, TimeoutError) as e:
+        except (ChannelClosed, TimeoutError, AttributeError) as e:      # AttributeError: it exited meanwhile
             reply = {"ok": False, "error": str(e) or "timeout"}
         if not reply.get("ok"):
             logs.event(log, "restart_connections_not_handed", logging.WARNING, pid=worker.pid,

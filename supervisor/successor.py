@@ -142,7 +142,8 @@ async def adopt_orphans(pool, pids: list[int], drain_timeout: float) -> int:
                     os.close(read_end)
                     os.close(write_end)
                 # Its open TCP connections go to our worker when it drains (an older orphan refuses: FIN).
-                await link_tcp(channel, target.runtime.channel)
+                if target.runtime is not None:
+                    await link_tcp(channel, target.runtime.channel)
             await channel.request("drain", 2.0, timeout=drain_timeout)
         except (ChannelClosed, TimeoutError) as e:
             logs.event(log, "orphan_drain_failed", logging.WARNING, pid=pid, error=str(e) or "timeout")
