@@ -22,7 +22,8 @@ import time
 
 from contract.tcphandoff import receive_ready, send_connection
 from supervisor import logs
-from supervisor.channel import ChannelClosed, hand_fds
+from supervisor.channel import ChannelClosed
+from supervisor.rolling import take_tcp_from
 from supervisor.states import SlotState
 
 log = logging.getLogger("twindns.restartconns")
@@ -54,14 +55,9 @@ class ConnectionStore:
     async def attach(self, pool) -> None:
         """Before the drain: each ready worker hands its connections to us."""
         for worker in _ready_workers(pool):
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            try:
-                error = await hand_fds([(worker.runtime.channel, "tcp_send", (theirs.fileno(),))])
-            finally:
-                theirs.close()
-            if error is not None:
-                logs.event(log, "restart_connections_not_kept", logging.WARNING, pid=worker.pid, error=error)
-                ours.close()
+            ours = await take_tcp_from(worker.runtime.channel)
+            if isinstance(ours, str):
+                logs.event(log, "restart_connections_not_kept", logging.WARNING, pid=worker.pid, error=ours)
                 continue
             ours.setblocking(False)
             self.ends.append(ours)

@@ -127,6 +127,21 @@ async def link_tcp(sender: ControlChannel, receiver: ControlChannel) -> str | No
         receive_end.close()
 
 
+async def take_tcp_from(sender: ControlChannel) -> socket.socket | str:
+    """Give the worker on `sender` one end of a socketpair (`tcp_send`): the
+    other end, which its open TCP connections will come out of when it
+    drains, or what went wrong."""
+    send_end, receive_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        error = await hand_fds([(sender, "tcp_send", (send_end.fileno(),))])
+    finally:
+        send_end.close()
+    if error is not None:
+        receive_end.close()
+        return error
+    return receive_end
+
+
 async def retire(pool, worker: Worker) -> None:
     """Drain `worker` (steer away, tell it, wait) and wait until it exits."""
     slot = pool.slots[worker.slot]

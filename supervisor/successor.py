@@ -34,8 +34,8 @@ import struct
 from pathlib import Path
 
 from supervisor import logs
-from supervisor.channel import ChannelClosed, ControlChannel, hand_fds
-from supervisor.rolling import link_tcp
+from supervisor.channel import ChannelClosed, ControlChannel
+from supervisor.rolling import link_tcp, take_tcp_from
 from supervisor.states import SlotState
 
 log = logging.getLogger("twindns.successor")
@@ -281,16 +281,14 @@ async def hand_over(pool, requester_pid: int, channel_name: str, tcp: bool = Fal
 
 async def _hand_tcp_end(sock: socket.socket, slot: str, worker) -> None:
     """Our worker of `slot` gets one end of a socketpair (`tcp_send`), the successor the other."""
-    send_end, receive_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    receive_end = await take_tcp_from(worker.runtime.channel)
+    if isinstance(receive_end, str):
+        logs.event(log, "tcp_handoff_failed", logging.WARNING, from_pid=worker.pid, error=receive_end)
+        return
     try:
-        error = await hand_fds([(worker.runtime.channel, "tcp_send", (send_end.fileno(),))])
-        if error is None:
-            sock.sendmsg([json.dumps({"slot": slot, "tcp": True}).encode()],
-                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [receive_end.fileno()]))])
-        else:
-            logs.event(log, "tcp_handoff_failed", logging.WARNING, from_pid=worker.pid, error=error)
+        sock.sendmsg([json.dumps({"slot": slot, "tcp": True}).encode()],
+                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [receive_end.fileno()]))])
     finally:
-        send_end.close()
         receive_end.close()
 
 

@@ -11,13 +11,22 @@ from collections.abc import Callable
 import dns.message
 
 
+def frame(q: dns.message.Message) -> bytes:
+    """`q` as sent over TCP: its length, then its wire form."""
+    wire = q.to_wire()
+    return struct.pack(">H", len(wire)) + wire
+
+
+def read_reply(s: socket.socket) -> dns.message.Message:
+    head = s.recv(2, socket.MSG_WAITALL)
+    return dns.message.from_wire(s.recv(struct.unpack(">H", head)[0], socket.MSG_WAITALL))
+
+
 def ask_tcp(conn: socket.socket, name: str = "a.test", **kw) -> dns.message.Message:
     """One query on an open connection, and its reply (same ID)."""
     q = dns.message.make_query(name, "A", use_edns=0, **kw)
-    wire = q.to_wire()
-    conn.sendall(struct.pack(">H", len(wire)) + wire)
-    head = conn.recv(2, socket.MSG_WAITALL)
-    reply = dns.message.from_wire(conn.recv(struct.unpack(">H", head)[0], socket.MSG_WAITALL))
+    conn.sendall(frame(q))
+    reply = read_reply(conn)
     assert reply.id == q.id
     return reply
 

@@ -13,6 +13,7 @@ import dns.message
 import dns.rcode
 import pytest
 
+from helpers.tcpclients import frame, read_reply
 from helpers.worker import SupervisedWorker, listen_sockets, ns_socket
 
 pytestmark = pytest.mark.netns
@@ -29,16 +30,6 @@ timeout = 1.0
 """
 SERVER = ("127.0.0.1", 53)
 KEEPALIVE = 11
-
-
-def frame(q: dns.message.Message) -> bytes:
-    wire = q.to_wire()
-    return struct.pack(">H", len(wire)) + wire
-
-
-def read_reply(s: socket.socket) -> dns.message.Message:
-    head = s.recv(2, socket.MSG_WAITALL)
-    return dns.message.from_wire(s.recv(struct.unpack(">H", head)[0], socket.MSG_WAITALL))
 
 
 def keepalive_timeout(reply: dns.message.Message) -> int | None:

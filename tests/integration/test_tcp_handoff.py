@@ -16,10 +16,10 @@ import dns.message
 import dns.rcode
 import pytest
 
-from helpers.tcpclients import SteadyClients, ask_tcp as ask
+from helpers.tcpclients import SteadyClients, ask_tcp as ask, frame, read_reply
 from helpers.twindns import LISTEN, Supervisor, write_config
 from helpers.worker import SupervisedWorker, listen_sockets, ns_socket
-from test_hardening_drain import CONFIG, KEEPALIVE, SERVER, frame, keepalive_timeout, read_reply
+from test_hardening_drain import CONFIG, KEEPALIVE, SERVER, keepalive_timeout
 
 pytestmark = pytest.mark.netns
 
